@@ -1,0 +1,117 @@
+"""`/api/v1/connections`: credentials for an integration. Secret values go in, never out."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from treadle.api.auth import Principal, accessible_workspace
+from treadle.api.bodies import Body, read_body
+from treadle.api.context import caller, path_param
+from treadle.api.fields import ExternalId, Identifier, Name, Slug
+from treadle.api.responses import ok
+from treadle.app import Gateway
+from treadle.errors import NotFound, ValidationFailed
+from treadle.store.records import Connection
+
+SecretKey = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+SecretValue = Annotated[str, StringConstraints(max_length=16384)]
+BaseUrl = Annotated[
+    str, StringConstraints(max_length=2048, pattern=r"^https?://[^\s\x00-\x1f\x7f]+$")
+]
+
+
+class CreateConnection(Body):
+    integrationName: Slug
+    type: Literal["api_key", "bearer", "basic", "oauth2", "custom"]
+    displayName: Name
+    externalId: ExternalId
+    values: Annotated[dict[SecretKey, SecretValue], Field(max_length=50)]
+    workspaceId: Identifier | None = None
+    endUserId: ExternalId | None = None
+    baseUrl: BaseUrl | None = None
+
+
+async def create_connection(request: Request) -> Response:
+    gw, principal = await caller(request)
+    body = await read_body(request, CreateConnection)
+    if gw.catalog.get(body.integrationName) is None:
+        raise ValidationFailed(
+            f"Unknown integration '{body.integrationName}'", field="integrationName"
+        )
+    if body.workspaceId is None:
+        principal.check_org_wide()
+        if body.endUserId is not None:
+            raise ValidationFailed("endUserId needs a workspaceId", field="workspaceId")
+    else:
+        await accessible_workspace(gw.store, principal, body.workspaceId)
+    end_user_id = None
+    if body.endUserId is not None and body.workspaceId is not None:
+        users = await gw.store.end_users.list(principal.org_id, body.workspaceId, None)
+        match = [u for u in users if u.external_id == body.endUserId]
+        if not match:
+            raise ValidationFailed(
+                "No end user with this externalId in the workspace", field="endUserId"
+            )
+        end_user_id = match[0].id
+    async with gw.store.db.write(principal.actor) as txn:
+        created = await gw.store.connections.create(
+            txn,
+            org_id=principal.org_id,
+            workspace_id=body.workspaceId,
+            end_user_id=end_user_id,
+            integration_name=body.integrationName,
+            type=body.type,
+            display_name=body.displayName,
+            external_id=body.externalId,
+            values=dict(body.values),
+            base_url=body.baseUrl,
+        )
+    return ok({"connection": created.to_json()}, status=201)
+
+
+async def list_connections(request: Request) -> Response:
+    gw, principal = await caller(request)
+    workspace_id = request.query_params.get("workspaceId")
+    if workspace_id is not None:
+        await accessible_workspace(gw.store, principal, workspace_id)
+    found = await gw.store.connections.list(principal.org_id, workspace_id, principal.workspace_ids)
+    return ok({"connections": [c.to_json() for c in found], "total": len(found)})
+
+
+async def _connection(request: Request) -> tuple[Gateway, Principal, Connection]:
+    gw, principal = await caller(request)
+    found = await gw.store.connections.get(
+        principal.org_id, path_param(request, "connection_id", "Connection")
+    )
+    if found is None:
+        raise NotFound("Connection")
+    if found.workspace_id is None:
+        principal.check_org_wide()
+    else:
+        principal.check_workspace(found.workspace_id)
+    return gw, principal, found
+
+
+async def get_connection(request: Request) -> Response:
+    _gw, _principal, found = await _connection(request)
+    return ok({"connection": found.to_json()})
+
+
+async def delete_connection(request: Request) -> Response:
+    gw, principal, found = await _connection(request)
+    async with gw.store.db.write(principal.actor) as txn:
+        await gw.store.connections.delete(txn, found)
+    return ok({"deleted": True, "id": found.id})
+
+
+routes = [
+    Route("/connections", list_connections, methods=["GET"]),
+    Route("/connections", create_connection, methods=["POST"]),
+    Route("/connections/{connection_id}", get_connection, methods=["GET"]),
+    Route("/connections/{connection_id}", delete_connection, methods=["DELETE"]),
+]

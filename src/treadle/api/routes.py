@@ -1,0 +1,107 @@
+"""The `/api/v1` application: routes, the error mapping, and one log line per request."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from treadle.api import (
+    actions,
+    activity,
+    connections,
+    end_users,
+    integrations,
+    partials,
+    workspace_integrations,
+    workspaces,
+)
+from treadle.api.responses import error, refusal
+from treadle.errors import ErrorCode, Refusal
+
+log = logging.getLogger("treadle.access")
+
+_HTTP_CODES = {
+    404: (ErrorCode.NOT_FOUND, "No such endpoint"),
+    405: (ErrorCode.METHOD_NOT_ALLOWED, "Method not allowed on this endpoint"),
+}
+
+
+async def _on_refusal(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Refusal)
+    return refusal(exc)
+
+
+async def _on_http(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code, message = _HTTP_CODES.get(exc.status_code, (ErrorCode.VALIDATION_ERROR, "Bad request"))
+    return error(code, message)
+
+
+async def _on_crash(_request: Request, exc: Exception) -> Response:
+    log.error("unhandled error", exc_info=exc)
+    return error(ErrorCode.INTERNAL_ERROR, "Internal error; it has been logged")
+
+
+class AccessLog:
+    """One line per request. The path only: query strings may carry tokens."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def observe(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observe)
+        finally:
+            log.info(
+                "%s %s %d %.1fms",
+                scope["method"],
+                scope["path"][:200],
+                status,
+                (time.perf_counter() - started) * 1000,
+            )
+
+
+def api_routes() -> Mount:
+    routes = [
+        *workspaces.routes,
+        *workspace_integrations.routes,
+        *integrations.routes,
+        *connections.routes,
+        *end_users.routes,
+        *partials.routes,
+        *actions.routes,
+        *activity.routes,
+    ]
+    return Mount("/api/v1", routes=routes)
+
+
+EXCEPTION_HANDLERS = {Refusal: _on_refusal, HTTPException: _on_http, Exception: _on_crash}
+
+
+def build_app(gateway: object, extra_routes: list[Mount] | None = None) -> Starlette:
+    app = Starlette(
+        routes=[api_routes(), *(extra_routes or [])],
+        exception_handlers=EXCEPTION_HANDLERS,
+    )
+    app.state.gateway = gateway
+    app.add_middleware(AccessLog)
+    return app

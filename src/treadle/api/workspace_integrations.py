@@ -1,0 +1,217 @@
+"""`/api/v1/workspaces/{workspaceId}/integrations` (product doc 003)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from jsonschema import Draft202012Validator
+from pydantic import Field
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from treadle.api.auth import Principal, accessible_workspace
+from treadle.api.bodies import Body, read_body
+from treadle.api.context import caller, path_param
+from treadle.api.fields import ActionList, Identifier, Slug
+from treadle.api.responses import ok
+from treadle.app import Gateway
+from treadle.catalog.model import AuthKind, Integration
+from treadle.errors import ErrorCode, NotFound, Refusal, ValidationFailed
+from treadle.ids import is_uuid
+from treadle.store.records import ConnectionStrategy, Workspace, WorkspaceIntegration
+
+Settings = Annotated[dict[str, Any], Field(max_length=100)]
+Strategy = Literal["fixed", "per_user", "per_user_with_fallback"]
+
+
+class CreateWorkspaceIntegration(Body):
+    integrationName: Slug
+    connectionStrategy: Strategy
+    integrationAlias: Slug | None = None
+    connectionId: Identifier | None = None
+    allowedActions: ActionList | None = None
+    settings: Settings | None = None
+
+
+class UpdateWorkspaceIntegration(Body):
+    connectionStrategy: Strategy | None = None
+    connectionId: Identifier | None = None
+    allowedActions: ActionList | None = None
+    settings: Settings | None = None
+    integrationAlias: Slug | None = None
+
+
+def _integration(gw: Gateway, name: str) -> Integration:
+    found = gw.catalog.get(name)
+    if found is None:
+        raise ValidationFailed(f"Unknown integration '{name}'", field="integrationName")
+    return found
+
+
+def _allowed(integration: Integration, names: list[str] | None) -> tuple[str, ...] | None:
+    if names is None:
+        return None
+    for index, name in enumerate(names):
+        if integration.action(name) is None:
+            raise ValidationFailed(
+                f"'{integration.name}' has no action '{name}'", field=f"allowedActions[{index}]"
+            )
+    return tuple(dict.fromkeys(names))
+
+
+def _settings(integration: Integration, settings: dict[str, Any]) -> dict[str, Any]:
+    error = next(
+        iter(Draft202012Validator(integration.settings_schema).iter_errors(settings)), None
+    )
+    if error is not None:
+        path = ".".join(str(p) for p in error.absolute_path)
+        raise ValidationFailed(
+            f"Invalid settings for '{integration.name}': failed '{error.validator}' check"
+            + (f" at {path}" if path else ""),
+            field="settings" + (f".{path}" if path else ""),
+        )
+    return settings
+
+
+async def _connection_id(
+    gw: Gateway,
+    principal: Principal,
+    workspace: Workspace,
+    integration: Integration,
+    strategy: ConnectionStrategy,
+    given: str | None,
+) -> str | None:
+    if strategy is ConnectionStrategy.PER_USER:
+        if given is not None:
+            raise ValidationFailed(
+                "per_user resolves each end user's own connection; omit connectionId",
+                field="connectionId",
+            )
+        return None
+    if given is None:
+        if integration.auth_kind is AuthKind.NONE:
+            return None
+        raise ValidationFailed(
+            f"connectionId is required for the {strategy.value} strategy", field="connectionId"
+        )
+    # Accept the connection's UUID or its externalId, as the documents' examples do both.
+    found = await gw.store.connections.find(
+        principal.org_id,
+        workspace_id=workspace.id,
+        connection_id=given if is_uuid(given) else None,
+        external_id=None if is_uuid(given) else given,
+        integration_name=integration.name,
+    )
+    if not found or found[0].end_user_id is not None:
+        raise ValidationFailed(
+            "No workspace connection with this ID for this integration", field="connectionId"
+        )
+    return found[0].id
+
+
+async def _workspace(request: Request) -> tuple[Gateway, Principal, Workspace]:
+    gw, principal = await caller(request)
+    workspace_id = path_param(request, "workspace_id", "Workspace")
+    return gw, principal, await accessible_workspace(gw.store, principal, workspace_id)
+
+
+async def list_workspace_integrations(request: Request) -> Response:
+    gw, _principal, workspace = await _workspace(request)
+    found = await gw.store.integrations.list(workspace.id)
+    return ok({"integrations": [wi.to_json() for wi in found], "total": len(found)})
+
+
+async def create_workspace_integration(request: Request) -> Response:
+    gw, principal, workspace = await _workspace(request)
+    body = await read_body(request, CreateWorkspaceIntegration)
+    integration = _integration(gw, body.integrationName)
+    strategy = ConnectionStrategy(body.connectionStrategy)
+    connection_id = await _connection_id(
+        gw, principal, workspace, integration, strategy, body.connectionId
+    )
+    async with gw.store.db.write(principal.actor) as txn:
+        created = await gw.store.integrations.create(
+            txn,
+            org_id=principal.org_id,
+            workspace_id=workspace.id,
+            integration_name=integration.name,
+            alias=body.integrationAlias or integration.name,
+            strategy=strategy,
+            connection_id=connection_id,
+            allowed_actions=_allowed(integration, body.allowedActions),
+            settings=_settings(integration, body.settings or {}),
+        )
+    return ok({"integration": created.to_json()}, status=201)
+
+
+async def _configured(
+    gw: Gateway, principal: Principal, workspace: Workspace, request: Request
+) -> WorkspaceIntegration:
+    found = await gw.store.integrations.get(
+        principal.org_id, path_param(request, "id", "Workspace integration")
+    )
+    if found is None or found.workspace_id != workspace.id:
+        raise NotFound("Workspace integration")
+    return found
+
+
+async def get_workspace_integration(request: Request) -> Response:
+    gw, principal, workspace = await _workspace(request)
+    found = await _configured(gw, principal, workspace, request)
+    return ok({"integration": found.to_json()})
+
+
+async def update_workspace_integration(request: Request) -> Response:
+    gw, principal, workspace = await _workspace(request)
+    current = await _configured(gw, principal, workspace, request)
+    body = await read_body(request, UpdateWorkspaceIntegration)
+    given = body.model_fields_set
+    if not given:
+        raise Refusal(ErrorCode.NO_UPDATES, "No fields provided to update")
+    integration = _integration(gw, current.integration_name)
+    changes: dict[str, Any] = {}
+    strategy = (
+        ConnectionStrategy(body.connectionStrategy)
+        if body.connectionStrategy is not None
+        else current.connection_strategy
+    )
+    if "connectionStrategy" in given or "connectionId" in given:
+        keep = current.connection_id if "connectionId" not in given else body.connectionId
+        if strategy is ConnectionStrategy.PER_USER and "connectionId" not in given:
+            keep = None
+        changes["connection_strategy"] = strategy
+        changes["connection_id"] = await _connection_id(
+            gw, principal, workspace, integration, strategy, keep
+        )
+    if "allowedActions" in given:
+        changes["allowed_actions"] = _allowed(integration, body.allowedActions)
+    if "settings" in given:
+        changes["settings"] = _settings(integration, body.settings or {})
+    if "integrationAlias" in given:
+        if body.integrationAlias is None:
+            raise ValidationFailed("integrationAlias cannot be null", field="integrationAlias")
+        changes["alias"] = body.integrationAlias
+    async with gw.store.db.write(principal.actor) as txn:
+        updated = await gw.store.integrations.update(txn, current, changes)
+    return ok({"integration": updated.to_json()})
+
+
+async def delete_workspace_integration(request: Request) -> Response:
+    gw, principal, workspace = await _workspace(request)
+    current = await _configured(gw, principal, workspace, request)
+    async with gw.store.db.write(principal.actor) as txn:
+        await gw.store.integrations.delete(txn, current)
+    return ok({"deleted": True, "id": current.id})
+
+
+_ONE = "/workspaces/{workspace_id}/integrations/{id}"
+routes = [
+    Route("/workspaces/{workspace_id}/integrations", list_workspace_integrations, methods=["GET"]),
+    Route(
+        "/workspaces/{workspace_id}/integrations", create_workspace_integration, methods=["POST"]
+    ),
+    Route(_ONE, get_workspace_integration, methods=["GET"]),
+    Route(_ONE, update_workspace_integration, methods=["PATCH"]),
+    Route(_ONE, delete_workspace_integration, methods=["DELETE"]),
+]

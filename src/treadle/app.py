@@ -1,0 +1,61 @@
+"""Assembles one gateway: settings → store → catalog → engine → faces (DESIGN.md)."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import httpx2
+
+from treadle.catalog import Catalog, load_catalog
+from treadle.engine import Executor
+from treadle.engine.limits import MonthlyQuota, RateLimiter, SlidingWindowRateLimiter
+from treadle.net import build_http_client
+from treadle.settings import Settings
+from treadle.store import Database, Store
+from treadle.vault import Vault
+
+
+@dataclass(slots=True)
+class Gateway:
+    settings: Settings
+    store: Store
+    catalog: Catalog
+    executor: Executor
+    http: httpx2.AsyncClient
+    _exit: AsyncExitStack
+
+    @classmethod
+    async def open(
+        cls,
+        settings: Settings,
+        *,
+        catalog: Catalog | None = None,
+        rate_limiter: RateLimiter | None = None,
+        http: httpx2.AsyncClient | None = None,
+    ) -> Gateway:
+        exit_stack = AsyncExitStack()
+        try:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            db = await Database.open(settings.database_url)
+            exit_stack.push_async_callback(db.close)
+            store = Store(db, Vault.open(settings.data_dir, settings.secret_key))
+            client = http
+            if client is None:
+                client = build_http_client()
+                exit_stack.push_async_callback(client.aclose)
+            chosen_catalog = catalog if catalog is not None else load_catalog()
+            executor = Executor(
+                store,
+                chosen_catalog,
+                client,
+                rate_limiter or SlidingWindowRateLimiter(),
+                MonthlyQuota(store.usage),
+            )
+        except BaseException:
+            await exit_stack.aclose()
+            raise
+        return cls(settings, store, chosen_catalog, executor, client, exit_stack)
+
+    async def close(self) -> None:
+        await self._exit.aclose()

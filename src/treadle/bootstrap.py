@@ -1,0 +1,52 @@
+"""First-run setup of a data dir: one org, a `default` workspace and an org-wide API key.
+
+Idempotent: run again, it creates nothing twice. The first key is also kept in
+`<data-dir>/api-key` (mode 0600) so `treadle init` can show it again; that file is inside the
+same trust boundary as the database and its encryption key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from treadle.store import Store
+
+DEFAULT_WORKSPACE = "default"
+API_KEY_FILE = "api-key"
+
+
+@dataclass(frozen=True, slots=True)
+class InitResult:
+    org_id: str
+    workspace_id: str
+    api_key: str | None
+    created: bool
+
+
+async def initialise(store: Store, data_dir: Path) -> InitResult:
+    org = await store.orgs.first()
+    created = org is None
+    api_key: str | None = None
+    if org is None:
+        async with store.db.write("cli") as txn:
+            org = await store.orgs.create(txn, "default")
+            await store.workspaces.create(txn, org.id, DEFAULT_WORKSPACE)
+            _key, api_key = await store.api_keys.create(txn, org.id, name="initial key")
+        _write_private(data_dir / API_KEY_FILE, api_key)
+    workspace = await store.workspaces.by_name(org.id, DEFAULT_WORKSPACE)
+    if workspace is None:
+        async with store.db.write("cli") as txn:
+            workspace = await store.workspaces.create(txn, org.id, DEFAULT_WORKSPACE)
+    if api_key is None:
+        key_file = data_dir / API_KEY_FILE
+        api_key = key_file.read_text().strip() if key_file.exists() else None
+    return InitResult(org.id, workspace.id, api_key, created)
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text + "\n")

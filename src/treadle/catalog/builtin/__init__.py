@@ -1,0 +1,1 @@
+"""Integrations that ship with treadle, registered through the same entry points as plugins."""

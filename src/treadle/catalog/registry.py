@@ -1,0 +1,62 @@
+"""Loads integrations from the `treadle.integrations` entry-point group."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from importlib.metadata import entry_points
+
+from treadle.catalog.model import NAME_PATTERN, Integration
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "treadle.integrations"
+
+
+class Catalog:
+    """An immutable-by-default set of integrations keyed by name.
+
+    `version` bumps whenever an integration is added, so tool lists derived from the catalog
+    can be cached against it.
+    """
+
+    def __init__(self, integrations: Iterable[Integration] = ()) -> None:
+        self._by_name: dict[str, Integration] = {}
+        self.version = 0
+        for integration in integrations:
+            self.add(integration)
+
+    def add(self, integration: Integration) -> None:
+        if not NAME_PATTERN.match(integration.name):
+            raise ValueError(f"invalid integration name {integration.name!r}")
+        names = [action.name for action in integration.actions]
+        if len(names) != len(set(names)):
+            raise ValueError(f"integration {integration.name!r} declares an action twice")
+        self._by_name[integration.name] = integration
+        self.version += 1
+
+    def get(self, name: str) -> Integration | None:
+        return self._by_name.get(name)
+
+    def __iter__(self) -> Iterator[Integration]:
+        return iter(sorted(self._by_name.values(), key=lambda i: i.name))
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+
+def load_catalog() -> Catalog:
+    """Every integration the installed distributions register (built-ins included)."""
+    catalog = Catalog()
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loaded = entry_point.load()
+        except Exception:
+            # One broken plugin must not take the gateway down; say which one and go on.
+            log.exception("could not load integration plugin %s", entry_point.name)
+            continue
+        if not isinstance(loaded, Integration):
+            log.error("entry point %s is not a treadle Integration", entry_point.name)
+            continue
+        catalog.add(loaded)
+    return catalog

@@ -1,0 +1,182 @@
+"""`treadle` command line (DESIGN.md: CLI contract)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+
+import anyio
+
+from treadle import __version__
+from treadle.app import Gateway
+from treadle.bootstrap import initialise
+from treadle.settings import Settings
+
+Command = Callable[[argparse.Namespace], Awaitable[int]]
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    # Everything goes to stderr: stdout belongs to command output (and to MCP on stdio).
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("httpx2", "httpcore2", "mcp", "sqlalchemy", "aiosqlite"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+async def _open(args: argparse.Namespace) -> Gateway:
+    return await Gateway.open(Settings.from_env(args.data_dir))
+
+
+async def cmd_init(args: argparse.Namespace) -> int:
+    gateway = await _open(args)
+    try:
+        result = await initialise(gateway.store, gateway.settings.data_dir)
+    finally:
+        await gateway.close()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "orgId": result.org_id,
+                    "workspaceId": result.workspace_id,
+                    "apiKey": result.api_key,
+                }
+            )
+        )
+    elif args.shell:
+        print(f"export TREADLE_API_KEY={shlex.quote(result.api_key or '')}")
+        print(f"export TREADLE_WORKSPACE_ID={shlex.quote(result.workspace_id)}")
+    else:
+        state = "initialised" if result.created else "already initialised"
+        print(f"treadle data dir {gateway.settings.data_dir} {state}")
+        print(f"  org:        {result.org_id}")
+        print(f"  workspace:  {result.workspace_id} (default)")
+        print(f"  API key:    {result.api_key or '(not kept; create one: treadle keys create)'}")
+    return 0
+
+
+async def cmd_keys_create(args: argparse.Namespace) -> int:
+    gateway = await _open(args)
+    try:
+        result = await initialise(gateway.store, gateway.settings.data_dir)
+        if args.workspace is not None:
+            workspace = await gateway.store.workspaces.get(result.org_id, args.workspace)
+            if workspace is None:
+                print(f"error: no workspace {args.workspace!r}", file=sys.stderr)
+                return 2
+        async with gateway.store.db.write("cli") as txn:
+            key, token = await gateway.store.api_keys.create(
+                txn, result.org_id, name=args.name, workspace_id=args.workspace
+            )
+    finally:
+        await gateway.close()
+    if args.json:
+        print(json.dumps({"id": key.id, "apiKey": token, "workspaceId": key.workspace_id}))
+    else:
+        print(token)
+    return 0
+
+
+async def cmd_org_limits(args: argparse.Namespace) -> int:
+    gateway = await _open(args)
+    try:
+        result = await initialise(gateway.store, gateway.settings.data_dir)
+        async with gateway.store.db.write("cli") as txn:
+            await gateway.store.orgs.set_limits(
+                txn,
+                result.org_id,
+                plan=args.plan,
+                monthly_quota=args.monthly_quota,
+                rate_limit=args.rate_limit,
+                rate_window_seconds=args.rate_window,
+            )
+        org = await gateway.store.orgs.get(result.org_id)
+    finally:
+        await gateway.close()
+    assert org is not None
+    print(
+        json.dumps(
+            {
+                "plan": org.plan,
+                "monthlyQuota": org.monthly_quota,
+                "rateLimit": org.rate_limit,
+                "rateWindowSeconds": org.rate_window_seconds,
+            }
+        )
+    )
+    return 0
+
+
+async def cmd_serve(args: argparse.Namespace) -> int:
+    from treadle.server import serve
+
+    await serve(Settings.from_env(args.data_dir), host=args.host, port=args.port)
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive whole number")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="treadle", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"treadle {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, handler: Command, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help)
+        sub.add_argument(
+            "--data-dir", help="data directory (default: $TREADLE_DATA_DIR or ~/.treadle)"
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    init = command("init", cmd_init, "create the database, an org, a workspace and an API key")
+    output = init.add_mutually_exclusive_group()
+    output.add_argument(
+        "--json", action="store_true", help='print {"orgId","workspaceId","apiKey"}'
+    )
+    output.add_argument("--shell", action="store_true", help="print export lines for a shell")
+
+    keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="keys", required=True)
+    create = keys.add_parser("create", help="create an API key (shown once)")
+    create.add_argument("--data-dir")
+    create.add_argument("--workspace", help="restrict the key to one workspace ID")
+    create.add_argument("--name", default="cli key")
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(handler=cmd_keys_create)
+
+    org = commands.add_parser("org", help="the org").add_subparsers(dest="org", required=True)
+    limits = org.add_parser("limits", help="show or set plan, monthly quota and rate limit")
+    limits.add_argument("--data-dir")
+    limits.add_argument("--plan")
+    limits.add_argument("--monthly-quota", type=_positive)
+    limits.add_argument("--rate-limit", type=_positive)
+    limits.add_argument("--rate-window", type=_positive, help="seconds")
+    limits.set_defaults(handler=cmd_org_limits)
+
+    serve = command("serve", cmd_serve, "serve the REST API and MCP endpoints")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8400)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    handler: Command = args.handler
+    try:
+        return anyio.run(handler, args)
+    except KeyboardInterrupt:
+        return 130

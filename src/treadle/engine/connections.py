@@ -1,0 +1,102 @@
+"""Connection resolution by strategy (product doc 003, "Connection Strategies")."""
+
+from __future__ import annotations
+
+from treadle.catalog.model import AuthKind, ConnectionCredentials, Integration
+from treadle.engine.request import ExecuteRequest
+from treadle.errors import ErrorCode, Refusal
+from treadle.ids import is_uuid
+from treadle.store.people import Connections
+from treadle.store.records import Connection, ConnectionStrategy, WorkspaceIntegration
+
+
+class ConnectionResolver:
+    def __init__(self, connections: Connections) -> None:
+        self._connections = connections
+
+    async def resolve(
+        self,
+        request: ExecuteRequest,
+        integration: Integration,
+        configured: WorkspaceIntegration,
+    ) -> ConnectionCredentials | None:
+        chosen = await self._choose(request, integration, configured)
+        if chosen is None:
+            return None
+        if chosen.status != "active":
+            raise Refusal(
+                ErrorCode.CONNECTION_ERROR,
+                f"Connection '{chosen.external_id}' needs to be re-authenticated",
+            )
+        return await self._connections.credentials(chosen)
+
+    async def _choose(
+        self,
+        request: ExecuteRequest,
+        integration: Integration,
+        configured: WorkspaceIntegration,
+    ) -> Connection | None:
+        explicit = await self._explicit(request, integration)
+        if explicit is not None:
+            return explicit
+        strategy = configured.connection_strategy
+        if strategy is not ConnectionStrategy.FIXED and request.end_user_id is not None:
+            own = await self._connections.find(
+                request.org_id,
+                workspace_id=request.workspace_id,
+                end_user_external_id=request.end_user_id,
+                integration_name=integration.name,
+            )
+            if own:
+                return own[0]
+        if strategy is not ConnectionStrategy.PER_USER and configured.connection_id is not None:
+            fallback = await self._connections.find(
+                request.org_id,
+                workspace_id=request.workspace_id,
+                connection_id=configured.connection_id,
+            )
+            if fallback:
+                return fallback[0]
+            if integration.auth_kind is not AuthKind.NONE:
+                raise Refusal(
+                    ErrorCode.CONNECTION_NOT_FOUND,
+                    f"The connection configured for '{configured.alias}' no longer exists",
+                )
+        if integration.auth_kind is AuthKind.NONE:
+            return None
+        who = f"end user '{request.end_user_id}'" if request.end_user_id else "this call"
+        raise Refusal(
+            ErrorCode.CONNECTION_REQUIRED,
+            f"Action '{request.action_name}' requires an authenticated connection, "
+            f"and none was found for {who} on '{configured.alias}'",
+            integrationAlias=configured.alias,
+            endUserId=request.end_user_id,
+        )
+
+    async def _explicit(
+        self, request: ExecuteRequest, integration: Integration
+    ) -> Connection | None:
+        if request.connection_id is None and request.connection_external_id is None:
+            return None
+        by_id = (
+            request.connection_id
+            if request.connection_id and is_uuid(request.connection_id)
+            else None
+        )
+        # doc 001 examples pass externalId-like values ("conn_slack_abc") as connectionId.
+        external = request.connection_external_id or (
+            request.connection_id if by_id is None else None
+        )
+        found = await self._connections.find(
+            request.org_id,
+            workspace_id=request.workspace_id,
+            connection_id=by_id,
+            external_id=external,
+            integration_name=integration.name,
+        )
+        if not found:
+            raise Refusal(
+                ErrorCode.CONNECTION_NOT_FOUND,
+                "Specified connection does not exist for this workspace and integration",
+            )
+        return found[0]

@@ -1,0 +1,255 @@
+"""The execute pipeline: the one place where a call is selected, merged, checked and run.
+
+select → allow → partials → validate → state scope → connection → rate limit → quota → run
+→ record. Every face (REST, MCP) builds an `ExecuteRequest` and maps the `Outcome` back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx2
+
+from treadle.catalog.model import Action, ActionContext, Integration, StateStore
+from treadle.catalog.registry import Catalog
+from treadle.engine.connections import ConnectionResolver
+from treadle.engine.limits import QuotaGate, RateLimiter
+from treadle.engine.outcome import Outcome, RateStatus, Refused, Succeeded, UpstreamFailed
+from treadle.engine.partials import effective_partials, enforced_values, merge_input
+from treadle.engine.redaction import redact
+from treadle.engine.request import ExecuteRequest
+from treadle.engine.selection import select_workspace_integration
+from treadle.engine.validation import validate_input
+from treadle.errors import (
+    ActionRuntimeError,
+    ConnectionCredentialsError,
+    ErrorCode,
+    NotFound,
+    Refusal,
+    UpstreamError,
+    ValidationFailed,
+)
+from treadle.store import Store
+from treadle.store.records import Org, WorkspaceIntegration
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ACTION_TIMEOUT = 60.0
+
+
+@dataclass(slots=True)
+class _Trace:
+    """What is known so far about a call, for the activity record."""
+
+    configured: WorkspaceIntegration | None = None
+    recorded_input: dict[str, Any] | None = None
+    rate: RateStatus | None = None
+
+
+class Executor:
+    def __init__(
+        self,
+        store: Store,
+        catalog: Catalog,
+        http: httpx2.AsyncClient,
+        rate_limiter: RateLimiter,
+        quota: QuotaGate,
+        *,
+        action_timeout: float = DEFAULT_ACTION_TIMEOUT,
+    ) -> None:
+        self._store = store
+        self._catalog = catalog
+        self._http = http
+        self._rate_limiter = rate_limiter
+        self._quota = quota
+        self._connections = ConnectionResolver(store.connections)
+        self._action_timeout = action_timeout
+
+    async def execute(self, request: ExecuteRequest) -> Outcome:
+        trace = _Trace()
+        started = time.perf_counter()
+        try:
+            outcome = await self._execute(request, trace, started)
+        except Refusal as refusal:
+            outcome = Refused(refusal.code, refusal.message, refusal.extra, trace.rate)
+        if trace.configured is not None:
+            await self._record(request, trace, outcome, started)
+        return outcome
+
+    async def _execute(self, request: ExecuteRequest, trace: _Trace, started: float) -> Outcome:
+        org = await self._store.orgs.get(request.org_id)
+        if org is None or await self._store.workspaces.get(org.id, request.workspace_id) is None:
+            raise NotFound("Workspace")
+        integration = self._catalog.get(request.integration_name)
+        if integration is None:
+            raise Refusal(
+                ErrorCode.INTEGRATION_NOT_FOUND,
+                f"Integration '{request.integration_name}' not found",
+            )
+        action = integration.action(request.action_name)
+        if action is None:
+            raise Refusal(
+                ErrorCode.NOT_FOUND,
+                f"Action '{request.action_name}' not found in integration '{integration.name}'",
+            )
+        configured = await select_workspace_integration(
+            self._store.integrations,
+            org_id=org.id,
+            workspace_id=request.workspace_id,
+            integration_name=integration.name,
+            workspace_integration_id=request.workspace_integration_id,
+            alias=request.integration_alias,
+        )
+        trace.configured = configured
+        trace.recorded_input = redact(request.input)
+        if not configured.allows(action.name):
+            raise Refusal(
+                ErrorCode.ACTION_NOT_ALLOWED,
+                f"Action '{action.name}' is not allowed for '{configured.alias}' in this workspace",
+                integrationAlias=configured.alias,
+                actionName=action.name,
+            )
+        partials = effective_partials(
+            await self._store.partials.list(
+                request.workspace_id, integration_name=integration.name
+            ),
+            integration_name=integration.name,
+            alias=configured.alias,
+            action_name=action.name,
+            partial_ids=request.partial_ids,
+        )
+        merged = merge_input(partials, request.input, refuse_enforced=request.refuse_enforced_keys)
+        trace.recorded_input = redact(merged, enforced_values(partials))
+        validate_input(action.input_schema, merged)
+        state = self._state_for(integration, configured, request)
+        connection = await self._connections.resolve(request, integration, configured)
+        allowed, trace.rate = await self._rate_limiter.hit(
+            org.id, org.rate_limit, org.rate_window_seconds
+        )
+        if not allowed:
+            seconds = trace.rate.retry_after
+            raise Refusal(
+                ErrorCode.RATE_LIMITED,
+                f"Rate limit exceeded. Try again in {seconds} seconds.",
+                retryAfter=seconds,
+            )
+        await self._reserve_quota(org)
+        context = ActionContext(
+            workspace_id=request.workspace_id,
+            integration_alias=configured.alias,
+            action_name=action.name,
+            end_user_id=request.end_user_id,
+            connection=connection,
+            settings=configured.settings,
+            http=self._http,
+            state=state,
+        )
+        return await self._run(action, context, merged, trace.rate, started)
+
+    def _state_for(
+        self,
+        integration: Integration,
+        configured: WorkspaceIntegration,
+        request: ExecuteRequest,
+    ) -> StateStore | None:
+        if not integration.stateful:
+            return None
+        persistence = configured.settings.get("persistence") or {}
+        scope = persistence.get("scope", "end_user") if isinstance(persistence, dict) else None
+        if scope == "workspace":
+            owner = "*"
+        elif request.end_user_id is None:
+            raise ValidationFailed(
+                f"endUserId is required: '{configured.alias}' keeps its state per end user",
+                field="endUserId",
+            )
+        else:
+            owner = f"user:{request.end_user_id}"
+        return self._store.kv(f"{configured.workspace_id}/{configured.id}/{owner}")
+
+    async def _reserve_quota(self, org: Org) -> None:
+        counted, used = await self._quota.reserve(org.id, org.monthly_quota)
+        if not counted:
+            raise Refusal(
+                ErrorCode.QUOTA_EXCEEDED,
+                "Monthly action quota exceeded",
+                current=used,
+                limit=org.monthly_quota,
+                plan=org.plan,
+            )
+
+    async def _run(
+        self,
+        action: Action,
+        context: ActionContext,
+        merged: dict[str, Any],
+        rate: RateStatus | None,
+        started: float,
+    ) -> Outcome:
+        def elapsed() -> int:
+            return round((time.perf_counter() - started) * 1000)
+
+        try:
+            with anyio.fail_after(self._action_timeout):
+                output = await action.run(context, merged)
+        except UpstreamError as failure:
+            return UpstreamFailed(failure.error, failure.detail, elapsed(), rate)
+        except ActionRuntimeError as failure:
+            return Refused(ErrorCode.ACTION_FAILED, failure.message, dict(failure.details), rate)
+        except ConnectionCredentialsError as failure:
+            return Refused(ErrorCode.CONNECTION_ERROR, failure.message, {}, rate)
+        except Refusal as refusal:
+            return Refused(refusal.code, refusal.message, refusal.extra, rate)
+        except TimeoutError:
+            return Refused(
+                ErrorCode.ACTION_FAILED,
+                f"The action did not finish within {self._action_timeout:g} seconds",
+                {"reason": "timeout"},
+                rate,
+            )
+        except Exception:
+            # The traceback stays in the server log; the caller gets no internals.
+            log.exception("action %s crashed", action.name)
+            return Refused(
+                ErrorCode.ACTION_FAILED,
+                "The action failed unexpectedly",
+                {"reason": "crashed"},
+                rate,
+            )
+        return Succeeded(output, elapsed(), rate)
+
+    async def _record(
+        self, request: ExecuteRequest, trace: _Trace, outcome: Outcome, started: float
+    ) -> None:
+        configured = trace.configured
+        assert configured is not None
+        match outcome:
+            case Succeeded():
+                status, code = "succeeded", None
+            case UpstreamFailed():
+                status, code = "upstream_failed", None
+            case Refused(code=ErrorCode.ACTION_FAILED | ErrorCode.CONNECTION_ERROR):
+                status, code = "failed", outcome.code.value
+            case Refused():
+                status, code = "refused", outcome.code.value
+        async with self._store.db.write(request.actor) as txn:
+            await self._store.activity.record(
+                txn,
+                org_id=request.org_id,
+                workspace_id=request.workspace_id,
+                type="action_execution",
+                source=request.source.value,
+                actor=request.actor,
+                status=status,
+                integration_name=configured.integration_name,
+                integration_alias=configured.alias,
+                action_name=request.action_name,
+                end_user_id=request.end_user_id,
+                duration_ms=round((time.perf_counter() - started) * 1000),
+                error_code=code,
+                input=trace.recorded_input,
+            )

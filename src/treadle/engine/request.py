@@ -1,0 +1,33 @@
+"""What a face hands the pipeline: one typed request, whatever the wire format was."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Source(StrEnum):
+    REST = "rest"
+    MCP_TOOLS = "mcp_tools"
+
+
+@dataclass(frozen=True, slots=True)
+class ExecuteRequest:
+    org_id: str
+    workspace_id: str
+    integration_name: str
+    action_name: str
+    source: Source
+    actor: str
+    input: dict[str, Any] = field(default_factory=dict)
+    workspace_integration_id: str | None = None
+    integration_alias: str | None = None
+    connection_external_id: str | None = None
+    connection_id: str | None = None
+    end_user_id: str | None = None
+    # None: the alias's default partials apply; []: none do.
+    partial_ids: tuple[str, ...] | None = None
+    idempotency_key: str | None = None
+    # MCP refuses arguments naming enforced keys instead of silently overriding them.
+    refuse_enforced_keys: bool = False

@@ -1,0 +1,53 @@
+"""Step one of the pipeline: which configured workspace integration a call targets."""
+
+from __future__ import annotations
+
+from treadle.errors import ErrorCode, NotFound, Refusal, ValidationFailed
+from treadle.store.configuration import WorkspaceIntegrations
+from treadle.store.records import WorkspaceIntegration
+
+
+async def select_workspace_integration(
+    integrations: WorkspaceIntegrations,
+    *,
+    org_id: str,
+    workspace_id: str,
+    integration_name: str,
+    workspace_integration_id: str | None,
+    alias: str | None,
+) -> WorkspaceIntegration:
+    if workspace_integration_id is not None:
+        found = await integrations.get(org_id, workspace_integration_id)
+        if found is None or found.workspace_id != workspace_id:
+            raise NotFound("Workspace integration")
+        if found.integration_name != integration_name:
+            raise ValidationFailed(
+                f"Workspace integration '{workspace_integration_id}' is configured for "
+                f"'{found.integration_name}', not '{integration_name}'",
+                field="workspaceIntegrationId",
+            )
+        return found
+    configured = await integrations.list(workspace_id)
+    candidates = [wi for wi in configured if wi.integration_name == integration_name]
+    if alias is not None:
+        for candidate in candidates:
+            if candidate.alias == alias:
+                return candidate
+        raise Refusal(
+            ErrorCode.INTEGRATION_NOT_FOUND,
+            f"No integration with alias '{alias}' for '{integration_name}' in this workspace",
+        )
+    if not candidates:
+        raise Refusal(
+            ErrorCode.INTEGRATION_NOT_FOUND,
+            f"Integration '{integration_name}' is not configured in this workspace",
+        )
+    if len(candidates) > 1:
+        aliases = [c.alias for c in candidates]
+        raise ValidationFailed(
+            f"'{integration_name}' is configured several times in this workspace; "
+            f"choose one with integrationAlias: {', '.join(aliases)}",
+            field="integrationAlias",
+            aliases=aliases,
+        )
+    return candidates[0]

@@ -1,0 +1,42 @@
+"""Persistence: every SQL statement of treadle lives in this package."""
+
+from __future__ import annotations
+
+from treadle.store.activity import Activity, ActivityFilter
+from treadle.store.configuration import Partials, WorkspaceIntegrations
+from treadle.store.database import ChangeEvent, Database, WriteTxn
+from treadle.store.people import Connections, EndUsers
+from treadle.store.state import KeyValueNamespace, UsageCounters
+from treadle.store.tenancy import ApiKeys, Orgs, Workspaces
+from treadle.vault import Vault
+
+
+class Store:
+    """The repositories over one database, assembled once per process."""
+
+    def __init__(self, db: Database, vault: Vault) -> None:
+        self.db = db
+        self.orgs = Orgs(db)
+        self.workspaces = Workspaces(db)
+        self.api_keys = ApiKeys(db)
+        self.end_users = EndUsers(db)
+        self.connections = Connections(db, vault)
+        self.integrations = WorkspaceIntegrations(db)
+        self.partials = Partials(db)
+        self.activity = Activity(db)
+        self.usage = UsageCounters(db)
+
+    def kv(self, namespace: str) -> KeyValueNamespace:
+        return KeyValueNamespace(self.db, namespace, actor="system")
+
+    async def close(self) -> None:
+        await self.db.close()
+
+
+__all__ = [
+    "ActivityFilter",
+    "ChangeEvent",
+    "Database",
+    "Store",
+    "WriteTxn",
+]

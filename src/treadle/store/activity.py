@@ -1,0 +1,62 @@
+"""The activity log: executions and configuration changes, newest first, cursor-paginated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from treadle.store import schema
+from treadle.store.database import Database, WriteTxn, insert_activity
+from treadle.store.records import ActivityEntry
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityFilter:
+    org_id: str
+    workspace_ids: set[str] | None = None
+    workspace_id: str | None = None
+    type: str | None = None
+    status: str | None = None
+    source: str | None = None
+    since: str | None = None
+    until: str | None = None
+    before_seq: int | None = None
+    limit: int = 50
+
+
+class Activity:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def record(self, txn: WriteTxn, **values: Any) -> str:
+        return await insert_activity(txn.conn, **values)
+
+    async def list(self, where: ActivityFilter) -> tuple[list[ActivityEntry], int | None]:
+        """A page of entries and the cursor (a sequence number) for the next, older page."""
+        table = schema.activity
+        query = table.select().where(table.c.org_id == where.org_id)
+        if where.workspace_ids is not None:
+            query = query.where(table.c.workspace_id.in_(where.workspace_ids))
+        for column, wanted in (
+            (table.c.workspace_id, where.workspace_id),
+            (table.c.type, where.type),
+            (table.c.status, where.status),
+            (table.c.source, where.source),
+        ):
+            if wanted is not None:
+                query = query.where(column == wanted)
+        if where.since is not None:
+            query = query.where(table.c.created_at >= where.since)
+        if where.until is not None:
+            query = query.where(table.c.created_at < where.until)
+        if where.before_seq is not None:
+            query = query.where(table.c.seq < where.before_seq)
+        query = query.order_by(table.c.seq.desc()).limit(where.limit + 1)
+        async with self._db.read() as conn:
+            rows = list(await conn.execute(query))
+        entries = [
+            ActivityEntry(**{column.name: row._mapping[column.name] for column in table.c})
+            for row in rows[: where.limit]
+        ]
+        cursor = entries[-1].seq if len(rows) > where.limit else None
+        return entries, cursor

@@ -1,0 +1,159 @@
+"""The database handle: connections, one writer, and change events after commit.
+
+SQLite (the embedded default) allows one writer at a time. Writes in this process queue on one
+lock and open with `BEGIN IMMEDIATE`, so a write never fails half-way on a lock upgrade and
+another process (say `treadle stdio` beside `treadle serve`) waits its turn via busy_timeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from treadle.clock import now_iso
+from treadle.ids import new_uuid
+from treadle.store import schema
+from treadle.store.migrations import migrate
+
+GLOBAL_SCOPE = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeEvent:
+    """A committed configuration change (DESIGN.md: change events drive resync)."""
+
+    org_id: str
+    workspace_id: str | None
+    target_type: str
+    target_id: str
+    change: str
+
+
+ChangeListener = Callable[[ChangeEvent], None]
+
+
+@dataclass(slots=True)
+class WriteTxn:
+    conn: AsyncConnection
+    actor: str
+    events: list[ChangeEvent] = field(default_factory=list)
+
+    async def changed(
+        self,
+        *,
+        org_id: str,
+        workspace_id: str | None,
+        target_type: str,
+        target_id: str,
+        change: str,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a configuration change: bump versions, log activity, queue the event."""
+        for scope in {workspace_id or GLOBAL_SCOPE, GLOBAL_SCOPE}:
+            await bump_version(self.conn, scope)
+        await insert_activity(
+            self.conn,
+            org_id=org_id,
+            workspace_id=workspace_id,
+            type="config_change",
+            source="rest" if self.actor.startswith("api_key:") else "cli",
+            actor=self.actor,
+            status="ok",
+            target_type=target_type,
+            target_id=target_id,
+            change=change,
+            input=detail,
+        )
+        self.events.append(ChangeEvent(org_id, workspace_id, target_type, target_id, change))
+
+
+async def bump_version(conn: AsyncConnection, scope: str) -> None:
+    table = schema.config_versions
+    updated = await conn.execute(
+        table.update().where(table.c.scope == scope).values(version=table.c.version + 1)
+    )
+    if updated.rowcount == 0:
+        await conn.execute(table.insert().values(scope=scope, version=1))
+
+
+async def insert_activity(conn: AsyncConnection, **values: Any) -> str:
+    table = schema.activity
+    seq = (await conn.execute(sa.select(sa.func.coalesce(sa.func.max(table.c.seq), 0)))).scalar()
+    entry_id = new_uuid()
+    await conn.execute(
+        table.insert().values(id=entry_id, seq=int(seq or 0) + 1, created_at=now_iso(), **values)
+    )
+    return entry_id
+
+
+class Database:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        self._write_lock = anyio.Lock()
+        self._listeners: list[ChangeListener] = []
+
+    @classmethod
+    async def open(cls, url: str) -> Database:
+        engine = create_async_engine(url)
+        if engine.dialect.name == "sqlite":
+            _configure_sqlite(engine)
+        await migrate(engine)
+        return cls(engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @asynccontextmanager
+    async def write(self, actor: str) -> AsyncIterator[WriteTxn]:
+        async with self._write_lock, self.engine.connect() as conn:
+            conn = await conn.execution_options(treadle_write=True)
+            async with conn.begin():
+                txn = WriteTxn(conn, actor)
+                yield txn
+        # Published only after commit: a listener that re-reads sees the new state.
+        for change in txn.events:
+            for listener in list(self._listeners):
+                listener(change)
+
+    async def version(self, scope: str = GLOBAL_SCOPE) -> int:
+        table = schema.config_versions
+        async with self.read() as conn:
+            found = await conn.execute(sa.select(table.c.version).where(table.c.scope == scope))
+            return int(found.scalar() or 0)
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+        # Let SQLAlchemy's "begin" hook below emit BEGIN itself (pysqlite's own is too late).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        writing = conn.get_execution_options().get("treadle_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")

@@ -1,0 +1,112 @@
+"""Named, recorded schema migrations.
+
+Each step is frozen once released: change the schema by appending a step, never by editing
+one. `migrate` applies the steps a database has not recorded yet, in order, each in its own
+transaction, so upgrading an existing data dir keeps its data. The DDL is plain SQL that both
+SQLite and PostgreSQL accept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from treadle.clock import now_iso
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    name: str
+    statements: Sequence[str]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        "0001_initial",
+        (
+            """CREATE TABLE orgs (
+                id TEXT PRIMARY KEY, name TEXT NOT NULL, plan TEXT NOT NULL,
+                monthly_quota INTEGER NOT NULL, rate_limit INTEGER NOT NULL,
+                rate_window_seconds INTEGER NOT NULL, created_at TEXT NOT NULL)""",
+            """CREATE TABLE workspaces (
+                id TEXT PRIMARY KEY, org_id TEXT NOT NULL REFERENCES orgs(id),
+                name TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+                UNIQUE (org_id, name))""",
+            """CREATE TABLE api_keys (
+                id TEXT PRIMARY KEY, org_id TEXT NOT NULL REFERENCES orgs(id),
+                workspace_id TEXT, name TEXT NOT NULL, key_prefix TEXT NOT NULL,
+                key_hash TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL)""",
+            """CREATE TABLE end_users (
+                id TEXT PRIMARY KEY, org_id TEXT NOT NULL, workspace_id TEXT NOT NULL,
+                external_id TEXT NOT NULL, display_name TEXT, email TEXT, metadata TEXT,
+                created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+                UNIQUE (workspace_id, external_id))""",
+            """CREATE TABLE connections (
+                id TEXT PRIMARY KEY, org_id TEXT NOT NULL, workspace_id TEXT,
+                end_user_id TEXT, integration_name TEXT NOT NULL, type TEXT NOT NULL,
+                display_name TEXT NOT NULL, external_id TEXT NOT NULL, secret TEXT NOT NULL,
+                base_url TEXT, status TEXT NOT NULL, created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL)""",
+            """CREATE UNIQUE INDEX connections_external_id
+                ON connections (org_id, COALESCE(workspace_id, ''), external_id)""",
+            """CREATE TABLE workspace_integrations (
+                id TEXT PRIMARY KEY, org_id TEXT NOT NULL, workspace_id TEXT NOT NULL,
+                integration_name TEXT NOT NULL, alias TEXT NOT NULL,
+                connection_strategy TEXT NOT NULL, connection_id TEXT, allowed_actions TEXT,
+                settings TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+                UNIQUE (workspace_id, alias))""",
+            """CREATE TABLE partials (
+                id TEXT PRIMARY KEY, org_id TEXT NOT NULL, workspace_id TEXT NOT NULL,
+                integration_name TEXT NOT NULL, integration_alias TEXT, action_name TEXT,
+                name TEXT NOT NULL, description TEXT, "values" TEXT NOT NULL,
+                enforced_keys TEXT NOT NULL, is_default BOOLEAN NOT NULL,
+                created_at TEXT NOT NULL, updated_at TEXT NOT NULL)""",
+            """CREATE UNIQUE INDEX partials_scope_name ON partials (workspace_id,
+                integration_name, COALESCE(integration_alias, ''), COALESCE(action_name, ''),
+                name)""",
+            """CREATE TABLE activity (
+                id TEXT PRIMARY KEY, seq INTEGER NOT NULL, org_id TEXT NOT NULL,
+                workspace_id TEXT, type TEXT NOT NULL, source TEXT NOT NULL,
+                actor TEXT NOT NULL, status TEXT NOT NULL, integration_name TEXT,
+                integration_alias TEXT, action_name TEXT, end_user_id TEXT,
+                duration_ms INTEGER, error_code TEXT, target_type TEXT, target_id TEXT,
+                change TEXT, input TEXT, created_at TEXT NOT NULL)""",
+            "CREATE INDEX activity_org_seq ON activity (org_id, seq)",
+            "CREATE UNIQUE INDEX activity_seq ON activity (seq)",
+            """CREATE TABLE kv_entries (
+                namespace TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+                updated_at TEXT NOT NULL, PRIMARY KEY (namespace, key))""",
+            """CREATE TABLE usage_counters (
+                org_id TEXT NOT NULL, period TEXT NOT NULL, count INTEGER NOT NULL,
+                PRIMARY KEY (org_id, period))""",
+            """CREATE TABLE config_versions (
+                scope TEXT PRIMARY KEY, version INTEGER NOT NULL)""",
+        ),
+    ),
+)
+
+_CREATE_LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (
+    name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"""
+
+
+async def migrate(engine: AsyncEngine, steps: Sequence[Migration] = MIGRATIONS) -> list[str]:
+    """Apply the steps not yet recorded; returns the names applied now."""
+    async with engine.begin() as conn:
+        await conn.execute(sa.text(_CREATE_LEDGER))
+        done = set((await conn.execute(sa.text("SELECT name FROM schema_migrations"))).scalars())
+    applied: list[str] = []
+    for step in steps:
+        if step.name in done:
+            continue
+        async with engine.begin() as conn:
+            for statement in step.statements:
+                await conn.execute(sa.text(statement))
+            await conn.execute(
+                sa.text("INSERT INTO schema_migrations (name, applied_at) VALUES (:n, :t)"),
+                {"n": step.name, "t": now_iso()},
+            )
+        applied.append(step.name)
+    return applied

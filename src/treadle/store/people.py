@@ -1,0 +1,258 @@
+"""End users and their (or the workspace's) connections. Secrets stay sealed in here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from treadle.catalog.model import ConnectionCredentials
+from treadle.clock import now_iso
+from treadle.errors import ErrorCode, Refusal
+from treadle.ids import new_uuid
+from treadle.store import schema
+from treadle.store.database import Database, WriteTxn
+from treadle.store.records import Connection, EndUser
+from treadle.vault import Vault
+
+
+def _end_user(row: sa.Row[Any]) -> EndUser:
+    return EndUser(
+        id=row.id,
+        org_id=row.org_id,
+        workspace_id=row.workspace_id,
+        external_id=row.external_id,
+        display_name=row.display_name,
+        email=row.email,
+        metadata=row.metadata,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+class EndUsers:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(
+        self,
+        txn: WriteTxn,
+        *,
+        org_id: str,
+        workspace_id: str,
+        external_id: str,
+        display_name: str | None,
+        email: str | None,
+        metadata: dict[str, Any] | None,
+    ) -> EndUser:
+        table = schema.end_users
+        exists = await txn.conn.execute(
+            sa.select(table.c.id).where(
+                table.c.workspace_id == workspace_id, table.c.external_id == external_id
+            )
+        )
+        if exists.first() is not None:
+            raise Refusal(ErrorCode.DUPLICATE, "An end user with this externalId already exists")
+        now = now_iso()
+        user = EndUser(
+            new_uuid(), org_id, workspace_id, external_id, display_name, email, metadata, now, now
+        )
+        await txn.conn.execute(
+            table.insert().values(
+                id=user.id,
+                org_id=org_id,
+                workspace_id=workspace_id,
+                external_id=external_id,
+                display_name=display_name,
+                email=email,
+                metadata=metadata,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        return user
+
+    async def get(self, org_id: str, end_user_id: str) -> EndUser | None:
+        table = schema.end_users
+        async with self._db.read() as conn:
+            query = table.select().where(table.c.id == end_user_id, table.c.org_id == org_id)
+            row = (await conn.execute(query)).first()
+        return None if row is None else _end_user(row)
+
+    async def list(
+        self, org_id: str, workspace_id: str | None, workspace_ids: set[str] | None
+    ) -> list[EndUser]:
+        table = schema.end_users
+        query = table.select().where(table.c.org_id == org_id)
+        if workspace_id is not None:
+            query = query.where(table.c.workspace_id == workspace_id)
+        if workspace_ids is not None:
+            query = query.where(table.c.workspace_id.in_(workspace_ids))
+        async with self._db.read() as conn:
+            rows = await conn.execute(query.order_by(table.c.created_at, table.c.id))
+            return [_end_user(row) for row in rows]
+
+    async def delete(self, txn: WriteTxn, user: EndUser) -> None:
+        """Deleting an end user deletes their connections (and their kv state stays scoped)."""
+        await txn.conn.execute(
+            schema.connections.delete().where(schema.connections.c.end_user_id == user.id)
+        )
+        await txn.conn.execute(schema.end_users.delete().where(schema.end_users.c.id == user.id))
+
+
+_CONNECTION_COLUMNS = (
+    *(c for c in schema.connections.c if c.name != "secret"),
+    schema.end_users.c.external_id.label("end_user_external_id"),
+)
+
+
+def _connection_query() -> sa.Select[Any]:
+    joined = schema.connections.outerjoin(
+        schema.end_users, schema.connections.c.end_user_id == schema.end_users.c.id
+    )
+    return sa.select(*_CONNECTION_COLUMNS).select_from(joined)
+
+
+def _connection(row: sa.Row[Any]) -> Connection:
+    return Connection(
+        id=row.id,
+        org_id=row.org_id,
+        workspace_id=row.workspace_id,
+        end_user_id=row.end_user_id,
+        end_user_external_id=row.end_user_external_id,
+        integration_name=row.integration_name,
+        type=row.type,
+        display_name=row.display_name,
+        external_id=row.external_id,
+        base_url=row.base_url,
+        status=row.status,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+class Connections:
+    def __init__(self, db: Database, vault: Vault) -> None:
+        self._db = db
+        self._vault = vault
+
+    async def create(
+        self,
+        txn: WriteTxn,
+        *,
+        org_id: str,
+        workspace_id: str | None,
+        end_user_id: str | None,
+        integration_name: str,
+        type: str,
+        display_name: str,
+        external_id: str,
+        values: dict[str, str],
+        base_url: str | None,
+    ) -> Connection:
+        table = schema.connections
+        clash = sa.select(table.c.id).where(
+            table.c.org_id == org_id,
+            sa.func.coalesce(table.c.workspace_id, "") == (workspace_id or ""),
+            table.c.external_id == external_id,
+        )
+        if (await txn.conn.execute(clash)).first() is not None:
+            raise Refusal(ErrorCode.DUPLICATE, "A connection with this externalId already exists")
+        now = now_iso()
+        connection_id = new_uuid()
+        await txn.conn.execute(
+            table.insert().values(
+                id=connection_id,
+                org_id=org_id,
+                workspace_id=workspace_id,
+                end_user_id=end_user_id,
+                integration_name=integration_name,
+                type=type,
+                display_name=display_name,
+                external_id=external_id,
+                secret=self._vault.seal(values),
+                base_url=base_url,
+                status="active",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        created = await self._get_in(txn, org_id, connection_id)
+        assert created is not None
+        return created
+
+    async def _get_in(self, txn: WriteTxn, org_id: str, connection_id: str) -> Connection | None:
+        query = _connection_query().where(
+            schema.connections.c.id == connection_id, schema.connections.c.org_id == org_id
+        )
+        row = (await txn.conn.execute(query)).first()
+        return None if row is None else _connection(row)
+
+    async def get(self, org_id: str, connection_id: str) -> Connection | None:
+        query = _connection_query().where(
+            schema.connections.c.id == connection_id, schema.connections.c.org_id == org_id
+        )
+        async with self._db.read() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else _connection(row)
+
+    async def find(
+        self,
+        org_id: str,
+        *,
+        workspace_id: str,
+        connection_id: str | None = None,
+        external_id: str | None = None,
+        end_user_external_id: str | None = None,
+        integration_name: str | None = None,
+    ) -> list[Connection]:
+        """Connections visible from one workspace (its own and org-wide ones) matching filters."""
+        table = schema.connections
+        query = _connection_query().where(
+            table.c.org_id == org_id,
+            sa.or_(table.c.workspace_id == workspace_id, table.c.workspace_id.is_(None)),
+        )
+        if connection_id is not None:
+            query = query.where(table.c.id == connection_id)
+        if external_id is not None:
+            query = query.where(table.c.external_id == external_id)
+        if integration_name is not None:
+            query = query.where(table.c.integration_name == integration_name)
+        if end_user_external_id is not None:
+            query = query.where(
+                schema.end_users.c.external_id == end_user_external_id,
+                schema.end_users.c.workspace_id == workspace_id,
+            )
+        async with self._db.read() as conn:
+            rows = await conn.execute(query.order_by(table.c.created_at, table.c.id))
+            return [_connection(row) for row in rows]
+
+    async def list(
+        self, org_id: str, workspace_id: str | None, workspace_ids: set[str] | None
+    ) -> list[Connection]:
+        table = schema.connections
+        query = _connection_query().where(table.c.org_id == org_id)
+        if workspace_id is not None:
+            query = query.where(table.c.workspace_id == workspace_id)
+        if workspace_ids is not None:
+            query = query.where(table.c.workspace_id.in_(workspace_ids))
+        async with self._db.read() as conn:
+            rows = await conn.execute(query.order_by(table.c.created_at, table.c.id))
+            return [_connection(row) for row in rows]
+
+    async def delete(self, txn: WriteTxn, connection: Connection) -> None:
+        table = schema.connections
+        await txn.conn.execute(table.delete().where(table.c.id == connection.id))
+
+    async def credentials(self, connection: Connection) -> ConnectionCredentials:
+        table = schema.connections
+        async with self._db.read() as conn:
+            query = sa.select(table.c.secret).where(table.c.id == connection.id)
+            sealed = (await conn.execute(query)).scalar_one()
+        return ConnectionCredentials(
+            id=connection.id,
+            external_id=connection.external_id,
+            type=connection.type,
+            values=self._vault.open_sealed(sealed),
+            base_url=connection.base_url,
+        )

@@ -1,0 +1,184 @@
+"""The tables, as SQLAlchemy Core objects, for building queries.
+
+The DDL that creates them lives in `migrations.py` (frozen, recorded steps); a test checks the
+two agree. JSON lives in TEXT columns so SQLite and PostgreSQL store it the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+
+class JSONText(sa.types.TypeDecorator[Any]):
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> Any:
+        return None if value is None else json.loads(value)
+
+
+metadata = sa.MetaData()
+
+schema_migrations = sa.Table(
+    "schema_migrations",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("applied_at", sa.Text, nullable=False),
+)
+
+orgs = sa.Table(
+    "orgs",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("plan", sa.Text, nullable=False),
+    sa.Column("monthly_quota", sa.Integer, nullable=False),
+    sa.Column("rate_limit", sa.Integer, nullable=False),
+    sa.Column("rate_window_seconds", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Text, nullable=False),
+)
+
+workspaces = sa.Table(
+    "workspaces",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("org_id", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Text, nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("org_id", sa.Text, nullable=False),
+    sa.Column("workspace_id", sa.Text),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("key_prefix", sa.Text, nullable=False),
+    sa.Column("key_hash", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Text, nullable=False),
+)
+
+end_users = sa.Table(
+    "end_users",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("org_id", sa.Text, nullable=False),
+    sa.Column("workspace_id", sa.Text, nullable=False),
+    sa.Column("external_id", sa.Text, nullable=False),
+    sa.Column("display_name", sa.Text),
+    sa.Column("email", sa.Text),
+    sa.Column("metadata", JSONText),
+    sa.Column("created_at", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Text, nullable=False),
+)
+
+connections = sa.Table(
+    "connections",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("org_id", sa.Text, nullable=False),
+    sa.Column("workspace_id", sa.Text),
+    sa.Column("end_user_id", sa.Text),
+    sa.Column("integration_name", sa.Text, nullable=False),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("display_name", sa.Text, nullable=False),
+    sa.Column("external_id", sa.Text, nullable=False),
+    sa.Column("secret", sa.Text, nullable=False),
+    sa.Column("base_url", sa.Text),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Text, nullable=False),
+)
+
+workspace_integrations = sa.Table(
+    "workspace_integrations",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("org_id", sa.Text, nullable=False),
+    sa.Column("workspace_id", sa.Text, nullable=False),
+    sa.Column("integration_name", sa.Text, nullable=False),
+    sa.Column("alias", sa.Text, nullable=False),
+    sa.Column("connection_strategy", sa.Text, nullable=False),
+    sa.Column("connection_id", sa.Text),
+    sa.Column("allowed_actions", JSONText),
+    sa.Column("settings", JSONText, nullable=False),
+    sa.Column("created_at", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Text, nullable=False),
+)
+
+partials = sa.Table(
+    "partials",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("org_id", sa.Text, nullable=False),
+    sa.Column("workspace_id", sa.Text, nullable=False),
+    sa.Column("integration_name", sa.Text, nullable=False),
+    sa.Column("integration_alias", sa.Text),
+    sa.Column("action_name", sa.Text),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("description", sa.Text),
+    sa.Column("values", JSONText, nullable=False),
+    sa.Column("enforced_keys", JSONText, nullable=False),
+    sa.Column("is_default", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Text, nullable=False),
+)
+
+activity = sa.Table(
+    "activity",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("org_id", sa.Text, nullable=False),
+    sa.Column("workspace_id", sa.Text),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("integration_name", sa.Text),
+    sa.Column("integration_alias", sa.Text),
+    sa.Column("action_name", sa.Text),
+    sa.Column("end_user_id", sa.Text),
+    sa.Column("duration_ms", sa.Integer),
+    sa.Column("error_code", sa.Text),
+    sa.Column("target_type", sa.Text),
+    sa.Column("target_id", sa.Text),
+    sa.Column("change", sa.Text),
+    sa.Column("input", JSONText),
+    sa.Column("created_at", sa.Text, nullable=False),
+)
+
+kv_entries = sa.Table(
+    "kv_entries",
+    metadata,
+    sa.Column("namespace", sa.Text, primary_key=True),
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("value", JSONText, nullable=False),
+    sa.Column("updated_at", sa.Text, nullable=False),
+)
+
+usage_counters = sa.Table(
+    "usage_counters",
+    metadata,
+    sa.Column("org_id", sa.Text, primary_key=True),
+    sa.Column("period", sa.Text, primary_key=True),
+    sa.Column("count", sa.Integer, nullable=False),
+)
+
+config_versions = sa.Table(
+    "config_versions",
+    metadata,
+    sa.Column("scope", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)
