@@ -1,0 +1,92 @@
+"""Shared fixtures: a real gateway on a temporary SQLite file, driven through ASGI.
+
+Each test gets its own data dir, database and secret key file, so tests run in parallel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from treadle.api.routes import build_app
+from treadle.app import Gateway
+from treadle.bootstrap import initialise
+from treadle.settings import Settings, sqlite_url
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    data_dir = tmp_path / "data"
+    return Settings(
+        data_dir=data_dir, database_url=sqlite_url(data_dir / "treadle.db"), secret_key=None
+    )
+
+
+@pytest.fixture
+async def gateway(settings: Settings) -> AsyncIterator[Gateway]:
+    opened = await Gateway.open(settings)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@dataclass
+class Api:
+    """An authenticated client on the default workspace of a fresh org."""
+
+    client: httpx2.AsyncClient
+    gateway: Gateway
+    org_id: str
+    workspace_id: str
+    api_key: str
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx2.Response:
+        return await self.client.request(method, f"/api/v1{path}", **kwargs)
+
+    async def get(self, path: str, **kwargs: Any) -> httpx2.Response:
+        return await self.request("GET", path, **kwargs)
+
+    async def post(self, path: str, json: Any = None, **kwargs: Any) -> httpx2.Response:
+        return await self.request("POST", path, json=json, **kwargs)
+
+    async def patch(self, path: str, json: Any = None, **kwargs: Any) -> httpx2.Response:
+        return await self.request("PATCH", path, json=json, **kwargs)
+
+    async def delete(self, path: str, **kwargs: Any) -> httpx2.Response:
+        return await self.request("DELETE", path, **kwargs)
+
+    async def execute(self, **body: Any) -> httpx2.Response:
+        body.setdefault("workspaceId", self.workspace_id)
+        return await self.post("/actions/execute", body)
+
+    async def configure(self, integration: str = "kv-store", **fields: Any) -> dict[str, Any]:
+        """Create a workspace integration and return it."""
+        body = {"integrationName": integration, "connectionStrategy": "fixed", **fields}
+        response = await self.post(f"/workspaces/{self.workspace_id}/integrations", body)
+        assert response.status_code == 201, response.text
+        created: dict[str, Any] = response.json()["integration"]
+        return created
+
+
+@pytest.fixture
+async def api(gateway: Gateway) -> AsyncIterator[Api]:
+    result = await initialise(gateway.store, gateway.settings.data_dir)
+    assert result.api_key is not None
+    transport = httpx2.ASGITransport(app=build_app(gateway))
+    async with httpx2.AsyncClient(
+        transport=transport,
+        base_url="http://treadle.test",
+        headers={"Authorization": f"Bearer {result.api_key}"},
+    ) as client:
+        yield Api(client, gateway, result.org_id, result.workspace_id, result.api_key)
