@@ -13,7 +13,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from treadle.api.routes import build_app
+from treadle.http_app import build_http_app
 from treadle.app import Gateway
 from treadle.bootstrap import initialise
 from treadle.settings import Settings, sqlite_url
@@ -83,7 +83,7 @@ class Api:
 async def api(gateway: Gateway) -> AsyncIterator[Api]:
     result = await initialise(gateway.store, gateway.settings.data_dir)
     assert result.api_key is not None
-    transport = httpx2.ASGITransport(app=build_app(gateway))
+    transport = httpx2.ASGITransport(app=build_http_app(gateway))
     async with httpx2.AsyncClient(
         transport=transport,
         base_url="http://treadle.test",

@@ -121,6 +121,63 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_stdio(args: argparse.Namespace) -> int:
+    from treadle.errors import NotFound
+    from treadle.mcp.binds import bind_server, bind_workspace
+    from treadle.mcp.stdio import serve_stdio
+
+    gateway = await _open(args)
+    try:
+        try:
+            if args.server:
+                binding = await bind_server(gateway.store, args.server, args.end_user)
+            else:
+                binding = await bind_workspace(gateway.store, args.workspace, args.end_user)
+        except NotFound as missing:
+            print(f"error: {missing.message}", file=sys.stderr)
+            return 2
+        await serve_stdio(gateway, binding)
+    finally:
+        await gateway.close()
+    return 0
+
+
+async def cmd_mcp_config(args: argparse.Namespace) -> int:
+    from treadle.demo import claude_desktop_entry
+
+    gateway = await _open(args)
+    try:
+        server = await gateway.store.mcp_servers.get(args.server)
+    finally:
+        await gateway.close()
+    if server is None:
+        print(f"error: no MCP server {args.server!r}", file=sys.stderr)
+        return 2
+    print(json.dumps(claude_desktop_entry(server, gateway.settings.data_dir), indent=2))
+    return 0
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    from treadle.demo import claude_desktop_entry, ensure_demo
+    from treadle.server import serve
+
+    settings = Settings.from_env(args.data_dir)
+    gateway = await Gateway.open(settings)
+    try:
+        demo = await ensure_demo(gateway.store, settings.data_dir)
+    finally:
+        await gateway.close()
+    url = f"http://{args.host}:{args.port}/mcp/{demo.server.id}"
+    print("treadle demo is ready.\n")
+    print(f"  MCP endpoint (streamable HTTP): {url}")
+    print(f"  Bearer token:                   {demo.token}\n")
+    print("  Claude Desktop (claude_desktop_config.json), over stdio:\n")
+    print(json.dumps(claude_desktop_entry(demo.server, settings.data_dir), indent=2))
+    print("\nServing; press Ctrl+C to stop.", flush=True)
+    await serve(settings, host=args.host, port=args.port)
+    return 0
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -169,6 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve = command("serve", cmd_serve, "serve the REST API and MCP endpoints")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8400)
+
+    stdio = command("stdio", cmd_stdio, "serve one MCP server over stdin/stdout")
+    target = stdio.add_mutually_exclusive_group(required=True)
+    target.add_argument("--server", help="an MCP server ID (srv_…)")
+    target.add_argument("--workspace", help="a workspace ID: all of its tools")
+    stdio.add_argument("--end-user", help="the end user's externalId for per-user connections")
+
+    demo = command("demo", cmd_demo, "create a demo workspace and MCP server, then serve")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8400)
+
+    config = command("mcp-config", cmd_mcp_config, "print a Claude Desktop config entry")
+    config.add_argument("--server", required=True, help="an MCP server ID (srv_…)")
     return parser
 
 

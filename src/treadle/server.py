@@ -6,9 +6,9 @@ import logging
 
 import uvicorn
 
-from treadle.api.routes import build_app
 from treadle.app import Gateway
 from treadle.bootstrap import initialise
+from treadle.http_app import build_http_app
 from treadle.settings import Settings
 
 log = logging.getLogger("treadle")
@@ -24,7 +24,7 @@ async def serve(settings: Settings, *, host: str, port: int) -> None:
                 settings.data_dir,
                 settings.data_dir,
             )
-        app = build_app(gateway)
+        app = build_http_app(gateway)
         config = uvicorn.Config(
             app,
             host=host,

@@ -18,6 +18,7 @@ from treadle.api import (
     connections,
     end_users,
     integrations,
+    mcp_servers,
     partials,
     workspace_integrations,
     workspaces,
@@ -90,6 +91,7 @@ def api_routes() -> Mount:
         *partials.routes,
         *actions.routes,
         *activity.routes,
+        *mcp_servers.routes,
     ]
     return Mount("/api/v1", routes=routes)
 

@@ -86,6 +86,18 @@ MIGRATIONS: tuple[Migration, ...] = (
                 scope TEXT PRIMARY KEY, version INTEGER NOT NULL)""",
         ),
     ),
+    Migration(
+        "0002_mcp_servers",
+        (
+            """CREATE TABLE mcp_servers (
+                id TEXT PRIMARY KEY, org_id TEXT NOT NULL, workspace_id TEXT NOT NULL,
+                name TEXT NOT NULL, mode TEXT NOT NULL, end_user_id TEXT,
+                tool_overrides TEXT NOT NULL, token_hash TEXT NOT NULL UNIQUE,
+                token_prefix TEXT NOT NULL, created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL)""",
+            "CREATE INDEX mcp_servers_workspace ON mcp_servers (workspace_id)",
+        ),
+    ),
 )
 
 _CREATE_LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (

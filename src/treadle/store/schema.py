@@ -182,3 +182,19 @@ config_versions = sa.Table(
     sa.Column("scope", sa.Text, primary_key=True),
     sa.Column("version", sa.Integer, nullable=False),
 )
+
+mcp_servers = sa.Table(
+    "mcp_servers",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("org_id", sa.Text, nullable=False),
+    sa.Column("workspace_id", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("mode", sa.Text, nullable=False),
+    sa.Column("end_user_id", sa.Text),
+    sa.Column("tool_overrides", JSONText, nullable=False),
+    sa.Column("token_hash", sa.Text, nullable=False),
+    sa.Column("token_prefix", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Text, nullable=False),
+)

@@ -1,0 +1,171 @@
+"""`/api/v1/mcp/servers`: MCP server records (product doc 003, "Auto-Sync with MCP Servers").
+
+A server exposes one workspace's tools at `/mcp/{id}`. Its bearer token is returned once, on
+create and on rotation, as `token`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, StringConstraints
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from treadle.api.auth import Principal, accessible_workspace
+from treadle.api.bodies import Body, read_body
+from treadle.api.context import caller, path_param
+from treadle.api.fields import ActionName, ExternalId, Identifier, Name, Slug
+from treadle.api.responses import ok
+from treadle.app import Gateway
+from treadle.errors import ErrorCode, NotFound, Refusal, ValidationFailed
+from treadle.store.mcp_servers import McpServer, ToolOverride
+
+ToolDescription = Annotated[str, StringConstraints(max_length=2000)]
+
+
+class Override(Body):
+    integrationAlias: Slug
+    actionName: ActionName
+    partialIds: Annotated[list[Identifier], Field(max_length=50)] | None = None
+    description: ToolDescription | None = None
+    enabled: bool = True
+
+
+Overrides = Annotated[list[Override], Field(max_length=1000)]
+
+
+class CreateServer(Body):
+    workspaceId: Identifier
+    name: Name
+    mode: Literal["TOOLS"] = "TOOLS"
+    endUserId: ExternalId | None = None
+    toolOverrides: Overrides = []
+
+
+class UpdateServer(Body):
+    name: Name | None = None
+    endUserId: ExternalId | None = None
+    toolOverrides: Overrides | None = None
+
+
+async def _overrides(
+    gw: Gateway, principal: Principal, workspace_id: str, given: list[Override]
+) -> tuple[ToolOverride, ...]:
+    seen: set[tuple[str, str]] = set()
+    for index, item in enumerate(given):
+        pair = (item.integrationAlias, item.actionName)
+        if pair in seen:
+            raise ValidationFailed(
+                "Two overrides name the same tool", field=f"toolOverrides[{index}]"
+            )
+        seen.add(pair)
+        for position, partial_id in enumerate(item.partialIds or []):
+            partial = await gw.store.partials.get(principal.org_id, partial_id)
+            if partial is None or partial.workspace_id != workspace_id:
+                raise ValidationFailed(
+                    f"Partial '{partial_id}' not found in this workspace",
+                    field=f"toolOverrides[{index}].partialIds[{position}]",
+                )
+    return tuple(
+        ToolOverride(
+            integration_alias=item.integrationAlias,
+            action_name=item.actionName,
+            partial_ids=None if item.partialIds is None else tuple(item.partialIds),
+            description=item.description,
+            enabled=item.enabled,
+        )
+        for item in given
+    )
+
+
+async def create_server(request: Request) -> Response:
+    gw, principal = await caller(request)
+    body = await read_body(request, CreateServer)
+    workspace = await accessible_workspace(gw.store, principal, body.workspaceId)
+    overrides = await _overrides(gw, principal, workspace.id, body.toolOverrides)
+    async with gw.store.db.write(principal.actor) as txn:
+        server, token = await gw.store.mcp_servers.create(
+            txn,
+            org_id=principal.org_id,
+            workspace_id=workspace.id,
+            name=body.name,
+            mode=body.mode,
+            end_user_id=body.endUserId,
+            tool_overrides=overrides,
+        )
+    return ok({"server": server.to_json(), "token": token}, status=201)
+
+
+async def list_servers(request: Request) -> Response:
+    gw, principal = await caller(request)
+    workspace_id = request.query_params.get("workspaceId")
+    if workspace_id is not None:
+        await accessible_workspace(gw.store, principal, workspace_id)
+    found = await gw.store.mcp_servers.list(
+        principal.org_id, {workspace_id} if workspace_id else principal.workspace_ids
+    )
+    return ok({"servers": [s.to_json() for s in found], "total": len(found)})
+
+
+async def _server(request: Request) -> tuple[Gateway, Principal, McpServer]:
+    gw, principal = await caller(request)
+    found = await gw.store.mcp_servers.get(
+        path_param(request, "server_id", "MCP server"), principal.org_id
+    )
+    if found is None:
+        raise NotFound("MCP server")
+    principal.check_workspace(found.workspace_id)
+    return gw, principal, found
+
+
+async def get_server(request: Request) -> Response:
+    _gw, _principal, found = await _server(request)
+    return ok({"server": found.to_json()})
+
+
+async def update_server(request: Request) -> Response:
+    gw, principal, current = await _server(request)
+    body = await read_body(request, UpdateServer)
+    given = body.model_fields_set
+    if not given:
+        raise Refusal(ErrorCode.NO_UPDATES, "No fields provided to update")
+    changes: dict[str, Any] = {}
+    if "name" in given:
+        if body.name is None:
+            raise ValidationFailed("name cannot be null", field="name")
+        changes["name"] = body.name
+    if "endUserId" in given:
+        changes["end_user_id"] = body.endUserId
+    if "toolOverrides" in given:
+        changes["tool_overrides"] = await _overrides(
+            gw, principal, current.workspace_id, body.toolOverrides or []
+        )
+    async with gw.store.db.write(principal.actor) as txn:
+        updated = await gw.store.mcp_servers.update(txn, current, changes)
+    return ok({"server": updated.to_json()})
+
+
+async def rotate_token(request: Request) -> Response:
+    gw, principal, current = await _server(request)
+    async with gw.store.db.write(principal.actor) as txn:
+        updated, token = await gw.store.mcp_servers.rotate_token(txn, current)
+    return ok({"server": updated.to_json(), "token": token})
+
+
+async def delete_server(request: Request) -> Response:
+    gw, principal, current = await _server(request)
+    async with gw.store.db.write(principal.actor) as txn:
+        await gw.store.mcp_servers.delete(txn, current)
+    return ok({"deleted": True, "id": current.id})
+
+
+routes = [
+    Route("/mcp/servers", list_servers, methods=["GET"]),
+    Route("/mcp/servers", create_server, methods=["POST"]),
+    Route("/mcp/servers/{server_id}", get_server, methods=["GET"]),
+    Route("/mcp/servers/{server_id}", update_server, methods=["PATCH"]),
+    Route("/mcp/servers/{server_id}", delete_server, methods=["DELETE"]),
+    Route("/mcp/servers/{server_id}/rotate-token", rotate_token, methods=["POST"]),
+]

@@ -1,0 +1,40 @@
+"""The whole HTTP application of `treadle serve`: the REST API and the MCP endpoints."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from treadle.api.routes import EXCEPTION_HANDLERS, AccessLog, api_routes
+from treadle.app import Gateway
+from treadle.mcp.http import McpEndpoint
+from treadle.mcp.runtime import McpRuntime
+
+
+def build_http_app(gateway: Gateway, runtime: McpRuntime | None = None) -> Starlette:
+    runtime = runtime or McpRuntime(gateway)
+    endpoint = McpEndpoint(gateway, runtime)
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        async with endpoint.running(), anyio.create_task_group() as tg:
+            tg.start_soon(runtime.hub.run)
+            yield
+            tg.cancel_scope.cancel()
+
+    app = Starlette(
+        routes=[
+            api_routes(),
+            Route("/mcp/{server_id}", endpoint, methods=["GET", "POST", "DELETE"]),
+        ],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+    app.state.mcp = runtime
+    app.add_middleware(AccessLog)
+    return app

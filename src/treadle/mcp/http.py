@@ -1,0 +1,177 @@
+"""Streamable HTTP at `/mcp/{serverId}`: bearer auth, DNS-rebinding checks, body limit.
+
+Accepted tokens: the server's own `mcp_…` token, or an API key that may use the server's
+workspace. A handshake-era session belongs to the (server, principal, end user) that opened
+it: the SDK's session manager answers 404 to anyone else presenting its session ID.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from mcp.server import ServerRequestContext
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.requests import Request
+from starlette.types import Receive, Scope, Send
+
+from treadle.api.auth import bearer_token
+from treadle.app import Gateway
+from treadle.ids import hash_token
+from treadle.mcp.binding import Binding
+from treadle.mcp.runtime import McpRuntime
+from treadle.mcp.server import McpFace
+
+MAX_BODY_BYTES = 1024 * 1024
+END_USER_HEADER = "x-treadle-end-user"
+_SCOPE_KEY = "treadle.binding"
+
+_current: contextvars.ContextVar[Binding | None] = contextvars.ContextVar(
+    "treadle_http_binding", default=None
+)
+
+
+def transport_security(port: int | None = None) -> TransportSecuritySettings:
+    """Localhost only by default; TREADLE_ALLOWED_HOSTS / TREADLE_ALLOWED_ORIGINS (comma
+    separated, `host:port` with `*` for any port) for deployments behind a real hostname."""
+    hosts = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+    origins = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+    hosts += [
+        h.strip() for h in os.environ.get("TREADLE_ALLOWED_HOSTS", "").split(",") if h.strip()
+    ]
+    origins += [
+        o.strip() for o in os.environ.get("TREADLE_ALLOWED_ORIGINS", "").split(",") if o.strip()
+    ]
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+    )
+
+
+async def _send_json(
+    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]
+) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+class McpEndpoint:
+    """The ASGI app mounted at `/mcp/{server_id}`."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        runtime: McpRuntime,
+        security: TransportSecuritySettings | None = None,
+    ) -> None:
+        self._gateway = gateway
+        self._runtime = runtime
+        self.face = McpFace(
+            gateway.executor,
+            runtime.toolsets,
+            runtime.hub,
+            self._resolve,
+            schema_lookup=self._schema,
+        )
+        self.manager = StreamableHTTPSessionManager(
+            app=self.face.server,
+            security_settings=security or transport_security(),
+            max_request_body_size=MAX_BODY_BYTES,
+        )
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        async with self.manager.run():
+            yield
+
+    @staticmethod
+    async def _resolve(ctx: ServerRequestContext[Any, Any]) -> Binding:
+        request = ctx.request
+        binding = request.scope.get(_SCOPE_KEY) if isinstance(request, Request) else None
+        if not isinstance(binding, Binding):
+            raise RuntimeError("MCP request reached the handlers without a binding")
+        return binding
+
+    def _schema(self, name: str) -> dict[str, Any] | None:
+        binding = _current.get()
+        if binding is None:
+            return None
+        return self._runtime.toolsets.cached_schema(binding.cache_key, name)
+
+    async def _authenticate(self, scope: Scope) -> tuple[Binding, str] | None:
+        store = self._gateway.store
+        server_id = scope.get("path_params", {}).get("server_id", "")
+        request = Request(scope)
+        token = bearer_token(request)
+        if not token or not isinstance(server_id, str) or len(server_id) > 100:
+            return None
+        server = await store.mcp_servers.get(server_id)
+        if server is None:
+            return None
+        end_user = server.end_user_id
+        if token.startswith("mcp_"):
+            if await store.mcp_servers.by_token(token) != server:
+                return None
+            principal = f"mcp_server:{server.id}"
+        else:
+            key = await store.api_keys.authenticate(token)
+            if key is None or key.org_id != server.org_id:
+                return None
+            if key.workspace_id is not None and key.workspace_id != server.workspace_id:
+                return None
+            principal = f"api_key:{key.id}"
+            # A platform acting for many users names the end user per request.
+            end_user = end_user or (request.headers.get(END_USER_HEADER) or None)
+        binding = Binding(
+            org_id=server.org_id,
+            workspace_id=server.workspace_id,
+            server=server,
+            end_user_id=end_user[:255] if end_user else None,
+            actor=principal,
+        )
+        return binding, token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        found = await self._authenticate(scope)
+        if found is None:
+            await _send_json(
+                send,
+                401,
+                {
+                    "error": "UNAUTHORIZED",
+                    "message": "A valid MCP server token or API key is required",
+                },
+                [(b"www-authenticate", b'Bearer realm="treadle", error="invalid_token"')],
+            )
+            return
+        binding, token = found
+        scope[_SCOPE_KEY] = binding
+        # The SDK ties each session to the credential that opened it; make that credential
+        # (server, principal, end user) so no session is shared across any of the three.
+        scope["user"] = AuthenticatedUser(
+            AccessToken(
+                token=hash_token(token),
+                client_id=binding.cache_key,
+                scopes=[],
+                subject=f"{binding.actor}|{binding.end_user_id or ''}",
+                claims={"iss": "treadle"},
+            )
+        )
+        reset = _current.set(binding)
+        try:
+            await self.manager.handle_request(scope, receive, send)
+        finally:
+            _current.reset(reset)

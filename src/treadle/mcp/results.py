@@ -1,0 +1,76 @@
+"""Pipeline outcomes as MCP tool results: the one mapping for the MCP face.
+
+Refusals become `isError` results whose text starts with the documented code and says what a
+model can do about it; `structuredContent` carries the same fields for programs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mcp.types import CallToolResult, TextContent
+
+from treadle.engine import Outcome, Refused, Succeeded, UpstreamFailed
+from treadle.errors import ErrorCode
+
+_ADVICE: dict[ErrorCode, str] = {
+    ErrorCode.VALIDATION_ERROR: "Fix the arguments and call the tool again.",
+    ErrorCode.ACTION_NOT_ALLOWED: "This action is turned off in the workspace configuration; "
+    "do not retry it, and tell the user if they need it enabled.",
+    ErrorCode.CONNECTION_REQUIRED: "The user has to connect their account for this "
+    "integration before the tool can work; ask them to do so, then call again.",
+    ErrorCode.CONNECTION_NOT_FOUND: "The configured connection is missing; ask the workspace "
+    "admin to fix the integration's connection.",
+    ErrorCode.CONNECTION_ERROR: "The account's credentials were refused; the user has to "
+    "re-authenticate the connection, then call again.",
+    ErrorCode.QUOTA_EXCEEDED: "The monthly action quota is used up; retrying will not help "
+    "until the quota resets or is raised.",
+    ErrorCode.ACTION_FAILED: "The action could not complete; check the arguments or try "
+    "again later.",
+    ErrorCode.INTEGRATION_NOT_FOUND: "The integration is no longer configured; list the "
+    "tools again.",
+}
+
+
+def render(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+def error_result(
+    code: ErrorCode, message: str, extra: dict[str, Any] | None = None
+) -> CallToolResult:
+    details = dict(extra or {})
+    advice = _ADVICE.get(code, "")
+    if code is ErrorCode.RATE_LIMITED:
+        advice = f"Wait {details.get('retryAfter', 1)} seconds, then call the tool again."
+    sentence = message if message.endswith((".", "!", "?")) else f"{message}."
+    text = f"{code.value}: {sentence}" + (f" {advice}" if advice else "")
+    return CallToolResult(
+        content=[TextContent(type="text", text=text)],
+        structured_content={"error": code.value, "message": message, **details},
+        is_error=True,
+    )
+
+
+def to_result(outcome: Outcome) -> CallToolResult:
+    match outcome:
+        case Succeeded(output=output):
+            structured = output if isinstance(output, dict) else None
+            return CallToolResult(
+                content=[TextContent(type="text", text=render(output))],
+                structured_content=structured,
+            )
+        case UpstreamFailed(error=error, detail=detail):
+            text = f"The service reported an error: {error}"
+            if detail is not None:
+                text += f"\nDetail: {render(detail)}"
+            return CallToolResult(
+                content=[TextContent(type="text", text=text)],
+                structured_content={"error": error, "detail": detail},
+                is_error=True,
+            )
+        case Refused(code=code, message=message, extra=extra):
+            return error_result(code, message, extra)

@@ -1,0 +1,33 @@
+"""The MCP parts one gateway process shares: the tool-set cache and the resync hub."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mcp.server import ServerRequestContext
+
+from treadle.app import Gateway
+from treadle.mcp.binding import Binding
+from treadle.mcp.resync import ResyncHub
+from treadle.mcp.server import McpFace
+from treadle.mcp.toolset import ToolsetCache
+
+
+class McpRuntime:
+    def __init__(self, gateway: Gateway, *, poll_seconds: float = 0.25) -> None:
+        self.gateway = gateway
+        self.toolsets = ToolsetCache(gateway.store, gateway.catalog)
+        self.hub = ResyncHub(gateway.store, self.toolsets, poll_seconds=poll_seconds)
+
+    def bound_face(self, binding: Binding) -> McpFace:
+        """A server for one binding: stdio, in-memory clients, agent frameworks in-process."""
+
+        async def resolve(_ctx: ServerRequestContext[Any, Any]) -> Binding:
+            return binding
+
+        def schema(name: str) -> dict[str, Any] | None:
+            return self.toolsets.cached_schema(binding.cache_key, name)
+
+        return McpFace(
+            self.gateway.executor, self.toolsets, self.hub, resolve, schema_lookup=schema
+        )

@@ -1,0 +1,199 @@
+"""The low-level MCP `Server` whose tools come from the database.
+
+One `Server` serves every MCP server record over HTTP (the binding is resolved per request
+from the endpoint path and the bearer token); stdio and in-memory use a server bound to one
+record. Both protocol eras are served by the SDK; handlers see only `Binding`s.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+from mcp.server import NotificationOptions, Server, ServerRequestContext
+from mcp.server.models import InitializationOptions
+from mcp.server.subscriptions import ListenHandler
+from mcp.shared.exceptions import MCPError
+from mcp.types import (
+    INVALID_PARAMS,
+    CallToolRequestParams,
+    CallToolResult,
+    ListToolsResult,
+    PaginatedRequestParams,
+    SubscriptionsListenRequestParams,
+    SubscriptionsListenResult,
+)
+from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
+
+from treadle import __version__
+from treadle.engine import ExecuteRequest, Executor, Source
+from treadle.errors import ErrorCode
+from treadle.mcp.binding import Binding
+from treadle.mcp.results import error_result, to_result
+from treadle.mcp.resync import ResyncHub, listening
+from treadle.mcp.toolset import ToolsetCache
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 100
+PROGRESS_INTERVAL_SECONDS = 1.0
+
+BindingResolver = Callable[[ServerRequestContext[Any, Any]], Awaitable[Binding]]
+SchemaLookup = Callable[[str], dict[str, Any] | None]
+
+INSTRUCTIONS = (
+    "Tools are the actions of this workspace's integrations, named {alias}__{action}. "
+    "Some inputs are fixed by the workspace and are not part of a tool's schema. "
+    "A tool result with isError starts with an error code and says what to do next."
+)
+
+
+class _Server(Server[Any]):
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        # Handshake-era clients learn tools.listChanged only through these options.
+        return super().create_initialization_options(
+            notification_options or NotificationOptions(tools_changed=True),
+            experimental_capabilities,
+            extensions,
+        )
+
+
+def encode_cursor(offset: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"o": offset}).encode()).decode()
+
+
+def decode_cursor(cursor: str | None) -> int:
+    if not cursor:
+        return 0
+    try:
+        offset = json.loads(base64.urlsafe_b64decode(cursor.encode()))["o"]
+    except (ValueError, KeyError, TypeError):
+        raise MCPError(INVALID_PARAMS, "Invalid cursor") from None
+    if not isinstance(offset, int) or offset < 0:
+        raise MCPError(INVALID_PARAMS, "Invalid cursor")
+    return offset
+
+
+def _connection_key(ctx: ServerRequestContext[Any, Any]) -> tuple[int, Any]:
+    # SDK 2.3 gives handlers no public handle on the per-client Connection (Context.connection
+    # exists but the runner does not build Contexts). The session proxy holds it; its identity
+    # keys the registration and its exit stack tells us when the client is gone.
+    connection = ctx.session._connection
+    return id(connection), connection
+
+
+class McpFace:
+    """Handlers and the `Server` built from them."""
+
+    def __init__(
+        self,
+        executor: Executor,
+        toolsets: ToolsetCache,
+        hub: ResyncHub,
+        resolve: BindingResolver,
+        *,
+        page_size: int = PAGE_SIZE,
+        schema_lookup: SchemaLookup | None = None,
+    ) -> None:
+        self._executor = executor
+        self._toolsets = toolsets
+        self._hub = hub
+        self._resolve = resolve
+        self._page_size = page_size
+        self._listen = ListenHandler(hub.bus)
+        self.server = _Server(
+            "treadle",
+            version=__version__,
+            title="treadle",
+            instructions=INSTRUCTIONS,
+            on_list_tools=self.list_tools,
+            on_call_tool=self.call_tool,
+            on_subscriptions_listen=self.listen,
+            get_tool_input_schema=schema_lookup,
+        )
+        self.server.middleware.append(self._track_handshake_clients)
+
+    async def _track_handshake_clients(
+        self, ctx: ServerRequestContext[Any, Any], call_next: Callable[..., Awaitable[Any]]
+    ) -> Any:
+        if ctx.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS and ctx.method != "initialize":
+            binding = await self._resolve(ctx)
+            key, connection = _connection_key(ctx)
+            if self._hub.add_session(binding, key, ctx.session):
+                await self._hub.remember(binding)
+                connection.exit_stack.callback(self._hub.remove_session, binding, key)
+        return await call_next(ctx)
+
+    async def list_tools(
+        self, ctx: ServerRequestContext[Any, Any], params: PaginatedRequestParams | None
+    ) -> ListToolsResult:
+        binding = await self._resolve(ctx)
+        toolset = await self._toolsets.get(binding)
+        start = decode_cursor(params.cursor if params else None)
+        page = toolset.tools[start : start + self._page_size]
+        end = start + len(page)
+        return ListToolsResult(
+            tools=list(page),
+            next_cursor=encode_cursor(end) if end < len(toolset.tools) else None,
+        )
+
+    async def call_tool(
+        self, ctx: ServerRequestContext[Any, Any], params: CallToolRequestParams
+    ) -> CallToolResult:
+        binding = await self._resolve(ctx)
+        toolset = await self._toolsets.get(binding)
+        target = toolset.targets.get(params.name)
+        if target is None:
+            raise MCPError(INVALID_PARAMS, f"Unknown tool: {params.name[:100]}")
+        if target.disabled_by_server:
+            return error_result(
+                ErrorCode.ACTION_NOT_ALLOWED,
+                f"Tool '{target.name}' is disabled on this MCP server",
+            )
+        request = ExecuteRequest(
+            org_id=binding.org_id,
+            workspace_id=binding.workspace_id,
+            integration_name=target.integration.name,
+            action_name=target.action.name,
+            source=Source.MCP_TOOLS,
+            actor=binding.actor,
+            input=dict(params.arguments or {}),
+            workspace_integration_id=target.configured.id,
+            end_user_id=binding.end_user_id,
+            partial_ids=target.partial_ids,
+            refuse_enforced_keys=True,
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._report_progress, ctx)
+            outcome = await self._executor.execute(request)
+            tg.cancel_scope.cancel()
+        return to_result(outcome)
+
+    @staticmethod
+    async def _report_progress(ctx: ServerRequestContext[Any, Any]) -> None:
+        # A no-op unless the client sent a progress token; long calls show they are alive.
+        elapsed = 0.0
+        while True:
+            await anyio.sleep(PROGRESS_INTERVAL_SECONDS)
+            elapsed += PROGRESS_INTERVAL_SECONDS
+            await ctx.session.report_progress(elapsed, None, "still running")
+
+    async def listen(
+        self, ctx: ServerRequestContext[Any, Any], params: SubscriptionsListenRequestParams
+    ) -> SubscriptionsListenResult:
+        binding = await self._resolve(ctx)
+        await self._hub.remember(binding)
+        token = listening.set(binding)
+        try:
+            return await self._listen(ctx, params)
+        finally:
+            listening.reset(token)

@@ -1,0 +1,198 @@
+"""Turns a workspace's configuration into MCP tools (the provider of DESIGN.md).
+
+One tool per allowed action of each workspace integration. Schemas are pruned with the same
+partial functions the pipeline merges with. Tool sets are cached per server and rebuilt only
+when the workspace's configuration version (or the catalog) moves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from mcp.types import Tool, ToolAnnotations
+
+from treadle.catalog.model import Action, Integration
+from treadle.catalog.registry import Catalog
+from treadle.engine.partials import effective_partials, prune_schema
+from treadle.mcp.binding import Binding
+from treadle.mcp.naming import assign_names
+from treadle.store import Store
+from treadle.store.mcp_servers import McpServer
+from treadle.store.records import Partial, WorkspaceIntegration
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolTarget:
+    """What a tool name calls. Unlisted targets (actions outside `allowedActions`) stay
+    callable so the pipeline can refuse them with ACTION_NOT_ALLOWED instead of the client
+    seeing a protocol error for a tool it listed a moment ago."""
+
+    name: str
+    integration: Integration
+    action: Action
+    configured: WorkspaceIntegration
+    partial_ids: tuple[str, ...] | None
+    listed: bool
+    disabled_by_server: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSet:
+    tools: tuple[Tool, ...]
+    targets: dict[str, ToolTarget]
+    fingerprint: str
+
+    def input_schema(self, name: str) -> dict[str, Any] | None:
+        for tool in self.tools:
+            if tool.name == name:
+                return tool.input_schema
+        return None
+
+
+def _closed(schema: dict[str, Any]) -> dict[str, Any]:
+    # Close the object only where the action leaves extra keys unspecified; an action that
+    # declares additionalProperties or patternProperties keeps its own rule.
+    if "additionalProperties" in schema or "patternProperties" in schema:
+        return schema
+    return {**schema, "additionalProperties": False}
+
+
+def _usable_ids(
+    ids: tuple[str, ...] | None,
+    partials: list[Partial],
+    configured: WorkspaceIntegration,
+    action: str,
+) -> tuple[str, ...] | None:
+    if ids is None:
+        return None
+    applicable = {
+        p.id
+        for p in partials
+        if p.applies_to(configured.integration_name, configured.alias, action)
+    }
+    return tuple(i for i in ids if i in applicable)
+
+
+def build_toolset(
+    catalog: Catalog,
+    server: McpServer | None,
+    configured: list[WorkspaceIntegration],
+    partials: list[Partial],
+) -> ToolSet:
+    known = [(wi, catalog.get(wi.integration_name)) for wi in configured]
+    pairs = [(wi.alias, a.name) for wi, i in known if i is not None for a in i.actions]
+    names = assign_names(pairs)
+    aliases_per_integration: dict[str, int] = {}
+    for wi in configured:
+        aliases_per_integration[wi.integration_name] = (
+            aliases_per_integration.get(wi.integration_name, 0) + 1
+        )
+    tools: list[Tool] = []
+    targets: dict[str, ToolTarget] = {}
+    for wi, integration in known:
+        if integration is None:
+            log.warning("workspace integration %s names unknown integration", wi.id)
+            continue
+        shared = aliases_per_integration[wi.integration_name] > 1
+        for action in integration.actions:
+            name = names[(wi.alias, action.name)]
+            override = server.override_for(wi.alias, action.name) if server else None
+            enabled = override.enabled if override is not None else True
+            ids = _usable_ids(
+                override.partial_ids if override is not None else None, partials, wi, action.name
+            )
+            target = ToolTarget(
+                name=name,
+                integration=integration,
+                action=action,
+                configured=wi,
+                partial_ids=ids,
+                listed=enabled and wi.allows(action.name),
+                disabled_by_server=not enabled,
+            )
+            targets[name] = target
+            if target.listed:
+                chosen = effective_partials(
+                    partials,
+                    integration_name=integration.name,
+                    alias=wi.alias,
+                    action_name=action.name,
+                    partial_ids=ids,
+                )
+                description = override.description if override is not None else None
+                tools.append(_tool(target, chosen, shared, description))
+    tools.sort(key=lambda tool: tool.name)
+    return ToolSet(tuple(tools), targets, _fingerprint(tools))
+
+
+def _tool(
+    target: ToolTarget, partials: list[Partial], shared: bool, description: str | None
+) -> Tool:
+    action, alias = target.action, target.configured.alias
+    text = description or action.description
+    title = action.display_name
+    if shared:
+        # Several accounts of one integration: say which one this tool acts on.
+        text = (
+            f"{text} (acts on '{alias}', one of several {target.integration.display_name} "
+            "accounts in this workspace)"
+        )
+        title = f"{title} ({alias})"
+    marks = action.annotations
+    return Tool(
+        name=target.name,
+        title=title,
+        description=text,
+        input_schema=_closed(prune_schema(action.input_schema, partials)),
+        output_schema=action.output_schema,
+        annotations=ToolAnnotations(
+            title=title,
+            read_only_hint=marks.read_only,
+            destructive_hint=marks.destructive,
+            idempotent_hint=marks.idempotent,
+            open_world_hint=marks.open_world,
+        ),
+    )
+
+
+def _fingerprint(tools: list[Tool]) -> str:
+    dumped = [tool.model_dump(mode="json", by_alias=True, exclude_none=True) for tool in tools]
+    return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()
+
+
+class ToolsetCache:
+    """The latest tool set per server, keyed by (workspace version, catalog version)."""
+
+    def __init__(self, store: Store, catalog: Catalog) -> None:
+        self._store = store
+        self._catalog = catalog
+        self._entries: dict[str, tuple[tuple[int, int], ToolSet]] = {}
+
+    async def get(self, binding: Binding) -> ToolSet:
+        version = (await self._store.db.version(binding.workspace_id), self._catalog.version)
+        cached = self._entries.get(binding.cache_key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        server = binding.server
+        if server is not None:
+            # Overrides may have changed with the version: read the record again.
+            server = await self._store.mcp_servers.get(server.id) or server
+        toolset = build_toolset(
+            self._catalog,
+            server,
+            await self._store.integrations.list(binding.workspace_id),
+            await self._store.partials.list(binding.workspace_id),
+        )
+        self._entries[binding.cache_key] = (version, toolset)
+        return toolset
+
+    def cached_schema(self, cache_key: str, name: str) -> dict[str, Any] | None:
+        """The input schema of a tool from the latest cached list (sync: for header checks)."""
+        cached = self._entries.get(cache_key)
+        return None if cached is None else cached[1].input_schema(name)
