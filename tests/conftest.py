@@ -5,18 +5,25 @@ Each test gets its own data dir, database and secret key file, so tests run in p
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
 
-from treadle.http_app import build_http_app
 from treadle.app import Gateway
 from treadle.bootstrap import initialise
+from treadle.http_app import build_http_app
+from treadle.mcp.runtime import McpRuntime
 from treadle.settings import Settings, sqlite_url
+
+from mcp_harness import McpEnv, ServeProcess, subprocess_env, test_catalog
 
 
 @pytest.fixture
@@ -90,3 +97,71 @@ async def api(gateway: Gateway) -> AsyncIterator[Api]:
         headers={"Authorization": f"Bearer {result.api_key}"},
     ) as client:
         yield Api(client, gateway, result.org_id, result.workspace_id, result.api_key)
+
+
+# -- MCP: one test body over memory, stdio and HTTP, in both protocol eras -------------------
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("shared")
+
+
+@pytest.fixture(scope="session")
+def serve_process(shared_data_dir: Path) -> Iterator[ServeProcess]:
+    """One real `treadle serve` for the session (tests use their own workspaces)."""
+    subprocess.run(
+        [sys.executable, "-m", "treadle", "init"],
+        env=subprocess_env(shared_data_dir),
+        check=True,
+        capture_output=True,
+    )
+    started = ServeProcess.start(shared_data_dir)
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture
+async def mcp_env(request: pytest.FixtureRequest, shared_data_dir: Path) -> AsyncIterator[McpEnv]:
+    """A fresh workspace on the shared database; starts `treadle serve` only if asked for."""
+    callspec = getattr(request.node, "callspec", None)
+    needs_http = callspec is not None and callspec.params.get("transport") == "http"
+    serve = request.getfixturevalue("serve_process") if needs_http else None
+    settings = Settings(
+        data_dir=shared_data_dir,
+        database_url=sqlite_url(shared_data_dir / "treadle.db"),
+        secret_key=None,
+    )
+    gateway = await Gateway.open(settings, catalog=test_catalog())
+    try:
+        result = await initialise(gateway.store, shared_data_dir)
+        assert result.api_key is not None
+        async with gateway.store.db.write("test") as txn:
+            workspace = await gateway.store.workspaces.create(
+                txn, result.org_id, f"ws-{uuid.uuid4().hex[:12]}"
+            )
+        runtime = McpRuntime(gateway, poll_seconds=0.05)
+        transport = httpx2.ASGITransport(app=build_http_app(gateway, runtime))
+        async with (
+            httpx2.AsyncClient(
+                transport=transport,
+                base_url="http://treadle.test",
+                headers={"Authorization": f"Bearer {result.api_key}"},
+            ) as rest,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(runtime.hub.run)
+            yield McpEnv(
+                data_dir=shared_data_dir,
+                serve=serve,
+                rest=rest,
+                runtime=runtime,
+                org_id=result.org_id,
+                workspace_id=workspace.id,
+                api_key=result.api_key,
+            )
+            tg.cancel_scope.cancel()
+    finally:
+        await gateway.close()

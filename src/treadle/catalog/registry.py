@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from importlib.metadata import entry_points
 
@@ -11,6 +13,9 @@ from treadle.catalog.model import NAME_PATTERN, Integration
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "treadle.integrations"
+# Integrations to load without packaging them: "module:attribute,..." where the attribute is
+# an Integration or an iterable of them (handy for private integrations and for tests).
+EXTRA_ENV = "TREADLE_EXTRA_INTEGRATIONS"
 
 
 class Catalog:
@@ -59,4 +64,18 @@ def load_catalog() -> Catalog:
             log.error("entry point %s is not a treadle Integration", entry_point.name)
             continue
         catalog.add(loaded)
+    for spec in filter(None, (part.strip() for part in os.environ.get(EXTRA_ENV, "").split(","))):
+        for integration in _load_extra(spec):
+            catalog.add(integration)
     return catalog
+
+
+def _load_extra(spec: str) -> list[Integration]:
+    module_name, _, attribute = spec.partition(":")
+    try:
+        loaded = getattr(importlib.import_module(module_name), attribute or "integration")
+    except (ImportError, AttributeError):
+        log.exception("could not load %s=%s", EXTRA_ENV, spec)
+        return []
+    found = [loaded] if isinstance(loaded, Integration) else list(loaded)
+    return [item for item in found if isinstance(item, Integration)]

@@ -84,6 +84,8 @@ class McpEndpoint:
             runtime.toolsets,
             runtime.hub,
             self._resolve,
+            page_size=runtime.page_size,
+            progress_seconds=runtime.progress_seconds,
             schema_lookup=self._schema,
         )
         self.manager = StreamableHTTPSessionManager(

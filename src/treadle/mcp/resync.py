@@ -136,16 +136,23 @@ class ResyncHub:
     def on_change(self, _event: ChangeEvent) -> None:
         self._wake.set()
 
+    async def _version(self) -> int:
+        # Shielded: cancelling aiosqlite mid-query can leave its connection unusable, and the
+        # read takes microseconds, so shutdown simply waits for it.
+        with anyio.CancelScope(shield=True):
+            version = await self._store.db.version(GLOBAL_SCOPE)
+        return version
+
     async def run(self) -> None:
         """Watch for configuration changes until cancelled."""
         unsubscribe = self._store.db.subscribe(self.on_change)
         try:
-            seen = await self._store.db.version(GLOBAL_SCOPE)
+            seen = await self._version()
             while True:
                 with anyio.move_on_after(self._poll):
                     await self._wake.wait()
                 self._wake = anyio.Event()
-                current = await self._store.db.version(GLOBAL_SCOPE)
+                current = await self._version()
                 if current == seen:
                     continue
                 seen = await self._quiet(current)
@@ -158,7 +165,7 @@ class ResyncHub:
         deadline = anyio.current_time() + self._max_delay
         while anyio.current_time() < deadline:
             await anyio.sleep(self._coalesce)
-            latest = await self._store.db.version(GLOBAL_SCOPE)
+            latest = await self._version()
             if latest == version:
                 break
             version = latest
@@ -170,7 +177,8 @@ class ResyncHub:
         changed = 0
         for key, entry in list(self.servers.items()):
             try:
-                toolset = await self._toolsets.get(entry.binding)
+                with anyio.CancelScope(shield=True):
+                    toolset = await self._toolsets.get(entry.binding)
             except Exception:
                 log.exception("could not rebuild the tool list of %s", key)
                 continue

@@ -9,13 +9,22 @@ from mcp.server import ServerRequestContext
 from treadle.app import Gateway
 from treadle.mcp.binding import Binding
 from treadle.mcp.resync import ResyncHub
-from treadle.mcp.server import McpFace
+from treadle.mcp.server import PAGE_SIZE, PROGRESS_INTERVAL_SECONDS, McpFace
 from treadle.mcp.toolset import ToolsetCache
 
 
 class McpRuntime:
-    def __init__(self, gateway: Gateway, *, poll_seconds: float = 0.25) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        poll_seconds: float = 0.25,
+        progress_seconds: float = PROGRESS_INTERVAL_SECONDS,
+        page_size: int = PAGE_SIZE,
+    ) -> None:
         self.gateway = gateway
+        self.progress_seconds = progress_seconds
+        self.page_size = page_size
         self.toolsets = ToolsetCache(gateway.store, gateway.catalog)
         self.hub = ResyncHub(gateway.store, self.toolsets, poll_seconds=poll_seconds)
 
@@ -29,5 +38,11 @@ class McpRuntime:
             return self.toolsets.cached_schema(binding.cache_key, name)
 
         return McpFace(
-            self.gateway.executor, self.toolsets, self.hub, resolve, schema_lookup=schema
+            self.gateway.executor,
+            self.toolsets,
+            self.hub,
+            resolve,
+            page_size=self.page_size,
+            progress_seconds=self.progress_seconds,
+            schema_lookup=schema,
         )

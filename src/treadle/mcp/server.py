@@ -102,6 +102,7 @@ class McpFace:
         resolve: BindingResolver,
         *,
         page_size: int = PAGE_SIZE,
+        progress_seconds: float = PROGRESS_INTERVAL_SECONDS,
         schema_lookup: SchemaLookup | None = None,
     ) -> None:
         self._executor = executor
@@ -109,6 +110,7 @@ class McpFace:
         self._hub = hub
         self._resolve = resolve
         self._page_size = page_size
+        self._progress_seconds = progress_seconds
         self._listen = ListenHandler(hub.bus)
         self.server = _Server(
             "treadle",
@@ -178,13 +180,12 @@ class McpFace:
             tg.cancel_scope.cancel()
         return to_result(outcome)
 
-    @staticmethod
-    async def _report_progress(ctx: ServerRequestContext[Any, Any]) -> None:
+    async def _report_progress(self, ctx: ServerRequestContext[Any, Any]) -> None:
         # A no-op unless the client sent a progress token; long calls show they are alive.
         elapsed = 0.0
         while True:
-            await anyio.sleep(PROGRESS_INTERVAL_SECONDS)
-            elapsed += PROGRESS_INTERVAL_SECONDS
+            await anyio.sleep(self._progress_seconds)
+            elapsed += self._progress_seconds
             await ctx.session.report_progress(elapsed, None, "still running")
 
     async def listen(

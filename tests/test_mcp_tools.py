@@ -1,0 +1,77 @@
+"""Tools over every transport and era: names, pruned schemas, calls and refusals."""
+
+from __future__ import annotations
+
+import pytest
+from mcp.shared.exceptions import MCPError
+
+from mcp_harness import ERAS, TRANSPORTS, McpEnv
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.parametrize("transport", TRANSPORTS),
+    pytest.mark.parametrize("era", ERAS),
+]
+
+
+async def test_tools_are_named_alias_action_and_hide_enforced_keys(
+    mcp_env: McpEnv, transport: str, era: str
+) -> None:
+    await mcp_env.configure("testkit", integrationAlias="kit")
+    await mcp_env.partial(
+        integrationName="testkit",
+        actionName="echo",
+        name="fixed channel",
+        values={"channel": "C1", "count": 3},
+        enforcedKeys=["channel"],
+        isDefault=True,
+    )
+    async with mcp_env.connect(transport, era) as client:
+        tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+        assert set(tools) == {
+            "kit__echo",
+            "kit__upstream_error",
+            "kit__crash",
+            "kit__unreachable",
+            "kit__wait",
+        }
+        schema = tools["kit__echo"].input_schema
+        assert "channel" not in schema["properties"]
+        assert schema["required"] == ["text"]
+        assert schema["properties"]["count"]["default"] == 3
+        assert schema["additionalProperties"] is False
+        assert tools["kit__echo"].annotations is not None
+        assert tools["kit__echo"].annotations.read_only_hint is True
+
+        result = await client.call_tool("kit__echo", {"text": "hi"})
+        assert not result.is_error
+        assert result.structured_content == {"text": "hi", "channel": "C1", "count": 3}
+
+        refused = await client.call_tool("kit__echo", {"text": "hi", "channel": "C9"})
+        assert refused.is_error
+        assert refused.structured_content is not None
+        assert refused.structured_content["error"] == "VALIDATION_ERROR"
+        assert refused.structured_content["field"] == "channel"
+
+
+async def test_a_third_party_error_is_an_error_result(
+    mcp_env: McpEnv, transport: str, era: str
+) -> None:
+    await mcp_env.configure("testkit", integrationAlias="kit")
+    async with mcp_env.connect(transport, era) as client:
+        result = await client.call_tool("kit__upstream_error", {})
+        assert result.is_error
+        assert result.structured_content == {
+            "error": "channel_not_found",
+            "detail": {"channel": None},
+        }
+
+
+async def test_an_unknown_tool_is_a_protocol_error(
+    mcp_env: McpEnv, transport: str, era: str
+) -> None:
+    await mcp_env.configure("testkit", integrationAlias="kit")
+    async with mcp_env.connect(transport, era) as client:
+        with pytest.raises(MCPError) as raised:
+            await client.call_tool("nope__echo", {"text": "x"})
+        assert raised.value.error.code == -32602
