@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-from mcp.server import NotificationOptions, Server, ServerRequestContext
+from mcp.server import CacheHint, NotificationOptions, Server, ServerRequestContext
 from mcp.server.models import InitializationOptions
 from mcp.server.subscriptions import ListenHandler
 from mcp.shared.exceptions import MCPError
@@ -40,6 +40,7 @@ from treadle.mcp.toolset import ToolsetCache
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 100
+LIST_TTL_MS = 30_000
 PROGRESS_INTERVAL_SECONDS = 1.0
 
 BindingResolver = Callable[[ServerRequestContext[Any, Any]], Awaitable[Binding]]
@@ -121,6 +122,9 @@ class McpFace:
             on_call_tool=self.call_tool,
             on_subscriptions_listen=self.listen,
             get_tool_input_schema=schema_lookup,
+            # 2026-07-28 clients may reuse a list for a while; a list_changed event evicts it.
+            # Private: lists are per server and per principal.
+            cache_hints={"tools/list": CacheHint(ttl_ms=LIST_TTL_MS, scope="private")},
         )
         self.server.middleware.append(self._track_handshake_clients)
 
