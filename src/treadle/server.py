@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import anyio
 import uvicorn
 
 from treadle.app import Gateway
@@ -12,6 +16,27 @@ from treadle.http_app import build_http_app
 from treadle.settings import Settings
 
 log = logging.getLogger("treadle")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling.
+
+    After a graceful shutdown uvicorn re-raises the signal it caught, so the process would die
+    of SIGTERM (exit status 143, resources left unclosed) instead of exiting 0. `serve` handles
+    the signals itself.
+    """
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _stop_on_signal(server: uvicorn.Server) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _signal in signals:
+            if server.should_exit:
+                server.force_exit = True  # asked twice: stop waiting for open connections
+            server.should_exit = True
 
 
 async def serve(settings: Settings, *, host: str, port: int) -> None:
@@ -34,7 +59,10 @@ async def serve(settings: Settings, *, host: str, port: int) -> None:
             lifespan="on",
             server_header=False,
         )
-        server = uvicorn.Server(config)
-        await server.serve()
+        server = _Server(config)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_stop_on_signal, server)
+            await server.serve()
+            tasks.cancel_scope.cancel()
     finally:
         await gateway.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -15,6 +17,8 @@ from treadle.store import ActivityFilter
 
 TYPES = {"action_execution", "config_change"}
 STATUSES = {"succeeded", "upstream_failed", "failed", "refused", "ok"}
+# ASCII digits only: str.isdigit() also accepts "²" and other digits int() refuses.
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,19}")
 
 
 def _time(value: str | None, name: str) -> str | None:
@@ -35,7 +39,7 @@ def _choice(value: str | None, name: str, allowed: set[str]) -> str | None:
 def _int(value: str | None, name: str, low: int, high: int) -> int | None:
     if value is None:
         return None
-    if not value.isdigit() or not low <= int(value) <= high:
+    if not _WHOLE_NUMBER.fullmatch(value) or not low <= int(value) <= high:
         raise ValidationFailed(f"{name} must be a whole number from {low} to {high}", field=name)
     return int(value)
 

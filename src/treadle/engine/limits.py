@@ -51,21 +51,28 @@ class SlidingWindowRateLimiter:
         reset_at = start + window
         if estimate + 1 > limit:
             retry_after = self._retry_after(state, limit, window, now, start)
-            status = RateStatus(limit, 0, reset_at, retry_after)
-            return False, status
+            # Never announce a reset before the moment a call fits again.
+            reset_at = max(reset_at, math.ceil(now + retry_after))
+            return False, RateStatus(limit, 0, reset_at, retry_after)
         state.current += 1
         remaining = max(0, math.floor(limit - (estimate + 1)))
         return True, RateStatus(limit, remaining, reset_at, 0)
 
     @staticmethod
     def _retry_after(state: _Windows, limit: int, window: int, now: float, start: int) -> int:
-        # When will previous*overlap(t) + current + 1 <= limit? overlap shrinks linearly.
-        if state.current + 1 > limit:
-            return max(1, math.ceil(start + window - now))
-        if state.previous == 0:
-            return 1
-        needed_overlap = (limit - 1 - state.current) / state.previous
-        at = start + (1.0 - needed_overlap) * window
+        """Seconds until previous * overlap(t) + current + 1 <= limit; overlap shrinks linearly."""
+        if limit < 1:
+            return window  # nothing ever fits; ask again a window later
+        if state.current + 1 <= limit:
+            # Fits later in this window, once the previous window weighs little enough. Being
+            # refused here means the previous window still counts, so `previous` is not 0.
+            needed_overlap = (limit - 1 - state.current) / state.previous
+            at = start + (1.0 - needed_overlap) * window
+        else:
+            # Not in this window. In the next, this window's count becomes the previous one,
+            # weighted from 1 down: wait until current * overlap + 1 <= limit there.
+            needed_overlap = (limit - 1) / state.current
+            at = start + window + (1.0 - needed_overlap) * window
         return max(1, math.ceil(at - now))
 
 

@@ -6,8 +6,10 @@ select → allow → partials → validate → state scope → connection → ra
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +22,7 @@ from treadle.engine.connections import ConnectionResolver
 from treadle.engine.limits import QuotaGate, RateLimiter
 from treadle.engine.outcome import Outcome, RateStatus, Refused, Succeeded, UpstreamFailed
 from treadle.engine.partials import effective_partials, enforced_values, merge_input
-from treadle.engine.redaction import redact
+from treadle.engine.redaction import redact, scrub, secret_values
 from treadle.engine.request import ExecuteRequest
 from treadle.engine.selection import select_workspace_integration
 from treadle.engine.validation import validate_input
@@ -190,6 +192,19 @@ class Executor:
         rate: RateStatus | None,
         started: float,
     ) -> Outcome:
+        secrets = secret_values(context.connection.values) if context.connection else ()
+        outcome = await self._attempt(action, context, merged, rate, started, secrets)
+        return _outward(action, outcome, secrets)
+
+    async def _attempt(
+        self,
+        action: Action,
+        context: ActionContext,
+        merged: dict[str, Any],
+        rate: RateStatus | None,
+        started: float,
+        secrets: tuple[str, ...],
+    ) -> Outcome:
         def elapsed() -> int:
             return round((time.perf_counter() - started) * 1000)
 
@@ -211,9 +226,11 @@ class Executor:
                 {"reason": "timeout"},
                 rate,
             )
-        except Exception:
-            # The traceback stays in the server log; the caller gets no internals.
-            log.exception("action %s crashed", action.name)
+        except Exception as crash:
+            # The traceback stays in the server log (exception messages may quote the
+            # credentials, so they are scrubbed); the caller gets no internals.
+            details = scrub("".join(traceback.format_exception(crash)), secrets)
+            log.error("action %s crashed\n%s", action.name, details)
             return Refused(
                 ErrorCode.ACTION_FAILED,
                 "The action failed unexpectedly",
@@ -252,4 +269,45 @@ class Executor:
                 duration_ms=round((time.perf_counter() - started) * 1000),
                 error_code=code,
                 input=trace.recorded_input,
+            )
+
+
+_RESERVED_FIELDS = frozenset({"error", "message"})
+
+
+def _is_json(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return True
+
+
+def _outward(action: Action, outcome: Outcome, secrets: tuple[str, ...]) -> Outcome:
+    """What an action reported, made safe to answer: JSON only, no credentials quoted back."""
+    match outcome:
+        case Succeeded():
+            if _is_json(outcome.output):
+                return outcome
+            log.error("action %s returned output that is not JSON", action.name)
+            return Refused(
+                ErrorCode.ACTION_FAILED,
+                "The action returned output that is not JSON",
+                {"reason": "invalid_output"},
+                outcome.rate,
+            )
+        case UpstreamFailed():
+            detail = outcome.detail if _is_json(outcome.detail) else None
+            return UpstreamFailed(
+                scrub(outcome.error, secrets),
+                scrub(detail, secrets),
+                outcome.duration_ms,
+                outcome.rate,
+            )
+        case Refused():
+            # Details an action adds must not overwrite the documented "error" and "message".
+            extra = {k: v for k, v in outcome.extra.items() if k not in _RESERVED_FIELDS}
+            extra = extra if _is_json(extra) else {}
+            return Refused(
+                outcome.code, scrub(outcome.message, secrets), scrub(extra, secrets), outcome.rate
             )

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 REDACTED = "[redacted]"
+
+# Shorter connection values ("us", "1") would mangle text without protecting anything.
+MIN_SECRET_LENGTH = 4
 
 _SECRET_NAME = re.compile(
     r"(pass(word|wd|phrase)?|secret|token|api[-_]?key|apikey|authorization|auth|cookie|"
@@ -29,4 +32,29 @@ def _walk(value: Any) -> Any:
         return redact(value)
     if isinstance(value, list):
         return [_walk(item) for item in value]
+    return value
+
+
+def secret_values(values: Mapping[str, str]) -> tuple[str, ...]:
+    """A connection's values to scrub from what leaves the pipeline, longest first."""
+    found = {value for value in values.values() if len(value) >= MIN_SECRET_LENGTH}
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+def scrub(value: Any, secrets: Sequence[str]) -> Any:
+    """`value` with every occurrence of a secret replaced, in strings at any depth.
+
+    For what an action reports back (errors, third-party details, crash logs): those may quote
+    the credentials the action was given, e.g. "Incorrect API key provided: sk-...".
+    """
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, REDACTED)
+        return value
+    if isinstance(value, dict):
+        return {scrub(key, secrets): scrub(item, secrets) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub(item, secrets) for item in value]
     return value

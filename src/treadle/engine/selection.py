@@ -26,6 +26,13 @@ async def select_workspace_integration(
                 f"'{found.integration_name}', not '{integration_name}'",
                 field="workspaceIntegrationId",
             )
+        # Both selectors sent: they must name the same instance, or the call is ambiguous.
+        if alias is not None and alias != found.alias:
+            raise ValidationFailed(
+                f"Workspace integration '{workspace_integration_id}' has the alias "
+                f"'{found.alias}', not '{alias}'; send one of them",
+                field="integrationAlias",
+            )
         return found
     configured = await integrations.list(workspace_id)
     candidates = [wi for wi in configured if wi.integration_name == integration_name]

@@ -30,7 +30,25 @@ class KeyValueNamespace:
             return found.scalar()
 
     async def put(self, key: str, value: Any) -> None:
-        await self.update(key, lambda _old: value)
+        if value is not None:
+            await self.update(key, lambda _old: value)
+            return
+        # JSON null is a value to keep (`update` reads None as "delete"). JSONText would bind
+        # None as SQL NULL, so write the JSON text itself.
+        table = schema.kv_entries
+        null = sa.literal("null", sa.Text)
+        async with self._db.write(self._actor) as txn:
+            found = await txn.conn.execute(sa.select(table.c.key).where(self._key(key)))
+            if found.first() is None:
+                await txn.conn.execute(
+                    table.insert().values(
+                        namespace=self._namespace, key=key, value=null, updated_at=now_iso()
+                    )
+                )
+            else:
+                await txn.conn.execute(
+                    table.update().where(self._key(key)).values(value=null, updated_at=now_iso())
+                )
 
     async def delete(self, key: str) -> bool:
         async with self._db.write(self._actor) as txn:
@@ -50,11 +68,13 @@ class KeyValueNamespace:
     async def update(self, key: str, change: Callable[[Any | None], Any | None]) -> Any | None:
         table = schema.kv_entries
         async with self._db.write(self._actor) as txn:
-            old = (await txn.conn.execute(sa.select(table.c.value).where(self._key(key)))).scalar()
+            row = (await txn.conn.execute(sa.select(table.c.value).where(self._key(key)))).first()
+            # A stored JSON null reads as None too, so the row (not the value) says "missing".
+            old = None if row is None else row.value
             new = change(old)
             if new is None:
                 await txn.conn.execute(table.delete().where(self._key(key)))
-            elif old is None:
+            elif row is None:
                 await txn.conn.execute(
                     table.insert().values(
                         namespace=self._namespace, key=key, value=new, updated_at=now_iso()

@@ -50,9 +50,16 @@ async def _put(ctx: ActionContext, data: dict[str, Any]) -> dict[str, Any]:
     return {"key": data["key"], "value": data["value"]}
 
 
+async def _exists(state: StateStore, key: str) -> bool:
+    # A stored JSON null reads back as None, like a missing key; the key itself tells them apart.
+    return await state.list_keys(key, 1) == [key]
+
+
 async def _get(ctx: ActionContext, data: dict[str, Any]) -> dict[str, Any]:
-    value = await _state(ctx).get(data["key"])
-    return {"key": data["key"], "found": value is not None, "value": value}
+    state = _state(ctx)
+    value = await state.get(data["key"])
+    found = value is not None or await _exists(state, data["key"])
+    return {"key": data["key"], "found": found, "value": value}
 
 
 async def _delete(ctx: ActionContext, data: dict[str, Any]) -> dict[str, Any]:
@@ -89,6 +96,10 @@ async def _add_to_list(ctx: ActionContext, data: dict[str, Any]) -> dict[str, An
 async def _remove_from_list(ctx: ActionContext, data: dict[str, Any]) -> dict[str, Any]:
     key, item = data["key"], data["value"]
     removed = 0
+    state = _state(ctx)
+    if await state.get(key) is None:
+        # No list here (missing, or a stored null): nothing to remove, and nothing to write.
+        return {"key": key, "value": [], "removed": 0}
 
     def change(old: Any) -> list[Any] | None:
         nonlocal removed
@@ -99,7 +110,7 @@ async def _remove_from_list(ctx: ActionContext, data: dict[str, Any]) -> dict[st
         removed = len(items) - len(kept)
         return kept
 
-    value = await _state(ctx).update(key, change)
+    value = await state.update(key, change)
     return {"key": key, "value": value if value is not None else [], "removed": removed}
 
 
