@@ -9,7 +9,10 @@ import httpx2
 
 from treadle.catalog import Catalog, load_catalog
 from treadle.engine import Executor
+from treadle.engine.approval_links import ApprovalLinks
+from treadle.engine.approvals import ApprovalDesk
 from treadle.engine.limits import MonthlyQuota, RateLimiter, SlidingWindowRateLimiter
+from treadle.engine.webhooks import WebhookNotifier
 from treadle.net import build_http_client
 from treadle.settings import Settings
 from treadle.store import Database, Store
@@ -23,6 +26,8 @@ class Gateway:
     catalog: Catalog
     executor: Executor
     http: httpx2.AsyncClient
+    approvals: ApprovalDesk
+    webhooks: WebhookNotifier
     _exit: AsyncExitStack
 
     @classmethod
@@ -39,23 +44,36 @@ class Gateway:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             db = await Database.open(settings.database_url)
             exit_stack.push_async_callback(db.close)
-            store = Store(db, Vault.open(settings.data_dir, settings.secret_key))
+            vault = Vault.open(settings.data_dir, settings.secret_key)
+            store = Store(db, vault)
             client = http
             if client is None:
                 client = build_http_client()
                 exit_stack.push_async_callback(client.aclose)
             chosen_catalog = catalog if catalog is not None else load_catalog()
+            webhooks = WebhookNotifier(
+                client, allow_private_network=settings.webhooks_allow_private
+            )
+            approvals = ApprovalDesk(
+                store,
+                ApprovalLinks(vault.derive("treadle approval links")),
+                webhooks,
+                settings.public_url,
+            )
             executor = Executor(
                 store,
                 chosen_catalog,
                 client,
                 rate_limiter or SlidingWindowRateLimiter(),
                 MonthlyQuota(store.usage),
+                approvals=approvals,
             )
         except BaseException:
             await exit_stack.aclose()
             raise
-        return cls(settings, store, chosen_catalog, executor, client, exit_stack)
+        return cls(
+            settings, store, chosen_catalog, executor, client, approvals, webhooks, exit_stack
+        )
 
     async def close(self) -> None:
         await self._exit.aclose()

@@ -13,6 +13,7 @@ from treadle.api.routes import EXCEPTION_HANDLERS, AccessLog, api_routes
 from treadle.app import Gateway
 from treadle.mcp.http import McpEndpoint
 from treadle.mcp.runtime import McpRuntime
+from treadle.web import approval_page
 
 
 def build_http_app(gateway: Gateway, runtime: McpRuntime | None = None) -> Starlette:
@@ -23,6 +24,7 @@ def build_http_app(gateway: Gateway, runtime: McpRuntime | None = None) -> Starl
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         async with endpoint.running(), anyio.create_task_group() as tg:
             tg.start_soon(runtime.hub.run)
+            tg.start_soon(gateway.webhooks.run)
             yield
             tg.cancel_scope.cancel()
 
@@ -30,6 +32,7 @@ def build_http_app(gateway: Gateway, runtime: McpRuntime | None = None) -> Starl
         routes=[
             api_routes(),
             Route("/mcp/{server_id}", endpoint, methods=["GET", "POST", "DELETE"]),
+            *approval_page.routes,
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

@@ -28,10 +28,15 @@ class VaultError(TreadleError):
 
 class Vault:
     def __init__(self, secret: str) -> None:
-        derived = HKDF(
-            algorithm=hashes.SHA256(), length=32, salt=None, info=b"treadle connection secrets"
-        ).derive(secret.encode())
-        self._fernet = Fernet(base64.urlsafe_b64encode(derived))
+        self._secret = secret.encode()
+        self._fernet = Fernet(base64.urlsafe_b64encode(self.derive("treadle connection secrets")))
+
+    def derive(self, purpose: str) -> bytes:
+        """A 32-byte key for one purpose (e.g. signing approval links), stable across processes
+        that share the secret, and independent of every other purpose's key."""
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode()).derive(
+            self._secret
+        )
 
     @classmethod
     def open(cls, data_dir: Path, configured: str | None) -> Vault:

@@ -8,21 +8,32 @@ key's own workspace or the org's only workspace is used.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any
 
+import anyio
 from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from treadle.api.auth import Principal, accessible_workspace
-from treadle.api.bodies import Body, read_body
+from treadle.api.bodies import Body, parse, read_json_object
 from treadle.api.context import caller
 from treadle.api.fields import ActionName, ExternalId, IdempotencyKey, Identifier, Slug
-from treadle.api.responses import error, ok
+from treadle.api.responses import JSON
 from treadle.app import Gateway
-from treadle.engine import ExecuteRequest, Outcome, Refused, Source, Succeeded, UpstreamFailed
-from treadle.errors import ErrorCode, ValidationFailed
+from treadle.engine import (
+    ApprovalPending,
+    ExecuteRequest,
+    Outcome,
+    Refused,
+    Source,
+    Succeeded,
+    UpstreamFailed,
+)
+from treadle.engine.approvals import canonical
+from treadle.errors import ErrorCode, Refusal, ValidationFailed
 
 
 class ExecuteBody(Body):
@@ -61,52 +72,118 @@ async def _workspace_id(gw: Gateway, principal: Principal, body: ExecuteBody) ->
 
 async def execute(request: Request) -> Response:
     gw, principal = await caller(request)
-    body = await read_body(request, ExecuteBody)
+    raw = await read_json_object(request)
+    body = parse(ExecuteBody, raw)
     integration_name = _one_of(
         body.integrationName, body.pieceName, "integrationName and pieceName"
     )
     if integration_name is None:
         raise ValidationFailed("Missing required field: integrationName", field="integrationName")
-    outcome = await gw.executor.execute(
-        ExecuteRequest(
-            org_id=principal.org_id,
-            workspace_id=await _workspace_id(gw, principal, body),
-            integration_name=integration_name,
-            action_name=body.actionName,
-            source=Source.REST,
-            actor=principal.actor,
-            input=body.input,
-            workspace_integration_id=body.workspaceIntegrationId,
-            integration_alias=body.integrationAlias,
-            connection_external_id=body.connectionExternalId,
-            connection_id=body.connectionId,
-            end_user_id=body.endUserId,
-            partial_ids=None if body.partialIds is None else tuple(body.partialIds),
-            idempotency_key=body.idempotencyKey,
-        )
+    call = ExecuteRequest(
+        org_id=principal.org_id,
+        workspace_id=await _workspace_id(gw, principal, body),
+        integration_name=integration_name,
+        action_name=body.actionName,
+        source=Source.REST,
+        actor=principal.actor,
+        input=body.input,
+        workspace_integration_id=body.workspaceIntegrationId,
+        integration_alias=body.integrationAlias,
+        connection_external_id=body.connectionExternalId,
+        connection_id=body.connectionId,
+        end_user_id=body.endUserId,
+        partial_ids=None if body.partialIds is None else tuple(body.partialIds),
+        idempotency_key=body.idempotencyKey,
+        approval_key=body.idempotencyKey,
     )
-    return outcome_response(outcome)
+    if body.idempotencyKey is None:
+        return _respond(*render(await gw.executor.execute(call)))
+    return await _idempotent(gw, principal.org_id, body.idempotencyKey, raw, call)
 
 
-def outcome_response(outcome: Outcome) -> Response:
+async def _idempotent(
+    gw: Gateway, org_id: str, key: str, raw: dict[str, Any], call: ExecuteRequest
+) -> Response:
+    """Stripe's semantics: the first completed response per key is replayed for 24 h; the same
+    key with another request is 422; while the first is still running, 409."""
+    request_print = hashlib.sha256(
+        canonical({k: v for k, v in raw.items() if k != "idempotencyKey"}).encode()
+    ).hexdigest()
+    held = await gw.store.idempotency.begin(org_id, key, request_print)
+    if held is not None:
+        if held.fingerprint != request_print:
+            raise Refusal(
+                ErrorCode.IDEMPOTENCY_KEY_MISMATCH,
+                "This idempotency key was used with a different request",
+            )
+        if held.state != "completed" or held.status_code is None:
+            raise Refusal(
+                ErrorCode.IDEMPOTENCY_KEY_IN_USE,
+                "A request with this idempotency key is still running; retry later",
+            )
+        return _respond(held.status_code, held.body, {"Idempotent-Replayed": "true"})
+    outcome: Outcome | None = None
+    try:
+        outcome = await gw.executor.execute(call)
+    finally:
+        with anyio.CancelScope(shield=True):
+            if outcome is not None and _ran(outcome):
+                status, payload, _headers = render(outcome)
+                await gw.store.idempotency.complete(org_id, key, status, payload)
+            else:
+                # Nothing ran (refused, or waiting for approval): the key stays usable.
+                await gw.store.idempotency.release(org_id, key)
+    return _respond(*render(outcome))
+
+
+def _ran(outcome: Outcome) -> bool:
+    match outcome:
+        case Succeeded() | UpstreamFailed():
+            return True
+        case Refused(code=ErrorCode.ACTION_FAILED):
+            return True
+        case _:
+            return False
+
+
+def _respond(status: int, payload: Any, headers: dict[str, str]) -> Response:
+    return JSON(payload, status_code=status, headers=headers)
+
+
+def render(outcome: Outcome) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Status, body and headers of an outcome (documents 000 and 001)."""
     headers = outcome.rate.headers() if outcome.rate is not None else {}
     match outcome:
         case Succeeded():
-            return ok(
-                {"success": True, "output": outcome.output, "duration": outcome.duration_ms},
-                headers=headers,
-            )
+            body = {"success": True, "output": outcome.output, "duration": outcome.duration_ms}
+            return 200, body, headers
         case UpstreamFailed():
             body = {
                 "success": False,
                 "output": {"error": outcome.error, "detail": outcome.detail},
                 "duration": outcome.duration_ms,
             }
-            return ok(body, headers=headers)
+            return 200, body, headers
+        case ApprovalPending():
+            approval = outcome.approval
+            body = {
+                "success": False,
+                "status": "approval_required",
+                "approval": {
+                    "id": approval.id,
+                    "status": approval.status,
+                    "approvalUrl": outcome.approval_url,
+                    "hostedApprovalUrl": outcome.approval_url,
+                    "expiresAt": approval.expires_at,
+                    "retry": {"idempotencyKey": outcome.retry_key},
+                },
+            }
+            return 202, body, headers
         case Refused():
             if outcome.code is ErrorCode.RATE_LIMITED:
                 headers["Retry-After"] = str(outcome.extra.get("retryAfter", 1))
-            return error(outcome.code, outcome.message, outcome.extra, headers=headers)
+            body = {**outcome.extra, "error": outcome.code.value, "message": outcome.message}
+            return outcome.code.status, body, headers
 
 
 routes = [Route("/actions/execute", execute, methods=["POST"])]

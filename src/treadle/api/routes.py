@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 from starlette.applications import Starlette
@@ -15,6 +16,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from treadle.api import (
     actions,
     activity,
+    approval_policies,
+    approvals,
     connections,
     end_users,
     integrations,
@@ -75,10 +78,18 @@ class AccessLog:
             log.info(
                 "%s %s %d %.1fms",
                 scope["method"],
-                scope["path"][:200],
+                _loggable(scope["path"][:200]),
                 status,
                 (time.perf_counter() - started) * 1000,
             )
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _loggable(path: str) -> str:
+    """The path with control characters escaped: a decoded `%0A` must not forge a log line."""
+    return _CONTROL.sub(lambda found: found.group().encode("unicode_escape").decode(), path)
 
 
 def api_routes() -> Mount:
@@ -92,6 +103,8 @@ def api_routes() -> Mount:
         *actions.routes,
         *activity.routes,
         *mcp_servers.routes,
+        *approval_policies.routes,
+        *approvals.routes,
     ]
     return Mount("/api/v1", routes=routes)
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from treadle.errors import ErrorCode
+from treadle.store.gates import Approval, ApprovalPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,4 +47,18 @@ class Refused:
     rate: RateStatus | None = None
 
 
-Outcome = Succeeded | UpstreamFailed | Refused
+@dataclass(frozen=True, slots=True)
+class ApprovalPending:
+    """Nothing ran: a person has to decide first (Human Gates)."""
+
+    approval: Approval
+    policy: ApprovalPolicy
+    approval_url: str | None  # the hosted page, unless the policy keeps it dashboard-only
+    rate: RateStatus | None = None
+
+    @property
+    def retry_key(self) -> str:
+        return self.approval.approval_key
+
+
+Outcome = Succeeded | UpstreamFailed | Refused | ApprovalPending

@@ -1,7 +1,7 @@
 """The execute pipeline: the one place where a call is selected, merged, checked and run.
 
-select → allow → partials → validate → state scope → connection → rate limit → quota → run
-→ record. Every face (REST, MCP) builds an `ExecuteRequest` and maps the `Outcome` back.
+select → allow → partials → validate → state scope → connection → gate → rate limit →
+(claim the approval) → quota → run → record. Every face (REST, MCP) builds an `ExecuteRequest` and maps the `Outcome` back.
 """
 
 from __future__ import annotations
@@ -20,7 +20,16 @@ from treadle.catalog.model import Action, ActionContext, Integration, StateStore
 from treadle.catalog.registry import Catalog
 from treadle.engine.connections import ConnectionResolver
 from treadle.engine.limits import QuotaGate, RateLimiter
-from treadle.engine.outcome import Outcome, RateStatus, Refused, Succeeded, UpstreamFailed
+from treadle.engine.approvals import ApprovalDesk, ApprovalRequired
+from treadle.engine.outcome import (
+    ApprovalPending,
+    Outcome,
+    RateStatus,
+    Refused,
+    Succeeded,
+    UpstreamFailed,
+)
+from treadle.engine.policies import CallFacts
 from treadle.engine.partials import effective_partials, enforced_values, merge_input
 from treadle.engine.redaction import redact, scrub, secret_values
 from treadle.engine.request import ExecuteRequest
@@ -35,7 +44,9 @@ from treadle.errors import (
     UpstreamError,
     ValidationFailed,
 )
+from treadle.net import allow_private_network
 from treadle.store import Store
+from treadle.store.gates import Approval
 from treadle.store.records import Org, WorkspaceIntegration
 
 log = logging.getLogger(__name__)
@@ -61,6 +72,7 @@ class Executor:
         rate_limiter: RateLimiter,
         quota: QuotaGate,
         *,
+        approvals: ApprovalDesk | None = None,
         action_timeout: float = DEFAULT_ACTION_TIMEOUT,
     ) -> None:
         self._store = store
@@ -69,6 +81,7 @@ class Executor:
         self._rate_limiter = rate_limiter
         self._quota = quota
         self._connections = ConnectionResolver(store.connections)
+        self._approvals = approvals
         self._action_timeout = action_timeout
 
     async def execute(self, request: ExecuteRequest) -> Outcome:
@@ -78,6 +91,10 @@ class Executor:
             outcome = await self._execute(request, trace, started)
         except Refusal as refusal:
             outcome = Refused(refusal.code, refusal.message, refusal.extra, trace.rate)
+        except ApprovalRequired as waiting:
+            assert self._approvals is not None
+            url = self._approvals.hosted_url(waiting.approval, waiting.policy)
+            outcome = ApprovalPending(waiting.approval, waiting.policy, url)
         if trace.configured is not None:
             await self._record(request, trace, outcome, started)
         return outcome
@@ -129,6 +146,7 @@ class Executor:
         validate_input(action.input_schema, merged)
         state = self._state_for(integration, configured, request)
         connection = await self._connections.resolve(request, integration, configured)
+        approved = await self._gate(request, configured, merged, trace)
         allowed, trace.rate = await self._rate_limiter.hit(
             org.id, org.rate_limit, org.rate_window_seconds
         )
@@ -139,7 +157,21 @@ class Executor:
                 f"Rate limit exceeded. Try again in {seconds} seconds.",
                 retryAfter=seconds,
             )
-        await self._reserve_quota(org)
+        if approved is not None:
+            # One approval, one run: concurrent retries race here and only one wins.
+            if not await self._store.approvals.consume(approved.id):
+                raise Refusal(
+                    ErrorCode.APPROVAL_NOT_PENDING,
+                    "This approval was already used to run the action",
+                    approvalId=approved.id,
+                )
+            try:
+                await self._reserve_quota(org)
+            except Refusal:
+                await self._store.approvals.release(approved.id)
+                raise
+        else:
+            await self._reserve_quota(org)
         context = ActionContext(
             workspace_id=request.workspace_id,
             integration_alias=configured.alias,
@@ -151,6 +183,37 @@ class Executor:
             state=state,
         )
         return await self._run(action, context, merged, trace.rate, started)
+
+    async def _gate(
+        self,
+        request: ExecuteRequest,
+        configured: WorkspaceIntegration,
+        merged: dict[str, Any],
+        trace: _Trace,
+    ) -> Approval | None:
+        """Human Gates: block, pause for a person, or let the call through."""
+        if self._approvals is None:
+            return None
+        facts = CallFacts(
+            source=request.source.value,
+            workspace_id=request.workspace_id,
+            integration_name=configured.integration_name,
+            integration_alias=configured.alias,
+            action_name=request.action_name,
+            connection_strategy=configured.connection_strategy.value,
+            end_user_id=request.end_user_id,
+            mcp_server_id=request.mcp_server_id,
+            input=merged,
+        )
+        passed = await self._approvals.check(
+            facts,
+            org_id=request.org_id,
+            actor=request.actor,
+            approval_key=request.approval_key,
+            reuse_window=request.approval_reuse_window,
+            preview=trace.recorded_input or {},
+        )
+        return passed.approval
 
     def _state_for(
         self,
@@ -209,7 +272,10 @@ class Executor:
             return round((time.perf_counter() - started) * 1000)
 
         try:
-            with anyio.fail_after(self._action_timeout):
+            with (
+                anyio.fail_after(self._action_timeout),
+                allow_private_network(context.settings.get("allowPrivateNetwork") is True),
+            ):
                 output = await action.run(context, merged)
         except UpstreamError as failure:
             return UpstreamFailed(failure.error, failure.detail, elapsed(), rate)
@@ -253,6 +319,8 @@ class Executor:
                 status, code = "failed", outcome.code.value
             case Refused():
                 status, code = "refused", outcome.code.value
+            case ApprovalPending():
+                status, code = "approval_pending", None
         async with self._store.db.write(request.actor) as txn:
             await self._store.activity.record(
                 txn,
@@ -304,6 +372,8 @@ def _outward(action: Action, outcome: Outcome, secrets: tuple[str, ...]) -> Outc
                 outcome.duration_ms,
                 outcome.rate,
             )
+        case ApprovalPending():
+            return outcome
         case Refused():
             # Details an action adds must not overwrite the documented "error" and "message".
             extra = {k: v for k, v in outcome.extra.items() if k not in _RESERVED_FIELDS}

@@ -29,5 +29,10 @@ class ExecuteRequest:
     # None: the alias's default partials apply; []: none do.
     partial_ids: tuple[str, ...] | None = None
     idempotency_key: str | None = None
+    # Finds an earlier approval of the same call: REST's idempotency key, or for MCP a key
+    # derived from the call, honoured only inside the policy's reuse window.
+    approval_key: str | None = None
+    approval_reuse_window: bool = False
+    mcp_server_id: str | None = None
     # MCP refuses arguments naming enforced keys instead of silently overriding them.
     refuse_enforced_keys: bool = False

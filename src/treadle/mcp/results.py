@@ -11,7 +11,7 @@ from typing import Any
 
 from mcp.types import CallToolResult, TextContent
 
-from treadle.engine import Outcome, Refused, Succeeded, UpstreamFailed
+from treadle.engine import ApprovalPending, Outcome, Refused, Succeeded, UpstreamFailed
 from treadle.errors import ErrorCode
 
 _ADVICE: dict[ErrorCode, str] = {
@@ -74,3 +74,30 @@ def to_result(outcome: Outcome) -> CallToolResult:
             )
         case Refused(code=code, message=message, extra=extra):
             return error_result(code, message, extra)
+        case ApprovalPending():
+            return pending_result(outcome)
+
+
+def pending_result(outcome: ApprovalPending) -> CallToolResult:
+    """For clients that cannot show an approval prompt: not an error, a status to act on."""
+    approval = outcome.approval
+    where = (
+        f"A person can approve it at {outcome.approval_url} . "
+        if outcome.approval_url
+        else "A reviewer has to approve it in the workspace's approvals inbox. "
+    )
+    text = (
+        f"This action is waiting for human approval (approval {approval.id}); it has not run. "
+        + where
+        + "Once it is approved, call this tool again with exactly the same arguments and it "
+        f"will run once. The request expires at {approval.expires_at}."
+    )
+    return CallToolResult(
+        content=[TextContent(type="text", text=text)],
+        structured_content={
+            "status": "approval_required",
+            "approvalId": approval.id,
+            "approvalUrl": outcome.approval_url,
+            "expiresAt": approval.expires_at,
+        },
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from treadle.store.activity import Activity, ActivityFilter
 from treadle.store.configuration import Partials, WorkspaceIntegrations
 from treadle.store.database import ChangeEvent, Database, WriteTxn
+from treadle.store.gates import ApprovalPolicies, Approvals, IdempotencyRecords
 from treadle.store.mcp_servers import McpServers
 from treadle.store.people import Connections, EndUsers
 from treadle.store.state import KeyValueNamespace, UsageCounters
@@ -27,6 +28,9 @@ class Store:
         self.activity = Activity(db)
         self.usage = UsageCounters(db)
         self.mcp_servers = McpServers(db)
+        self.approval_policies = ApprovalPolicies(db)
+        self.approvals = Approvals(db)
+        self.idempotency = IdempotencyRecords(db)
 
     def kv(self, namespace: str) -> KeyValueNamespace:
         return KeyValueNamespace(self.db, namespace, actor="system")

@@ -98,6 +98,37 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX mcp_servers_workspace ON mcp_servers (workspace_id)",
         ),
     ),
+    Migration(
+        "0003_human_gates",
+        (
+            """CREATE TABLE approval_policies (
+                id TEXT PRIMARY KEY, org_id TEXT NOT NULL, workspace_id TEXT,
+                name TEXT NOT NULL, description TEXT, enabled BOOLEAN NOT NULL,
+                priority INTEGER NOT NULL, sources TEXT, integration_names TEXT,
+                integration_aliases TEXT, action_names TEXT, connection_strategies TEXT,
+                mcp_server_ids TEXT, end_user_mode TEXT NOT NULL, rules TEXT,
+                decision TEXT NOT NULL, timeout_seconds INTEGER NOT NULL,
+                default_on_timeout TEXT NOT NULL, approval_access_mode TEXT NOT NULL,
+                allow_self_approval BOOLEAN NOT NULL, reuse_window_seconds INTEGER NOT NULL,
+                notify_webhook_url TEXT, webhook_secret TEXT, created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL)""",
+            "CREATE INDEX approval_policies_org ON approval_policies (org_id)",
+            """CREATE TABLE approvals (
+                id TEXT PRIMARY KEY, org_id TEXT NOT NULL, workspace_id TEXT NOT NULL,
+                policy_id TEXT NOT NULL, status TEXT NOT NULL, source TEXT NOT NULL,
+                actor TEXT NOT NULL, integration_name TEXT NOT NULL,
+                integration_alias TEXT NOT NULL, action_name TEXT NOT NULL,
+                end_user_id TEXT, approval_key TEXT NOT NULL, fingerprint TEXT NOT NULL,
+                input_preview TEXT NOT NULL, reason TEXT, decided_by TEXT, decided_at TEXT,
+                consumed_at TEXT, expires_at TEXT NOT NULL, created_at TEXT NOT NULL)""",
+            "CREATE INDEX approvals_key ON approvals (org_id, approval_key, created_at)",
+            "CREATE INDEX approvals_org_created ON approvals (org_id, created_at)",
+            """CREATE TABLE idempotency_records (
+                org_id TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL,
+                state TEXT NOT NULL, status_code INTEGER, body TEXT, created_at TEXT NOT NULL,
+                expires_at TEXT NOT NULL, PRIMARY KEY (org_id, key))""",
+        ),
+    ),
 )
 
 _CREATE_LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (

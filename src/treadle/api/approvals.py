@@ -1,0 +1,114 @@
+"""`/api/v1/approvals`: the approval inbox, and decisions by API key."""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated
+
+from pydantic import StringConstraints
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from treadle.api.auth import Principal, accessible_workspace
+from treadle.api.bodies import Body, parse, read_json_object
+from treadle.api.context import caller, path_param
+from treadle.api.query import bounded_int, choice, timestamp
+from treadle.api.responses import ok
+from treadle.app import Gateway
+from treadle.errors import ErrorCode, NotFound, Refusal, ValidationFailed
+from treadle.store.gates import Approval
+
+STATUSES = {"pending", "approved", "rejected", "expired"}
+Reason = Annotated[str, StringConstraints(max_length=1000)]
+
+
+class Decision(Body):
+    reason: Reason | None = None
+
+
+def _cursor(value: str | None) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    try:
+        created, _, approval_id = base64.urlsafe_b64decode(value.encode()).decode().partition("|")
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationFailed("Invalid cursor", field="cursor") from None
+    if not created or not approval_id:
+        raise ValidationFailed("Invalid cursor", field="cursor")
+    return created, approval_id
+
+
+async def list_approvals(request: Request) -> Response:
+    gw, principal = await caller(request)
+    query = request.query_params
+    workspace_id = query.get("workspaceId")
+    if workspace_id is not None:
+        await accessible_workspace(gw.store, principal, workspace_id)
+    found, cursor = await gw.store.approvals.list(
+        principal.org_id,
+        workspace_ids=principal.workspace_ids,
+        workspace_id=workspace_id,
+        status=choice(query.get("status"), "status", STATUSES),
+        since=timestamp(query.get("since"), "since"),
+        until=timestamp(query.get("until"), "until"),
+        before=_cursor(query.get("cursor")),
+        limit=bounded_int(query.get("limit"), "limit", 1, 200) or 50,
+    )
+    found = [await gw.approvals.settle(a) for a in found]
+    next_cursor = None
+    if cursor is not None:
+        next_cursor = base64.urlsafe_b64encode("|".join(cursor).encode()).decode()
+    return ok({"approvals": [a.to_json() for a in found], "nextCursor": next_cursor})
+
+
+async def _approval(request: Request) -> tuple[Gateway, Principal, Approval]:
+    gw, principal = await caller(request)
+    found = await gw.store.approvals.get(path_param(request, "id", "Approval"), principal.org_id)
+    if found is None:
+        raise NotFound("Approval")
+    principal.check_workspace(found.workspace_id)
+    return gw, principal, await gw.approvals.settle(found)
+
+
+async def get_approval(request: Request) -> Response:
+    _gw, _principal, found = await _approval(request)
+    return ok({"approval": found.to_json()})
+
+
+async def _decide(request: Request, status: str) -> Response:
+    gw, principal, found = await _approval(request)
+    raw = await read_json_object(request) if await request.body() else {}
+    body = parse(Decision, raw)
+    policy = await gw.store.approval_policies.get(found.org_id, found.policy_id)
+    if policy is not None and policy.approval_access_mode == "hosted_link_only":
+        raise Refusal(
+            ErrorCode.FORBIDDEN, "This approval can only be decided through its hosted link"
+        )
+    if found.status != "pending" or not await gw.approvals.decide(
+        found, status, principal.actor, body.reason, policy
+    ):
+        raise Refusal(
+            ErrorCode.APPROVAL_NOT_PENDING,
+            "This approval was already decided",
+            status=found.status,
+        )
+    decided = await gw.store.approvals.get(found.id)
+    assert decided is not None
+    return ok({"approval": decided.to_json()})
+
+
+async def approve(request: Request) -> Response:
+    return await _decide(request, "approved")
+
+
+async def reject(request: Request) -> Response:
+    return await _decide(request, "rejected")
+
+
+routes = [
+    Route("/approvals", list_approvals, methods=["GET"]),
+    Route("/approvals/{id}", get_approval, methods=["GET"]),
+    Route("/approvals/{id}/approve", approve, methods=["POST"]),
+    Route("/approvals/{id}/reject", reject, methods=["POST"]),
+]

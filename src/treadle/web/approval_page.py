@@ -1,0 +1,162 @@
+"""`/approve/{id}?token=…`: a plain page a reviewer opens from a link, on any phone.
+
+The token opens only its own approval, expires with it and stops working once the approval
+is decided. The form is protected by a double-submit CSRF cookie (SameSite=Strict) and an
+Origin check. Responses are never cached and never framed; the referrer (which would carry
+the token) is never sent.
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+import json
+import secrets
+from typing import cast
+from urllib.parse import parse_qs
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from treadle.app import Gateway
+from treadle.store.gates import Approval
+
+CSRF_COOKIE = "treadle_csrf"
+MAX_FORM_BYTES = 16 * 1024
+HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,sans-serif;margin:0;padding:1rem;background:#f6f7f9;
+color:#1d2430;line-height:1.45}
+main{max-width:36rem;margin:0 auto;background:#fff;border-radius:12px;padding:1.25rem;
+box-shadow:0 1px 3px rgba(0,0,0,.08)}
+h1{font-size:1.25rem;margin:0 0 1rem}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:.35rem .9rem;margin:0 0 1rem}
+dt{color:#5b6473}dd{margin:0;overflow-wrap:anywhere}
+pre{background:#f1f3f6;padding:.75rem;border-radius:8px;overflow:auto;font-size:.85rem;
+white-space:pre-wrap;overflow-wrap:anywhere}
+.actions{display:flex;gap:.75rem;margin-top:1rem}
+button{flex:1;font-size:1.05rem;padding:.8rem;border:0;border-radius:8px;cursor:pointer}
+.approve{background:#137333;color:#fff}.reject{background:#b3261e;color:#fff}
+textarea{width:100%;box-sizing:border-box;border:1px solid #c9ced6;border-radius:8px;
+padding:.5rem;font:inherit}
+.status{font-weight:600}
+"""
+
+
+def _page(title: str, body: str, status: int = 200, cookie: str | None = None) -> Response:
+    document = (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        '<meta name=viewport content="width=device-width,initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
+        f"<body><main>{body}</main></body></html>"
+    )
+    response = HTMLResponse(document, status_code=status, headers=HEADERS)
+    if cookie is not None:
+        response.set_cookie(CSRF_COOKIE, cookie, httponly=True, samesite="strict", path="/approve")
+    return response
+
+
+def _refused(message: str, status: int = 403) -> Response:
+    return _page("Not available", f"<h1>Not available</h1><p>{html.escape(message)}</p>", status)
+
+
+def _details(approval: Approval) -> str:
+    rows = [
+        ("Workspace", approval.workspace_id),
+        ("Integration", approval.integration_name),
+        ("Account (alias)", approval.integration_alias),
+        ("Action", approval.action_name),
+        ("End user", approval.end_user_id or "none"),
+        ("Asked by", f"{approval.source} ({approval.actor})"),
+        ("Asked at", approval.created_at),
+        ("Expires at", approval.expires_at),
+    ]
+    items = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in rows)
+    preview = json.dumps(approval.input_preview, indent=2, ensure_ascii=False)
+    return f"<dl>{items}</dl><h2>Input</h2><pre>{html.escape(preview)}</pre>"
+
+
+async def _open(request: Request, token: str) -> tuple[Gateway, Approval] | Response:
+    gateway = cast("Gateway", request.app.state.gateway)
+    approval_id = request.path_params.get("approval_id", "")
+    if not isinstance(approval_id, str) or not gateway.approvals.verify_link(token, approval_id):
+        return _refused("This link is not valid, or it has expired.")
+    found = await gateway.store.approvals.get(approval_id)
+    if found is None:
+        return _refused("This approval does not exist.", 404)
+    found = await gateway.approvals.settle(found)
+    if found.status != "pending":
+        return _refused(f"This request was already decided: {found.status}.")
+    return gateway, found
+
+
+async def show(request: Request) -> Response:
+    token = request.query_params.get("token", "")
+    opened = await _open(request, token)
+    if isinstance(opened, Response):
+        return opened
+    _gateway, approval = opened
+    csrf = secrets.token_urlsafe(24)
+    form = (
+        f'<form method=post action="/approve/{html.escape(approval.id)}">'
+        f'<input type=hidden name=token value="{html.escape(token)}">'
+        f'<input type=hidden name=csrf value="{csrf}">'
+        "<label for=reason>Note (optional)</label>"
+        "<textarea id=reason name=reason rows=2 maxlength=1000></textarea>"
+        "<div class=actions>"
+        "<button class=approve name=decision value=approve type=submit>Approve</button>"
+        "<button class=reject name=decision value=reject type=submit>Reject</button>"
+        "</div></form>"
+    )
+    body = f"<h1>Approve this action?</h1>{_details(approval)}{form}"
+    return _page("Approval request", body, cookie=csrf)
+
+
+async def decide(request: Request) -> Response:
+    if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
+        return _refused("The form is too large.", 413)
+    raw = await request.body()
+    if len(raw) > MAX_FORM_BYTES:
+        return _refused("The form is too large.", 413)
+    form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
+    origin = request.headers.get("origin")
+    expected = f"{request.url.scheme}://{request.url.netloc}"
+    cookie = request.cookies.get(CSRF_COOKIE, "")
+    sent = form.get("csrf", "")
+    if (
+        (origin not in (None, "null") and origin != expected)
+        or not cookie
+        or not (hmac.compare_digest(cookie, sent))
+    ):
+        return _refused("The form could not be verified. Open the link again.")
+    opened = await _open(request, form.get("token", ""))
+    if isinstance(opened, Response):
+        return opened
+    gateway, approval = opened
+    decision = form.get("decision")
+    if decision not in ("approve", "reject"):
+        return _refused("Choose Approve or Reject.", 400)
+    status = "approved" if decision == "approve" else "rejected"
+    reason = (form.get("reason") or "").strip()[:1000] or None
+    if not await gateway.approvals.decide(approval, status, "hosted_link", reason):
+        return _refused("This request was already decided.")
+    message = "Approved: the action will run." if status == "approved" else "Rejected."
+    body = f"<h1>Thank you</h1><p class=status>{html.escape(message)}</p>{_details(approval)}"
+    return _page("Decision recorded", body)
+
+
+routes = [
+    Route("/approve/{approval_id}", show, methods=["GET"]),
+    Route("/approve/{approval_id}", decide, methods=["POST"]),
+]
