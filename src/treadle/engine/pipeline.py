@@ -1,7 +1,8 @@
 """The execute pipeline: the one place where a call is selected, merged, checked and run.
 
 select → allow → partials → validate → state scope → connection → gate → rate limit →
-(claim the approval) → quota → run → record. Every face (REST, MCP) builds an `ExecuteRequest` and maps the `Outcome` back.
+(claim the approval) → quota → run → record. Every face (REST, MCP) builds an
+`ExecuteRequest` and maps the `Outcome` back.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import httpx2
 
 from treadle.catalog.model import Action, ActionContext, Integration, StateStore
 from treadle.catalog.registry import Catalog
+from treadle.engine.approvals import ApprovalDesk, ApprovalRequired
 from treadle.engine.connections import ConnectionResolver
 from treadle.engine.limits import QuotaGate, RateLimiter
-from treadle.engine.approvals import ApprovalDesk, ApprovalRequired
 from treadle.engine.outcome import (
     ApprovalPending,
     Outcome,
@@ -29,8 +30,8 @@ from treadle.engine.outcome import (
     Succeeded,
     UpstreamFailed,
 )
-from treadle.engine.policies import CallFacts
 from treadle.engine.partials import effective_partials, enforced_values, merge_input
+from treadle.engine.policies import CallFacts
 from treadle.engine.redaction import redact, scrub, secret_values
 from treadle.engine.request import ExecuteRequest
 from treadle.engine.selection import select_workspace_integration
