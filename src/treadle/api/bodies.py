@@ -21,9 +21,13 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=False)
 
 
+# Deeper than this, JSON is not a configuration or an input but an attack on the encoders,
+# which recurse (and would fail with RecursionError when storing or answering).
+MAX_DEPTH = 64
+
+
 async def read_json_object(request: Request) -> dict[str, Any]:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    if _declared_length(request) > MAX_BODY_BYTES:
         raise _too_large()
     chunks: list[bytes] = []
     size = 0
@@ -36,12 +40,51 @@ async def read_json_object(request: Request) -> dict[str, Any]:
     if not raw.strip():
         raise ValidationFailed("The request body must be a JSON object")
     try:
-        parsed = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        parsed = json.loads(raw, parse_constant=_refuse_constant)
+    # ValueError covers JSONDecodeError, NaN/Infinity and integers too long to convert.
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise ValidationFailed("The request body is not valid JSON") from None
     if not isinstance(parsed, dict):
         raise ValidationFailed("The request body must be a JSON object")
+    _check_storable(parsed)
     return parsed
+
+
+def _declared_length(request: Request) -> int:
+    declared = request.headers.get("content-length", "")
+    if not (declared.isascii() and declared.isdigit()):
+        return 0  # absent or garbage: the streamed size is checked anyway
+    # A string of digits this long is over the limit without converting it.
+    return MAX_BODY_BYTES + 1 if len(declared) > 12 else int(declared)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _check_storable(document: dict[str, Any]) -> None:
+    """Refuse what parses but could be neither stored nor sent back: lone surrogates (escaped
+    `\\ud800` is valid JSON, but no UTF-8) and nesting deeper than MAX_DEPTH."""
+    pending: list[tuple[Any, int]] = [(document, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            raise ValidationFailed(f"The request body is nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                _check_text(key)
+                pending.append((item, depth + 1))
+        elif isinstance(value, list):
+            pending.extend((item, depth + 1) for item in value)
+        elif isinstance(value, str):
+            _check_text(value)
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationFailed("The request body contains text that is not valid Unicode") from None
 
 
 def _too_large() -> Refusal:
@@ -65,13 +108,14 @@ async def read_body(request: Request, model: type[Model]) -> Model:
 
 def _validation_failed(exc: ValidationError) -> ValidationFailed:
     first = exc.errors(include_url=False, include_input=False)[0]
-    field = ".".join(str(part) for part in first["loc"]) or None
+    # Shortened: a location can hold a caller's dictionary key of any length.
+    field = _short(".".join(str(part) for part in first["loc"]) or None)
     kind = first["type"]
     if kind == "missing":
         return ValidationFailed(f"Missing required field: {field}", field=field)
     if kind == "extra_forbidden":
-        return ValidationFailed(f"Unknown field: {_short(field)}", field=_short(field))
-    return ValidationFailed(f"Invalid value for field {_short(field)}: {first['msg']}", field=field)
+        return ValidationFailed(f"Unknown field: {field}", field=field)
+    return ValidationFailed(f"Invalid value for field {field}: {first['msg']}", field=field)
 
 
 def _short(text: str | None) -> str | None:

@@ -103,11 +103,16 @@ async def _connection_id(
         external_id=None if is_uuid(given) else given,
         integration_name=integration.name,
     )
-    if not found or found[0].end_user_id is not None:
+    # An external ID is unique per workspace, so it may name both the workspace's connection
+    # and an org-wide one: the workspace's own is the closer match. An end user's connection
+    # cannot serve everyone.
+    shared = [c for c in found if c.end_user_id is None]
+    shared.sort(key=lambda c: c.workspace_id is None)
+    if not shared:
         raise ValidationFailed(
             "No workspace connection with this ID for this integration", field="connectionId"
         )
-    return found[0].id
+    return shared[0].id
 
 
 async def _workspace(request: Request) -> tuple[Gateway, Principal, Workspace]:
@@ -170,6 +175,9 @@ async def update_workspace_integration(request: Request) -> Response:
     if not given:
         raise Refusal(ErrorCode.NO_UPDATES, "No fields provided to update")
     integration = _integration(gw, current.integration_name)
+    # Unlike connectionId and allowedActions, a strategy has no "unset" meaning for null.
+    if "connectionStrategy" in given and body.connectionStrategy is None:
+        raise ValidationFailed("connectionStrategy cannot be null", field="connectionStrategy")
     changes: dict[str, Any] = {}
     strategy = (
         ConnectionStrategy(body.connectionStrategy)

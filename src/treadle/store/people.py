@@ -70,6 +70,14 @@ class EndUsers:
                 updated_at=now,
             )
         )
+        await txn.changed(
+            org_id=org_id,
+            workspace_id=workspace_id,
+            target_type="end_user",
+            target_id=user.id,
+            change="created",
+            detail={"externalId": external_id},
+        )
         return user
 
     async def get(self, org_id: str, end_user_id: str) -> EndUser | None:
@@ -94,10 +102,21 @@ class EndUsers:
 
     async def delete(self, txn: WriteTxn, user: EndUser) -> None:
         """Deleting an end user deletes their connections (and their kv state stays scoped)."""
-        await txn.conn.execute(
-            schema.connections.delete().where(schema.connections.c.end_user_id == user.id)
+        connections = schema.connections
+        owned = await txn.conn.execute(
+            sa.select(connections.c.id).where(connections.c.end_user_id == user.id)
         )
+        connection_ids = sorted(owned.scalars())
+        await txn.conn.execute(connections.delete().where(connections.c.end_user_id == user.id))
         await txn.conn.execute(schema.end_users.delete().where(schema.end_users.c.id == user.id))
+        await txn.changed(
+            org_id=user.org_id,
+            workspace_id=user.workspace_id,
+            target_type="end_user",
+            target_id=user.id,
+            change="deleted",
+            detail={"externalId": user.external_id, "deletedConnections": connection_ids},
+        )
 
 
 _CONNECTION_COLUMNS = (
@@ -179,6 +198,15 @@ class Connections:
         )
         created = await self._get_in(txn, org_id, connection_id)
         assert created is not None
+        # The record names the connection, never its values.
+        await txn.changed(
+            org_id=org_id,
+            workspace_id=workspace_id,
+            target_type="connection",
+            target_id=connection_id,
+            change="created",
+            detail={"integrationName": integration_name, "externalId": external_id},
+        )
         return created
 
     async def _get_in(self, txn: WriteTxn, org_id: str, connection_id: str) -> Connection | None:
@@ -243,6 +271,17 @@ class Connections:
     async def delete(self, txn: WriteTxn, connection: Connection) -> None:
         table = schema.connections
         await txn.conn.execute(table.delete().where(table.c.id == connection.id))
+        await txn.changed(
+            org_id=connection.org_id,
+            workspace_id=connection.workspace_id,
+            target_type="connection",
+            target_id=connection.id,
+            change="deleted",
+            detail={
+                "integrationName": connection.integration_name,
+                "externalId": connection.external_id,
+            },
+        )
 
     async def credentials(self, connection: Connection) -> ConnectionCredentials:
         table = schema.connections
