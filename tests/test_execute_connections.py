@@ -230,6 +230,21 @@ async def test_explicit_connection_external_id_overrides_the_strategy(api: Api) 
     assert used(chosen) == "conn_spare"
 
 
+async def test_explicit_connection_of_another_end_user_is_connection_not_found(
+    api: Api,
+) -> None:
+    team = await connect(api, "team")
+    alice = await connect(api, "alice", end_user="alice")
+    await api.configure("keyed", connectionStrategy="fixed", connectionId=team["id"])
+    refused(
+        await whoami(api, connectionExternalId="conn_alice", endUserId="bob"),
+        "CONNECTION_NOT_FOUND",
+    )
+    refused(await whoami(api, connectionId=alice["id"]), "CONNECTION_NOT_FOUND")
+    own = await whoami(api, connectionExternalId="conn_alice", endUserId="alice")
+    assert used(own) == "conn_alice"
+
+
 async def test_explicit_connection_id_as_uuid_selects_that_connection(api: Api) -> None:
     team = await connect(api, "team")
     spare = await connect(api, "spare")

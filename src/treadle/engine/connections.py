@@ -94,9 +94,18 @@ class ConnectionResolver:
             external_id=external,
             integration_name=integration.name,
         )
-        if not found:
+        # Another end user's personal connection is never selectable; among the rest the
+        # caller's own comes first, then the workspace's shared one, then an org-wide one.
+        usable = [
+            c
+            for c in found
+            if c.end_user_id is None
+            or (request.end_user_id is not None and c.end_user_external_id == request.end_user_id)
+        ]
+        if not usable:
             raise Refusal(
                 ErrorCode.CONNECTION_NOT_FOUND,
                 "Specified connection does not exist for this workspace and integration",
             )
-        return found[0]
+        usable.sort(key=lambda c: (c.end_user_id is None, c.workspace_id is None))
+        return usable[0]
