@@ -144,21 +144,36 @@ class ResyncHub:
         return version
 
     async def run(self) -> None:
-        """Watch for configuration changes until cancelled."""
+        """Watch for configuration changes until cancelled.
+
+        A failed database read (a locked SQLite file, a dropped PostgreSQL connection) is
+        logged and retried at the next poll: this task lives as long as the process, and
+        ending it would silently stop every later notification (or take the server down).
+        """
         unsubscribe = self._store.db.subscribe(self.on_change)
         try:
-            seen = await self._version()
+            seen: int | None = None
             while True:
+                try:
+                    seen = await self._catch_up(seen)
+                except Exception:
+                    log.exception("could not check for configuration changes; will retry")
+                    # Unknown now: compare tool lists again once the database answers.
+                    seen = -1
                 with anyio.move_on_after(self._poll):
                     await self._wake.wait()
                 self._wake = anyio.Event()
-                current = await self._version()
-                if current == seen:
-                    continue
-                seen = await self._quiet(current)
-                await self.resync()
         finally:
             unsubscribe()
+
+    async def _catch_up(self, seen: int | None) -> int:
+        """Resync if the version moved past `seen` (None: first look, just note it)."""
+        current = await self._version()
+        if seen is None or current == seen:
+            return current
+        seen = await self._quiet(current)
+        await self.resync()
+        return seen
 
     async def _quiet(self, version: int) -> int:
         """Let a burst of writes land: wait until the version holds still (bounded)."""
