@@ -129,7 +129,11 @@ class ResyncHub:
         """Record the list a newly connected client sees, to compare later changes with."""
         entry = self._entry(binding)
         if entry.fingerprint is None:
-            entry.fingerprint = (await self._toolsets.get(binding)).fingerprint
+            # Shielded: callers include notifications nobody awaits, and a client that leaves
+            # at once would otherwise cancel aiosqlite mid-query.
+            with anyio.CancelScope(shield=True):
+                toolset = await self._toolsets.get(binding)
+            entry.fingerprint = toolset.fingerprint
 
     # -- when to tell them -----------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from treadle.errors import ErrorCode, Refusal
 from treadle.ids import new_uuid, new_workspace_integration_id
 from treadle.store import schema
 from treadle.store.database import Database, WriteTxn
+from treadle.store.mcp_servers import McpServers
 from treadle.store.records import ConnectionStrategy, Partial, WorkspaceIntegration
 
 
@@ -307,8 +308,10 @@ class Partials:
         return _partial(row)
 
     async def delete(self, txn: WriteTxn, current: Partial) -> None:
+        """Also removes the partial's ID from every MCP tool override (product doc 004)."""
         table = schema.partials
         await txn.conn.execute(table.delete().where(table.c.id == current.id))
+        await McpServers.drop_partial(txn, current.workspace_id, current.id)
         await txn.changed(
             org_id=current.org_id,
             workspace_id=current.workspace_id,

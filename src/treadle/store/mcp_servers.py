@@ -222,7 +222,8 @@ class McpServers:
             rows = await conn.execute(query.order_by(table.c.created_at, table.c.id))
             return [_server(row) for row in rows]
 
-    async def drop_partial(self, txn: WriteTxn, workspace_id: str, partial_id: str) -> None:
+    @staticmethod
+    async def drop_partial(txn: WriteTxn, workspace_id: str, partial_id: str) -> None:
         """Remove a deleted partial's ID from every tool override (product doc 004)."""
         table = schema.mcp_servers
         rows = await txn.conn.execute(table.select().where(table.c.workspace_id == workspace_id))
