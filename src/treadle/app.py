@@ -28,6 +28,7 @@ class Gateway:
     http: httpx2.AsyncClient
     approvals: ApprovalDesk
     webhooks: WebhookNotifier
+    request_state_key: bytes
     _exit: AsyncExitStack
 
     @classmethod
@@ -72,7 +73,15 @@ class Gateway:
             await exit_stack.aclose()
             raise
         return cls(
-            settings, store, chosen_catalog, executor, client, approvals, webhooks, exit_stack
+            settings,
+            store,
+            chosen_catalog,
+            executor,
+            client,
+            approvals,
+            webhooks,
+            vault.derive("treadle mcp request state"),
+            exit_stack,
         )
 
     async def close(self) -> None:

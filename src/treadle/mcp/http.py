@@ -87,6 +87,8 @@ class McpEndpoint:
             page_size=runtime.page_size,
             progress_seconds=runtime.progress_seconds,
             schema_lookup=self._schema,
+            approvals=gateway.approvals,
+            request_state_key=runtime.request_state_key,
         )
         self.manager = StreamableHTTPSessionManager(
             app=self.face.server,

@@ -25,6 +25,7 @@ class McpRuntime:
         self.gateway = gateway
         self.progress_seconds = progress_seconds
         self.page_size = page_size
+        self.request_state_key = gateway.request_state_key
         self.toolsets = ToolsetCache(gateway.store, gateway.catalog)
         self.hub = ResyncHub(gateway.store, self.toolsets, poll_seconds=poll_seconds)
 
@@ -45,4 +46,6 @@ class McpRuntime:
             page_size=self.page_size,
             progress_seconds=self.progress_seconds,
             schema_lookup=schema,
+            approvals=self.gateway.approvals,
+            request_state_key=self.request_state_key,
         )

@@ -8,6 +8,7 @@ record. Both protocol eras are served by the SDK; handlers see only `Binding`s.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -16,12 +17,14 @@ from typing import Any
 import anyio
 from mcp.server import CacheHint, NotificationOptions, Server, ServerRequestContext
 from mcp.server.models import InitializationOptions
+from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
 from mcp.server.subscriptions import ListenHandler
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
     INVALID_PARAMS,
     CallToolRequestParams,
     CallToolResult,
+    InputRequiredResult,
     ListToolsResult,
     PaginatedRequestParams,
     SubscriptionsListenRequestParams,
@@ -30,12 +33,14 @@ from mcp.types import (
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from treadle import __version__
-from treadle.engine import ExecuteRequest, Executor, Source
+from treadle.engine import ApprovalPending, ExecuteRequest, Executor, Source
+from treadle.engine.approvals import ApprovalDesk, canonical
 from treadle.errors import ErrorCode
+from treadle.mcp.approval_pause import ApprovalPause
 from treadle.mcp.binding import Binding
 from treadle.mcp.results import error_result, to_result
 from treadle.mcp.resync import ResyncHub, listening
-from treadle.mcp.toolset import ToolsetCache
+from treadle.mcp.toolset import ToolsetCache, undeclared_keys
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +84,15 @@ def decode_cursor(cursor: str | None) -> int:
         offset = json.loads(base64.urlsafe_b64decode(cursor.encode()))["o"]
     except (ValueError, KeyError, TypeError):
         raise MCPError(INVALID_PARAMS, "Invalid cursor") from None
-    if not isinstance(offset, int) or offset < 0:
+    # bool is an int subclass: `{"o": true}` is forged, not an offset we issued.
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
         raise MCPError(INVALID_PARAMS, "Invalid cursor")
     return offset
+
+
+def approval_key(binding: Binding, tool: str, arguments: dict[str, Any]) -> str:
+    material = canonical([binding.cache_key, binding.end_user_id, tool, arguments])
+    return "mcp_" + hashlib.sha256(material.encode()).hexdigest()[:40]
 
 
 def _connection_key(ctx: ServerRequestContext[Any, Any]) -> tuple[int, Any]:
@@ -105,8 +116,11 @@ class McpFace:
         page_size: int = PAGE_SIZE,
         progress_seconds: float = PROGRESS_INTERVAL_SECONDS,
         schema_lookup: SchemaLookup | None = None,
+        approvals: ApprovalDesk | None = None,
+        request_state_key: bytes | None = None,
     ) -> None:
         self._executor = executor
+        self._pause = ApprovalPause(approvals, progress_seconds) if approvals else None
         self._toolsets = toolsets
         self._hub = hub
         self._resolve = resolve
@@ -127,6 +141,14 @@ class McpFace:
             cache_hints={"tools/list": CacheHint(ttl_ms=LIST_TTL_MS, scope="private")},
         )
         self.server.middleware.append(self._track_handshake_clients)
+        # 2026-07-28 approval rounds carry requestState: seal it with a key every process of
+        # this deployment shares, so any replica can continue a round another one started.
+        security = (
+            RequestStateSecurity(keys=[request_state_key])
+            if request_state_key is not None
+            else RequestStateSecurity.ephemeral()
+        )
+        self.server.middleware.append(RequestStateBoundary(security, default_audience="treadle"))
 
     async def _track_handshake_clients(
         self, ctx: ServerRequestContext[Any, Any], call_next: Callable[..., Awaitable[Any]]
@@ -135,7 +157,11 @@ class McpFace:
             binding = await self._resolve(ctx)
             key, connection = _connection_key(ctx)
             if self._hub.add_session(binding, key, ctx.session):
-                await self._hub.remember(binding)
+                # Shielded: this also runs for `notifications/initialized`, which nobody
+                # awaits, so a client that leaves at once cancels it; cancelling aiosqlite
+                # mid-query leaves a connection whose close never finishes.
+                with anyio.CancelScope(shield=True):
+                    await self._hub.remember(binding)
                 connection.exit_stack.callback(self._hub.remove_session, binding, key)
         return await call_next(ctx)
 
@@ -154,7 +180,7 @@ class McpFace:
 
     async def call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: CallToolRequestParams
-    ) -> CallToolResult:
+    ) -> CallToolResult | InputRequiredResult:
         binding = await self._resolve(ctx)
         toolset = await self._toolsets.get(binding)
         target = toolset.targets.get(params.name)
@@ -165,6 +191,10 @@ class McpFace:
                 ErrorCode.ACTION_NOT_ALLOWED,
                 f"Tool '{target.name}' is disabled on this MCP server",
             )
+        arguments = dict(params.arguments or {})
+        if target.listed and (undeclared := undeclared_keys(target, arguments)):
+            key = undeclared[0][:100]
+            return error_result(ErrorCode.VALIDATION_ERROR, f"Unknown field: {key}", {"field": key})
         request = ExecuteRequest(
             org_id=binding.org_id,
             workspace_id=binding.workspace_id,
@@ -172,16 +202,24 @@ class McpFace:
             action_name=target.action.name,
             source=Source.MCP_TOOLS,
             actor=binding.actor,
-            input=dict(params.arguments or {}),
+            input=arguments,
             workspace_integration_id=target.configured.id,
             end_user_id=binding.end_user_id,
             partial_ids=target.partial_ids,
             refuse_enforced_keys=True,
+            # The same call again (server, end user, tool, arguments) finds its approval.
+            approval_key=approval_key(binding, target.name, arguments),
+            approval_reuse_window=True,
+            mcp_server_id=binding.server.id if binding.server is not None else None,
         )
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._report_progress, ctx)
             outcome = await self._executor.execute(request)
             tg.cancel_scope.cancel()
+        if isinstance(outcome, ApprovalPending) and self._pause is not None:
+            return await self._pause.pause(
+                ctx, params, outcome, binding.actor, lambda: self._executor.execute(request)
+            )
         return to_result(outcome)
 
     async def _report_progress(self, ctx: ServerRequestContext[Any, Any]) -> None:
