@@ -1,9 +1,11 @@
-"""Tools over every transport and era: names, pruned schemas, calls and refusals."""
+"""Tools over every transport and era: names, pruned schemas, calls and refusals.
+
+Outcomes over every transport live in test_mcp_calls.py, listings in test_mcp_schemas.py.
+"""
 
 from __future__ import annotations
 
 import pytest
-from mcp.shared.exceptions import MCPError
 
 from mcp_harness import ERAS, TRANSPORTS, McpEnv
 
@@ -52,26 +54,3 @@ async def test_tools_are_named_alias_action_and_hide_enforced_keys(
         assert refused.structured_content is not None
         assert refused.structured_content["error"] == "VALIDATION_ERROR"
         assert refused.structured_content["field"] == "channel"
-
-
-async def test_a_third_party_error_is_an_error_result(
-    mcp_env: McpEnv, transport: str, era: str
-) -> None:
-    await mcp_env.configure("testkit", integrationAlias="kit")
-    async with mcp_env.connect(transport, era) as client:
-        result = await client.call_tool("kit__upstream_error", {})
-        assert result.is_error
-        assert result.structured_content == {
-            "error": "channel_not_found",
-            "detail": {"channel": None},
-        }
-
-
-async def test_an_unknown_tool_is_a_protocol_error(
-    mcp_env: McpEnv, transport: str, era: str
-) -> None:
-    await mcp_env.configure("testkit", integrationAlias="kit")
-    async with mcp_env.connect(transport, era) as client:
-        with pytest.raises(MCPError) as raised:
-            await client.call_tool("nope__echo", {"text": "x"})
-        assert raised.value.error.code == -32602

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,12 +56,30 @@ class ToolSet:
         return None
 
 
+def _leaves_extra_keys_open(schema: dict[str, Any]) -> bool:
+    return "additionalProperties" not in schema and "patternProperties" not in schema
+
+
 def _closed(schema: dict[str, Any]) -> dict[str, Any]:
     # Close the object only where the action leaves extra keys unspecified; an action that
     # declares additionalProperties or patternProperties keeps its own rule.
-    if "additionalProperties" in schema or "patternProperties" in schema:
+    if not _leaves_extra_keys_open(schema):
         return schema
     return {**schema, "additionalProperties": False}
+
+
+def undeclared_keys(target: ToolTarget, arguments: Mapping[str, Any]) -> list[str]:
+    """Argument keys the tool's schema refuses although the action's own schema lets them in.
+
+    The pipeline validates against the action's schema; where the tool closed it, a call must
+    still hold to what the tool advertised. Enforced keys are declared by the action, so the
+    pipeline refuses those itself (as enforced).
+    """
+    schema = target.action.input_schema
+    if not _leaves_extra_keys_open(schema):
+        return []
+    declared = schema.get("properties", {})
+    return sorted(key for key in arguments if key not in declared)
 
 
 def _usable_ids(
