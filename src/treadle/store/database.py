@@ -119,16 +119,22 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn, conn.begin():
-            yield conn
+        # Transactions are shielded from cancellation (see `write`); bodies are only queries.
+        with anyio.CancelScope(shield=True):
+            async with self.engine.connect() as conn, conn.begin():
+                yield conn
 
     @asynccontextmanager
     async def write(self, actor: str) -> AsyncIterator[WriteTxn]:
-        async with self._write_lock, self.engine.connect() as conn:
-            conn = await conn.execution_options(treadle_write=True)
-            async with conn.begin():
-                txn = WriteTxn(conn, actor)
-                yield txn
+        # Shielded: cancelling aiosqlite in the middle of a query leaves a connection whose
+        # close never finishes (and a half-done transaction); a caller that is cancelled (a
+        # client that went away) instead waits the milliseconds its transaction takes.
+        with anyio.CancelScope(shield=True):
+            async with self._write_lock, self.engine.connect() as conn:
+                conn = await conn.execution_options(treadle_write=True)
+                async with conn.begin():
+                    txn = WriteTxn(conn, actor)
+                    yield txn
         # Published only after commit: a listener that re-reads sees the new state.
         for change in txn.events:
             for listener in list(self._listeners):
