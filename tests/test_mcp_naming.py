@@ -161,3 +161,13 @@ def _random_pairs(rng: random.Random, count: int) -> list[tuple[str, str]]:
         action = rng.choice(["send", "append_row", "get-item", "list", "a" * rng.randint(1, 30)])
         pairs.append((alias, action))
     return pairs
+
+
+def test_a_chosen_name_wins_and_generated_names_avoid_it() -> None:
+    pairs = [("kit", "echo"), ("kit", "crash"), ("test", "simple_text")]
+    names = assign_names(pairs, {("kit", "echo"): "test__simple_text"})
+    assert names[("kit", "echo")] == "test__simple_text"
+    # the pair that would naturally spell that name gets a hashed one instead
+    assert names[("test", "simple_text")] != "test__simple_text"
+    assert len(set(names.values())) == len(pairs)
+    assert names[("kit", "crash")] == "kit__crash"

@@ -115,10 +115,11 @@ async def test_a_server_is_created_with_its_tool_overrides(mcp_env: McpEnv) -> N
     created = await _create(mcp_env, toolOverrides=overrides)
 
     assert created["server"]["toolOverrides"] == [
-        overrides[0],
+        {**overrides[0], "name": None},
         {
             "integrationAlias": "kit",
             "actionName": "wait",
+            "name": None,
             "partialIds": None,
             "description": None,
             "enabled": False,

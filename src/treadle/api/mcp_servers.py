@@ -23,6 +23,7 @@ from treadle.errors import ErrorCode, NotFound, Refusal, ValidationFailed
 from treadle.store.mcp_servers import McpServer, ToolOverride
 
 ToolDescription = Annotated[str, StringConstraints(max_length=2000)]
+ToolName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 
 
 class Override(Body):
@@ -31,6 +32,7 @@ class Override(Body):
     partialIds: Annotated[list[Identifier], Field(max_length=50)] | None = None
     description: ToolDescription | None = None
     enabled: bool = True
+    name: ToolName | None = None
 
 
 Overrides = Annotated[list[Override], Field(max_length=1000)]
@@ -54,6 +56,7 @@ async def _overrides(
     gw: Gateway, principal: Principal, workspace_id: str, given: list[Override]
 ) -> tuple[ToolOverride, ...]:
     seen: set[tuple[str, str]] = set()
+    names: set[str] = set()
     for index, item in enumerate(given):
         pair = (item.integrationAlias, item.actionName)
         if pair in seen:
@@ -61,6 +64,13 @@ async def _overrides(
                 "Two overrides name the same tool", field=f"toolOverrides[{index}]"
             )
         seen.add(pair)
+        if item.name is not None:
+            if item.name in names:
+                raise ValidationFailed(
+                    "Two overrides give tools the same name",
+                    field=f"toolOverrides[{index}].name",
+                )
+            names.add(item.name)
         for position, partial_id in enumerate(item.partialIds or []):
             partial = await gw.store.partials.get(principal.org_id, partial_id)
             if partial is None or partial.workspace_id != workspace_id:
@@ -75,6 +85,7 @@ async def _overrides(
             partial_ids=None if item.partialIds is None else tuple(item.partialIds),
             description=item.description,
             enabled=item.enabled,
+            name=item.name,
         )
         for item in given
     )

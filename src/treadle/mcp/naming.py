@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 MAX_LENGTH = 64
 _HASH_CHARS = 10
@@ -33,12 +33,21 @@ def _hashed(alias: str, action: str, length: int) -> str:
     return f"{prefix}_{digest}"
 
 
-def assign_names(pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
-    """Unique, deterministic names for (alias, action) pairs."""
+def assign_names(
+    pairs: Iterable[tuple[str, str]], chosen: Mapping[tuple[str, str], str] | None = None
+) -> dict[tuple[str, str], str]:
+    """Unique, deterministic names for (alias, action) pairs.
+
+    `chosen` holds names a server's tool overrides set explicitly; they are taken first, and
+    every generated name steers clear of them."""
     unique = sorted(set(pairs))
-    taken: set[str] = set()
-    names: dict[tuple[str, str], str] = {}
-    exact = {natural_name(a, b): (a, b) for a, b in unique if _is_exact(a, b)}
+    names: dict[tuple[str, str], str] = {p: n for p, n in (chosen or {}).items() if p in unique}
+    taken: set[str] = set(names.values())
+    exact = {
+        natural_name(a, b): (a, b)
+        for a, b in unique
+        if _is_exact(a, b) and (a, b) not in names and natural_name(a, b) not in taken
+    }
     for pair, name in ((p, n) for n, p in exact.items()):
         names[pair] = name
         taken.add(name)

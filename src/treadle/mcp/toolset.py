@@ -106,7 +106,12 @@ def build_toolset(
 ) -> ToolSet:
     known = [(wi, catalog.get(wi.integration_name)) for wi in configured]
     pairs = [(wi.alias, a.name) for wi, i in known if i is not None for a in i.actions]
-    names = assign_names(pairs)
+    renamed = {
+        (o.integration_alias, o.action_name): o.name
+        for o in (server.tool_overrides if server is not None else ())
+        if o.name is not None
+    }
+    names = assign_names(pairs, renamed)
     aliases_per_integration: dict[str, int] = {}
     for wi in configured:
         aliases_per_integration[wi.integration_name] = (

@@ -28,11 +28,13 @@ class ToolOverride:
     partial_ids: tuple[str, ...] | None = None
     description: str | None = None
     enabled: bool = True
+    name: str | None = None  # the tool's name, instead of the generated {alias}__{action}
 
     def to_json(self) -> dict[str, Any]:
         return {
             "integrationAlias": self.integration_alias,
             "actionName": self.action_name,
+            "name": self.name,
             "partialIds": None if self.partial_ids is None else list(self.partial_ids),
             "description": self.description,
             "enabled": self.enabled,
@@ -47,6 +49,7 @@ class ToolOverride:
             partial_ids=None if ids is None else tuple(ids),
             description=data.get("description"),
             enabled=bool(data.get("enabled", True)),
+            name=data.get("name"),
         )
 
 
@@ -240,6 +243,7 @@ class McpServers:
                     else tuple(p for p in o.partial_ids if p != partial_id),
                     o.description,
                     o.enabled,
+                    o.name,
                 )
                 for o in server.tool_overrides
             )
