@@ -30,8 +30,10 @@ from mcp.client.subscriptions import Subscription
 from mcp.types import Tool, ToolListChangedNotification
 from sqlalchemy.exc import OperationalError
 
+from treadle.catalog.model import Action, ActionContext, AuthKind, Integration
 from treadle.mcp.binds import bind_server
 from treadle.store.database import GLOBAL_SCOPE
+from treadle.store.records import ConnectionStrategy
 
 from mcp_harness import McpEnv, subprocess_env
 
@@ -612,3 +614,49 @@ async def test_a_client_that_leaves_is_forgotten(mcp_env: McpEnv, era: str) -> N
     await patch(mcp_env.rest, integration_path(mcp_env, kit), {"allowedActions": ["crash"]})
     assert await hub.resync() == 0
     assert hub.notifications_sent == before
+
+
+async def _pong(_ctx: ActionContext, _data: dict[str, Any]) -> dict[str, Any]:
+    return {"pong": True}
+
+
+async def test_an_integration_added_to_the_catalog_notifies_servers_that_gain_tools(
+    mcp_env: McpEnv,
+) -> None:
+    """A plugin registered while clients are connected: its configured alias gains tools."""
+    store = mcp_env.runtime.gateway.store
+    # The alias is configured before this process's catalog knows the integration (as when
+    # another process with the plugin configured it): only the catalog change adds tools.
+    async with store.db.write("test") as txn:
+        await store.integrations.create(
+            txn,
+            org_id=mcp_env.org_id,
+            workspace_id=mcp_env.workspace_id,
+            integration_name="late-plugin",
+            alias="late",
+            strategy=ConnectionStrategy.FIXED,
+            connection_id=None,
+            allowed_actions=None,
+            settings={},
+        )
+    late = Integration(
+        name="late-plugin",
+        display_name="Late",
+        description="Registered at run time.",
+        auth_kind=AuthKind.NONE,
+        actions=(Action("ping", "Ping", "Ping.", {"type": "object", "properties": {}}, _pong),),
+    )
+    changed = anyio.Event()
+
+    async def on_message(message: object) -> None:
+        if isinstance(message, ToolListChangedNotification):
+            changed.set()
+
+    async with mcp_env.connect("memory", "legacy", message_handler=on_message) as client:
+        before = {t.name for t in (await client.list_tools()).tools}
+        assert "late__ping" not in before
+        mcp_env.runtime.gateway.catalog.add(late)
+        with anyio.fail_after(2):
+            await changed.wait()
+        after = {t.name for t in (await client.list_tools()).tools}
+        assert "late__ping" in after

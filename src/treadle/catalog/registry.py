@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import entry_points
 
 from treadle.catalog.model import NAME_PATTERN, Integration
@@ -27,9 +27,15 @@ class Catalog:
 
     def __init__(self, integrations: Iterable[Integration] = ()) -> None:
         self._by_name: dict[str, Integration] = {}
+        self._listeners: list[Callable[[], None]] = []
         self.version = 0
         for integration in integrations:
             self.add(integration)
+
+    def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener` whenever an integration is added (tool lists may change)."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
 
     def add(self, integration: Integration) -> None:
         if not NAME_PATTERN.match(integration.name):
@@ -39,6 +45,8 @@ class Catalog:
             raise ValueError(f"integration {integration.name!r} declares an action twice")
         self._by_name[integration.name] = integration
         self.version += 1
+        for listener in list(self._listeners):
+            listener()
 
     def get(self, name: str) -> Integration | None:
         return self._by_name.get(name)

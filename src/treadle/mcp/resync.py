@@ -83,6 +83,7 @@ class ResyncHub:
         self._max_delay = max_delay_seconds
         self._poll = poll_seconds
         self._wake = anyio.Event()
+        self._catalog_changed = False
         self.servers: dict[str, _Server] = {}
         self.bus = RoutingBus(self)
         self.notifications_sent = 0
@@ -140,6 +141,10 @@ class ResyncHub:
     def on_change(self, _event: ChangeEvent) -> None:
         self._wake.set()
 
+    def on_catalog_change(self) -> None:
+        self._catalog_changed = True
+        self._wake.set()
+
     async def _version(self) -> int:
         # Shielded: cancelling aiosqlite mid-query can leave its connection unusable, and the
         # read takes microseconds, so shutdown simply waits for it.
@@ -155,10 +160,15 @@ class ResyncHub:
         ending it would silently stop every later notification (or take the server down).
         """
         unsubscribe = self._store.db.subscribe(self.on_change)
+        unsubscribe_catalog = self._toolsets.catalog.subscribe(self.on_catalog_change)
         try:
             seen: int | None = None
             while True:
                 try:
+                    if self._catalog_changed:
+                        # A new integration can add tools to any server: compare them all.
+                        self._catalog_changed = False
+                        await self.resync()
                     seen = await self._catch_up(seen)
                 except Exception:
                     log.exception("could not check for configuration changes; will retry")
@@ -169,6 +179,7 @@ class ResyncHub:
                 self._wake = anyio.Event()
         finally:
             unsubscribe()
+            unsubscribe_catalog()
 
     async def _catch_up(self, seen: int | None) -> int:
         """Resync if the version moved past `seen` (None: first look, just note it)."""

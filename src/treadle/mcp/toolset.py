@@ -198,6 +198,10 @@ class ToolsetCache:
         self._catalog = catalog
         self._entries: dict[str, tuple[tuple[int, int], ToolSet]] = {}
 
+    @property
+    def catalog(self) -> Catalog:
+        return self._catalog
+
     async def get(self, binding: Binding) -> ToolSet:
         version = (await self._store.db.version(binding.workspace_id), self._catalog.version)
         cached = self._entries.get(binding.cache_key)
