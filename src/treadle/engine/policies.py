@@ -138,3 +138,28 @@ def governing_policy(policies: Iterable[ApprovalPolicy], facts: CallFacts) -> Ap
     if not candidates:
         return None
     return min(candidates, key=lambda p: (p.priority, -SEVERITY[p.decision], p.id))
+
+
+def may_pause(
+    policy: ApprovalPolicy,
+    *,
+    workspace_id: str,
+    integration_name: str,
+    alias: str,
+    action_name: str,
+    connection_strategy: str,
+    mcp_server_id: str | None,
+) -> bool:
+    """Could this policy make an MCP call to this tool wait for approval? Judged on what is
+    known before any call (rules and end users decide per call, so they count as "maybe")."""
+    return (
+        policy.enabled
+        and policy.decision == "require_approval"
+        and policy.workspace_id in (None, workspace_id)
+        and _allows(policy.sources, "mcp_tools")
+        and _allows(policy.integration_names, integration_name)
+        and _allows(policy.integration_aliases, alias)
+        and _allows(policy.action_names, action_name)
+        and _allows(policy.connection_strategies, connection_strategy)
+        and (policy.mcp_server_ids is None or mcp_server_id in policy.mcp_server_ids)
+    )

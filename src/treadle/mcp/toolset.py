@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +19,11 @@ from mcp.types import Tool, ToolAnnotations
 from treadle.catalog.model import Action, Integration
 from treadle.catalog.registry import Catalog
 from treadle.engine.partials import effective_partials, prune_schema
+from treadle.engine.policies import may_pause
 from treadle.mcp.binding import Binding
 from treadle.mcp.naming import assign_names
 from treadle.store import Store
+from treadle.store.gates import ApprovalPolicy
 from treadle.store.mcp_servers import McpServer
 from treadle.store.records import Partial, WorkspaceIntegration
 
@@ -103,6 +105,7 @@ def build_toolset(
     server: McpServer | None,
     configured: list[WorkspaceIntegration],
     partials: list[Partial],
+    policies: Sequence[ApprovalPolicy] = (),
 ) -> ToolSet:
     known = [(wi, catalog.get(wi.integration_name)) for wi in configured]
     pairs = [(wi.alias, a.name) for wi, i in known if i is not None for a in i.actions]
@@ -150,13 +153,31 @@ def build_toolset(
                     partial_ids=ids,
                 )
                 description = override.description if override is not None else None
-                tools.append(_tool(target, chosen, shared, description))
+                # A call that may pause for approval answers with a status object, which
+                # would not satisfy the action's output schema: declare none then.
+                gated = any(
+                    may_pause(
+                        p,
+                        workspace_id=wi.workspace_id,
+                        integration_name=integration.name,
+                        alias=wi.alias,
+                        action_name=action.name,
+                        connection_strategy=wi.connection_strategy.value,
+                        mcp_server_id=server.id if server is not None else None,
+                    )
+                    for p in policies
+                )
+                tools.append(_tool(target, chosen, shared, description, gated))
     tools.sort(key=lambda tool: tool.name)
     return ToolSet(tuple(tools), targets, _fingerprint(tools))
 
 
 def _tool(
-    target: ToolTarget, partials: list[Partial], shared: bool, description: str | None
+    target: ToolTarget,
+    partials: list[Partial],
+    shared: bool,
+    description: str | None,
+    gated: bool = False,
 ) -> Tool:
     action, alias = target.action, target.configured.alias
     text = description or action.description
@@ -174,7 +195,7 @@ def _tool(
         title=title,
         description=text,
         input_schema=_closed(prune_schema(action.input_schema, partials)),
-        output_schema=action.output_schema,
+        output_schema=None if gated else action.output_schema,
         annotations=ToolAnnotations(
             title=title,
             read_only_hint=marks.read_only,
@@ -216,6 +237,7 @@ class ToolsetCache:
             server,
             await self._store.integrations.list(binding.workspace_id),
             await self._store.partials.list(binding.workspace_id),
+            await self._store.approval_policies.list(binding.org_id, {binding.workspace_id}),
         )
         self._entries[binding.cache_key] = (version, toolset)
         return toolset
