@@ -5,14 +5,12 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import httpx2
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
@@ -27,39 +25,12 @@ from treadle.net import (
     private_network_allowed,
 )
 
+from loopback import serve
+
 
 @pytest.fixture(scope="module")
 def anyio_backend() -> str:
     return "asyncio"
-
-
-class _Server(uvicorn.Server):
-    """A uvicorn server that signals when it listens, so tests wait on an event, not a poll."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.listening = anyio.Event()
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        self.listening.set()
-
-
-@asynccontextmanager
-async def serve(app: Starlette) -> AsyncIterator[int]:
-    """Runs `app` on 127.0.0.1 at an ephemeral port and yields the port."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, lifespan="off", log_config=None, http="h11"
-    )
-    server = _Server(config)
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(server.serve)
-        with anyio.fail_after(5):
-            await server.listening.wait()
-        try:
-            yield server.servers[0].sockets[0].getsockname()[1]
-        finally:
-            server.should_exit = True
 
 
 async def echo(request: Request) -> Response:

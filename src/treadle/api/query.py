@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 from treadle.clock import iso, parse_iso
 from treadle.errors import ValidationFailed
+
+# ASCII digits only: str.isdigit() also accepts "²" and other digits int() refuses.
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,19}")
 
 
 def timestamp(value: str | None, name: str) -> str | None:
@@ -24,6 +29,6 @@ def choice(value: str | None, name: str, allowed: set[str]) -> str | None:
 def bounded_int(value: str | None, name: str, low: int, high: int) -> int | None:
     if value is None:
         return None
-    if not value.isdigit() or not low <= int(value) <= high:
+    if not _WHOLE_NUMBER.fullmatch(value) or not low <= int(value) <= high:
         raise ValidationFailed(f"{name} must be a whole number from {low} to {high}", field=name)
     return int(value)
