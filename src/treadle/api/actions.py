@@ -130,10 +130,28 @@ async def _idempotent(
             if outcome is not None and _ran(outcome):
                 status, payload, _headers = render(outcome)
                 await gw.store.idempotency.complete(org_id, key, status, payload)
+            elif outcome is not None and _gated(outcome):
+                # A person decides (or decided) this request: the key stays bound to it.
+                await gw.store.idempotency.park(org_id, key)
             else:
-                # Nothing ran (refused, or waiting for approval): the key stays usable.
+                # Nothing ran and nobody decides: the key is free for a corrected request.
                 await gw.store.idempotency.release(org_id, key)
     return _respond(*render(outcome))
+
+
+_GATE_REFUSALS = frozenset(
+    {ErrorCode.APPROVAL_REJECTED, ErrorCode.APPROVAL_EXPIRED, ErrorCode.APPROVAL_NOT_PENDING}
+)
+
+
+def _gated(outcome: Outcome) -> bool:
+    match outcome:
+        case ApprovalPending():
+            return True
+        case Refused():
+            return outcome.code in _GATE_REFUSALS
+        case _:
+            return False
 
 
 def _ran(outcome: Outcome) -> bool:

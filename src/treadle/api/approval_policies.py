@@ -49,6 +49,11 @@ class Condition(Body):
             raise ValueError(f"op must be one of {', '.join(sorted(OPERATORS))}")
         if self.op in ("in", "not_in") and not isinstance(self.value, list):
             raise ValueError(f"'{self.op}' needs a list value")
+        if self.op in ("gt", "gte", "lt", "lte") and (
+            isinstance(self.value, bool) or not isinstance(self.value, int | float)
+        ):
+            # A threshold that is not a number would never match: refuse it, do not ignore it.
+            raise ValueError(f"'{self.op}' needs a number value")
         if self.op == "regex":
             if not isinstance(self.value, str) or len(self.value) > 500:
                 raise ValueError("'regex' needs a pattern of at most 500 characters")

@@ -45,15 +45,22 @@ async def list_approvals(request: Request) -> Response:
     workspace_id = query.get("workspaceId")
     if workspace_id is not None:
         await accessible_workspace(gw.store, principal, workspace_id)
+    status = choice(query.get("status"), "status", STATUSES)
+    since = timestamp(query.get("since"), "since")
+    until = timestamp(query.get("until"), "until")
+    before = _cursor(query.get("cursor"))
+    limit = bounded_int(query.get("limit"), "limit", 1, 200) or 50
+    # Timed-out approvals are settled first: `status=pending` must not list expired ones.
+    await gw.approvals.settle_overdue(principal.org_id)
     found, cursor = await gw.store.approvals.list(
         principal.org_id,
         workspace_ids=principal.workspace_ids,
         workspace_id=workspace_id,
-        status=choice(query.get("status"), "status", STATUSES),
-        since=timestamp(query.get("since"), "since"),
-        until=timestamp(query.get("until"), "until"),
-        before=_cursor(query.get("cursor")),
-        limit=bounded_int(query.get("limit"), "limit", 1, 200) or 50,
+        status=status,
+        since=since,
+        until=until,
+        before=before,
+        limit=limit,
     )
     found = [await gw.approvals.settle(a) for a in found]
     next_cursor = None
@@ -84,6 +91,17 @@ async def _decide(request: Request, status: str) -> Response:
     if policy is not None and policy.approval_access_mode == "hosted_link_only":
         raise Refusal(
             ErrorCode.FORBIDDEN, "This approval can only be decided through its hosted link"
+        )
+    if (
+        status == "approved"
+        and policy is not None
+        and not policy.allow_self_approval
+        and principal.actor == found.actor
+    ):
+        # An agent holding a key must not approve its own request (rejecting it is fine).
+        raise Refusal(
+            ErrorCode.FORBIDDEN,
+            "The API key that asked for this action cannot approve it (allowSelfApproval is off)",
         )
     if found.status != "pending" or not await gw.approvals.decide(
         found, status, principal.actor, body.reason, policy

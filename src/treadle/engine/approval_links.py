@@ -42,7 +42,8 @@ class ApprovalLinks:
         if not token.startswith(PREFIX) or len(token) > 1000:
             return False
         payload, _, signature = token[len(PREFIX) :].partition(".")
-        if not hmac.compare_digest(self._sign(payload), signature):
+        # Bytes: compare_digest refuses str with non-ASCII characters (a forged token may hold any).
+        if not hmac.compare_digest(self._sign(payload).encode(), signature.encode()):
             return False
         try:
             claims = json.loads(_unb64(payload))

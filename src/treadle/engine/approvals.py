@@ -207,6 +207,12 @@ class ApprovalDesk:
         await self.decide(approval, outcome, "system:timeout", "timed out", policy)
         return await self._store.approvals.get(approval.id) or approval
 
+    async def settle_overdue(self, org_id: str) -> None:
+        """Apply the timeout to every pending approval of the org whose time is up, so lists
+        filtered by status see the status a person would."""
+        for approval in await self._store.approvals.overdue(org_id, iso(utcnow())):
+            await self.settle(approval)
+
     async def decide(
         self,
         approval: Approval,

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from treadle.clock import iso, now_iso, utcnow
 from treadle.ids import new_uuid
 from treadle.store import schema
-from treadle.store.database import Database, WriteTxn
+from treadle.store.database import Database, WriteTxn, bump_version
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
 
@@ -102,20 +102,40 @@ def _stored(values: dict[str, Any]) -> dict[str, Any]:
 
 
 class ApprovalPolicies:
+    """Policies change tool lists too (a gated tool declares no output schema), so every write
+    bumps the version of each workspace it can govern."""
+
     def __init__(self, db: Database) -> None:
         self._db = db
+
+    async def _changed(
+        self,
+        txn: WriteTxn,
+        policy_org: str,
+        workspace_id: str | None,
+        policy_id: str,
+        change: str,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        await txn.changed(
+            org_id=policy_org,
+            workspace_id=workspace_id,
+            target_type="approval_policy",
+            target_id=policy_id,
+            change=change,
+            detail=detail,
+        )
+        if workspace_id is None:
+            table = schema.workspaces
+            rows = await txn.conn.execute(sa.select(table.c.id).where(table.c.org_id == policy_org))
+            for found in list(rows.scalars()):
+                await bump_version(txn.conn, found)
 
     async def create(self, txn: WriteTxn, **fields: Any) -> ApprovalPolicy:
         now = now_iso()
         values = {"id": new_uuid(), "created_at": now, "updated_at": now, **fields}
         await txn.conn.execute(schema.approval_policies.insert().values(**_stored(values)))
-        await txn.changed(
-            org_id=values["org_id"],
-            workspace_id=values["workspace_id"],
-            target_type="approval_policy",
-            target_id=values["id"],
-            change="created",
-        )
+        await self._changed(txn, values["org_id"], values["workspace_id"], values["id"], "created")
         return await self._get_in(txn, values["id"])
 
     async def _get_in(self, txn: WriteTxn, policy_id: str) -> ApprovalPolicy:
@@ -129,26 +149,20 @@ class ApprovalPolicies:
         table = schema.approval_policies
         values = _stored({**changes, "updated_at": now_iso()})
         await txn.conn.execute(table.update().where(table.c.id == current.id).values(**values))
-        await txn.changed(
-            org_id=current.org_id,
-            workspace_id=current.workspace_id,
-            target_type="approval_policy",
-            target_id=current.id,
-            change="updated",
-            detail={"fields": sorted(changes)},
+        await self._changed(
+            txn,
+            current.org_id,
+            current.workspace_id,
+            current.id,
+            "updated",
+            {"fields": sorted(changes)},
         )
         return await self._get_in(txn, current.id)
 
     async def delete(self, txn: WriteTxn, current: ApprovalPolicy) -> None:
         table = schema.approval_policies
         await txn.conn.execute(table.delete().where(table.c.id == current.id))
-        await txn.changed(
-            org_id=current.org_id,
-            workspace_id=current.workspace_id,
-            target_type="approval_policy",
-            target_id=current.id,
-            change="deleted",
-        )
+        await self._changed(txn, current.org_id, current.workspace_id, current.id, "deleted")
 
     async def get(self, org_id: str, policy_id: str) -> ApprovalPolicy | None:
         table = schema.approval_policies
@@ -250,6 +264,22 @@ class Approvals:
             row = (await conn.execute(query)).first()
         return None if row is None else _approval(row)
 
+    async def overdue(self, org_id: str, now: str, limit: int = 500) -> list[Approval]:
+        """Pending approvals of the org whose time ran out by `now` (not yet settled)."""
+        table = schema.approvals
+        query = (
+            table.select()
+            .where(
+                table.c.org_id == org_id,
+                table.c.status == "pending",
+                table.c.expires_at <= now,
+            )
+            .order_by(table.c.expires_at)
+            .limit(limit)
+        )
+        async with self._db.read() as conn:
+            return [_approval(row) for row in await conn.execute(query)]
+
     async def list(
         self,
         org_id: str,
@@ -328,7 +358,7 @@ class Approvals:
 @dataclass(frozen=True, slots=True)
 class IdempotencyRecord:
     fingerprint: str
-    state: str  # "in_progress" | "completed"
+    state: str  # "in_progress" | "parked" | "completed"
     status_code: int | None
     body: Any
 
@@ -340,13 +370,18 @@ class IdempotencyRecords:
         self._db = db
 
     async def begin(self, org_id: str, key: str, fingerprint: str) -> IdempotencyRecord | None:
-        """Claim the key. None: claimed now. Otherwise the record already holding it."""
+        """Claim the key. None: claimed now. Otherwise the record already holding it.
+
+        A key parked by the same request (it waits for a person) is claimed again."""
         table = schema.idempotency_records
         mine = sa.and_(table.c.org_id == org_id, table.c.key == key)
         now = utcnow()
         async with self._db.write("system") as txn:
             row = (await txn.conn.execute(table.select().where(mine))).first()
             if row is not None and row.expires_at > iso(now):
+                if row.state == "parked" and row.fingerprint == fingerprint:
+                    await txn.conn.execute(table.update().where(mine).values(state="in_progress"))
+                    return None
                 return IdempotencyRecord(row.fingerprint, row.state, row.status_code, row.body)
             if row is not None:
                 await txn.conn.execute(table.delete().where(mine))
@@ -369,6 +404,17 @@ class IdempotencyRecords:
                 table.update()
                 .where(table.c.org_id == org_id, table.c.key == key)
                 .values(state="completed", status_code=status_code, body=body)
+            )
+
+    async def park(self, org_id: str, key: str) -> None:
+        """Nothing ran, but the key stays bound to its request (it waits for a person's
+        decision): the same request claims it again, any other is refused."""
+        table = schema.idempotency_records
+        async with self._db.write("system") as txn:
+            await txn.conn.execute(
+                table.update()
+                .where(table.c.org_id == org_id, table.c.key == key, table.c.state == "in_progress")
+                .values(state="parked")
             )
 
     async def release(self, org_id: str, key: str) -> None:

@@ -13,7 +13,7 @@ import html
 import json
 import secrets
 from typing import cast
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -40,7 +40,7 @@ body{font-family:system-ui,-apple-system,sans-serif;margin:0;padding:1rem;backgr
 color:#1d2430;line-height:1.45}
 main{max-width:36rem;margin:0 auto;background:#fff;border-radius:12px;padding:1.25rem;
 box-shadow:0 1px 3px rgba(0,0,0,.08)}
-h1{font-size:1.25rem;margin:0 0 1rem}
+h1{font-size:1.25rem;margin:0 0 1rem}h2{font-size:1rem;margin:1.25rem 0 .5rem}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.35rem .9rem;margin:0 0 1rem}
 dt{color:#5b6473}dd{margin:0;overflow-wrap:anywhere}
 pre{background:#f1f3f6;padding:.75rem;border-radius:8px;overflow:auto;font-size:.85rem;
@@ -51,6 +51,7 @@ button{flex:1;font-size:1.05rem;padding:.8rem;border:0;border-radius:8px;cursor:
 textarea{width:100%;box-sizing:border-box;border:1px solid #c9ced6;border-radius:8px;
 padding:.5rem;font:inherit}
 .status{font-weight:600}
+@media (max-width:30rem){dl{grid-template-columns:1fr;gap:0}dt{margin-top:.5rem;font-size:.85rem}}
 """
 
 
@@ -71,9 +72,10 @@ def _refused(message: str, status: int = 403) -> Response:
     return _page("Not available", f"<h1>Not available</h1><p>{html.escape(message)}</p>", status)
 
 
-def _details(approval: Approval) -> str:
+async def _details(gateway: Gateway, approval: Approval) -> str:
+    workspace = await gateway.store.workspaces.get(approval.org_id, approval.workspace_id)
     rows = [
-        ("Workspace", approval.workspace_id),
+        ("Workspace", approval.workspace_id if workspace is None else workspace.name),
         ("Integration", approval.integration_name),
         ("Account (alias)", approval.integration_alias),
         ("Action", approval.action_name),
@@ -95,7 +97,11 @@ async def _open(request: Request, token: str) -> tuple[Gateway, Approval] | Resp
     found = await gateway.store.approvals.get(approval_id)
     if found is None:
         return _refused("This approval does not exist.", 404)
-    found = await gateway.approvals.settle(found)
+    policy = await gateway.store.approval_policies.get(found.org_id, found.policy_id)
+    if policy is not None and policy.approval_access_mode == "dashboard_only":
+        # The policy was switched to dashboard-only after this link went out.
+        return _refused("This request can only be decided in the dashboard.")
+    found = await gateway.approvals.settle(found, policy)
     if found.status != "pending":
         return _refused(f"This request was already decided: {found.status}.")
     return gateway, found
@@ -106,7 +112,7 @@ async def show(request: Request) -> Response:
     opened = await _open(request, token)
     if isinstance(opened, Response):
         return opened
-    _gateway, approval = opened
+    gateway, approval = opened
     csrf = secrets.token_urlsafe(24)
     form = (
         f'<form method=post action="/approve/{html.escape(approval.id)}">'
@@ -119,8 +125,16 @@ async def show(request: Request) -> Response:
         "<button class=reject name=decision value=reject type=submit>Reject</button>"
         "</div></form>"
     )
-    body = f"<h1>Approve this action?</h1>{_details(approval)}{form}"
+    body = f"<h1>Approve this action?</h1>{await _details(gateway, approval)}{form}"
     return _page("Approval request", body, cookie=csrf)
+
+
+def _own_origins(request: Request) -> set[str]:
+    """The origin the request reached, and the public URL's (behind a TLS-terminating proxy
+    the browser's origin is the public one)."""
+    gateway = cast("Gateway", request.app.state.gateway)
+    public = urlsplit(gateway.settings.public_url)
+    return {f"{request.url.scheme}://{request.url.netloc}", f"{public.scheme}://{public.netloc}"}
 
 
 async def decide(request: Request) -> Response:
@@ -131,13 +145,13 @@ async def decide(request: Request) -> Response:
         return _refused("The form is too large.", 413)
     form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
     origin = request.headers.get("origin")
-    expected = f"{request.url.scheme}://{request.url.netloc}"
     cookie = request.cookies.get(CSRF_COOKIE, "")
     sent = form.get("csrf", "")
     if (
-        (origin not in (None, "null") and origin != expected)
+        (origin not in (None, "null") and origin not in _own_origins(request))
         or not cookie
-        or not (hmac.compare_digest(cookie, sent))
+        # Bytes: compare_digest refuses str with non-ASCII characters (a forged field may).
+        or not hmac.compare_digest(cookie.encode(), sent.encode())
     ):
         return _refused("The form could not be verified. Open the link again.")
     opened = await _open(request, form.get("token", ""))
@@ -152,7 +166,8 @@ async def decide(request: Request) -> Response:
     if not await gateway.approvals.decide(approval, status, "hosted_link", reason):
         return _refused("This request was already decided.")
     message = "Approved: the action will run." if status == "approved" else "Rejected."
-    body = f"<h1>Thank you</h1><p class=status>{html.escape(message)}</p>{_details(approval)}"
+    details = await _details(gateway, approval)
+    body = f"<h1>Thank you</h1><p class=status>{html.escape(message)}</p>{details}"
     return _page("Decision recorded", body)
 
 
