@@ -8,11 +8,12 @@ integrations) the state namespace the pipeline resolved for this one call.
 
 from __future__ import annotations
 
+import base64
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import httpx2
 
@@ -67,6 +68,121 @@ class StateStore(Protocol):
         ...
 
 
+# -- Rich results: what an action may return instead of plain JSON ---------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    data: bytes
+    mime_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Audio:
+    data: bytes
+    mime_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedResource:
+    """A resource inlined in a result: `text` or binary `blob`, never both."""
+
+    uri: str
+    mime_type: str
+    text: str | None = None
+    blob: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if (self.text is None) == (self.blob is None):
+            raise ValueError("an embedded resource has exactly one of text and blob")
+
+
+ContentBlock = Text | Image | Audio | EmbeddedResource
+
+
+def content_block_json(block: ContentBlock) -> JSONObject:
+    """A block in MCP's wire shape (binary data base64-encoded); REST answers the same."""
+    match block:
+        case Text(text=text):
+            return {"type": "text", "text": text}
+        case Image(data=data, mime_type=mime) | Audio(data=data, mime_type=mime):
+            kind = "image" if isinstance(block, Image) else "audio"
+            return {"type": kind, "data": base64.b64encode(data).decode(), "mimeType": mime}
+        case EmbeddedResource(uri=uri, mime_type=mime, text=text, blob=blob):
+            resource: JSONObject = {"uri": uri, "mimeType": mime}
+            if text is not None:
+                resource["text"] = text
+            else:
+                assert blob is not None
+                resource["blob"] = base64.b64encode(blob).decode()
+            return {"type": "resource", "resource": resource}
+
+
+class ToolContent(dict[str, Any]):
+    """Content blocks an action returns instead of JSON output.
+
+    It is its JSON form too (`{"content": [...], "structured": {...}?}`), so every face that
+    only knows JSON (REST, activity) still answers something meaningful; the MCP face maps
+    `blocks` to MCP content blocks and `structured` to `structuredContent`.
+    """
+
+    def __init__(self, blocks: Sequence[ContentBlock], structured: JSONObject | None = None):
+        super().__init__(content=[content_block_json(block) for block in blocks])
+        if structured is not None:
+            self["structured"] = structured
+        self.blocks: tuple[ContentBlock, ...] = tuple(blocks)
+        self.structured = structured
+
+
+# -- Talking back to the MCP client while an action runs ------------------------------------
+
+LogLevel = Literal["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"]
+
+
+class ClientCapabilityMissing(Exception):
+    """The client did not declare what the action asked of it (`sampling`, `elicitation`)."""
+
+    def __init__(self, capability: str) -> None:
+        super().__init__(f"The MCP client does not support {capability}")
+        self.capability = capability
+
+
+class ClientInteractionUnavailable(Exception):
+    """This transport or protocol era cannot carry a request to the client mid-call."""
+
+
+@dataclass(frozen=True, slots=True)
+class Elicited:
+    """What the user answered: `action` is "accept", "decline" or "cancel"."""
+
+    action: str
+    content: JSONObject | None = None
+
+
+class ClientInteraction(Protocol):
+    """The MCP client of the current call (`ActionContext.client`; None outside MCP).
+
+    `progress` and `log` never fail (they are dropped when the client did not ask for them).
+    `elicit` and `sample` raise `ClientCapabilityMissing` when the client did not declare the
+    capability, and `ClientInteractionUnavailable` where the protocol cannot carry them.
+    """
+
+    async def progress(
+        self, progress: float, total: float | None = None, message: str | None = None
+    ) -> None: ...
+
+    async def log(self, level: LogLevel, data: Any, logger: str | None = None) -> None: ...
+
+    async def elicit(self, message: str, schema: JSONObject) -> Elicited: ...
+
+    async def sample(self, prompt: str, *, max_tokens: int, system: str | None = None) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ActionContext:
     workspace_id: str
@@ -77,6 +193,8 @@ class ActionContext:
     settings: Mapping[str, Any]
     http: httpx2.AsyncClient
     state: StateStore | None = None
+    # The MCP client of this call, when the call came over MCP.
+    client: ClientInteraction | None = None
 
 
 RunFn = Callable[[ActionContext, JSONObject], Awaitable[Any]]

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from treadle.catalog.model import ClientInteraction
+
 
 class Source(StrEnum):
     REST = "rest"
@@ -36,3 +38,5 @@ class ExecuteRequest:
     mcp_server_id: str | None = None
     # MCP refuses arguments naming enforced keys instead of silently overriding them.
     refuse_enforced_keys: bool = False
+    # The MCP client of this call (progress, logging, elicitation, sampling); None elsewhere.
+    client: ClientInteraction | None = None

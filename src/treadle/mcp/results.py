@@ -9,8 +9,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mcp.types import CallToolResult, TextContent
+from mcp.types import (
+    AudioContent,
+    BlobResourceContents,
+    CallToolResult,
+    ContentBlock,
+    EmbeddedResource,
+    ImageContent,
+    TextContent,
+    TextResourceContents,
+)
 
+from treadle.catalog import model
 from treadle.engine import ApprovalPending, Outcome, Refused, Succeeded, UpstreamFailed
 from treadle.errors import ErrorCode
 
@@ -19,7 +29,8 @@ _ADVICE: dict[ErrorCode, str] = {
     ErrorCode.ACTION_NOT_ALLOWED: "This action is turned off in the workspace configuration; "
     "do not retry it, and tell the user if they need it enabled.",
     ErrorCode.CONNECTION_REQUIRED: "The user has to connect their account for this "
-    "integration before the tool can work; ask them to do so, then call again.",
+    "integration before the tool can work; ask them to do so (when a connectUrl is given, "
+    "send them that link to open), then call again.",
     ErrorCode.CONNECTION_NOT_FOUND: "The configured connection is missing; ask the workspace "
     "admin to fix the integration's connection.",
     ErrorCode.CONNECTION_ERROR: "The account's credentials were refused; the user has to "
@@ -57,6 +68,11 @@ def error_result(
 
 def to_result(outcome: Outcome) -> CallToolResult:
     match outcome:
+        case Succeeded(output=model.ToolContent() as content):
+            return CallToolResult(
+                content=[_block(block) for block in content.blocks],
+                structured_content=content.structured,
+            )
         case Succeeded(output=output):
             structured = output if isinstance(output, dict) else None
             return CallToolResult(
@@ -76,6 +92,25 @@ def to_result(outcome: Outcome) -> CallToolResult:
             return error_result(code, message, extra)
         case ApprovalPending():
             return pending_result(outcome)
+
+
+def _block(block: model.ContentBlock) -> ContentBlock:
+    wire = model.content_block_json(block)
+    match block:
+        case model.Text(text=text):
+            return TextContent(type="text", text=text)
+        case model.Image(mime_type=mime):
+            return ImageContent(type="image", data=wire["data"], mime_type=mime)
+        case model.Audio(mime_type=mime):
+            return AudioContent(type="audio", data=wire["data"], mime_type=mime)
+        case model.EmbeddedResource(uri=uri, mime_type=mime, text=text):
+            contents: TextResourceContents | BlobResourceContents
+            if text is not None:
+                contents = TextResourceContents(uri=uri, mime_type=mime, text=text)
+            else:
+                blob = wire["resource"]["blob"]
+                contents = BlobResourceContents(uri=uri, mime_type=mime, blob=blob)
+            return EmbeddedResource(type="resource", resource=contents)
 
 
 def pending_result(outcome: ApprovalPending) -> CallToolResult:

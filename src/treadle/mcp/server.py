@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import logging
+import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,20 +20,36 @@ from mcp.server import CacheHint, NotificationOptions, Server, ServerRequestCont
 from mcp.server.models import InitializationOptions
 from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
 from mcp.server.subscriptions import ListenHandler
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError, NoBackChannelError
 from mcp.types import (
     INVALID_PARAMS,
+    MISSING_REQUIRED_CLIENT_CAPABILITY,
     CallToolRequestParams,
     CallToolResult,
+    ClientCapabilities,
+    ElicitationCapability,
+    EmptyResult,
     InputRequiredResult,
     ListToolsResult,
+    MissingRequiredClientCapabilityErrorData,
     PaginatedRequestParams,
+    SamplingCapability,
+    SamplingMessage,
+    SetLevelRequestParams,
     SubscriptionsListenRequestParams,
     SubscriptionsListenResult,
+    TextContent,
 )
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from treadle import __version__
+from treadle.catalog.model import (
+    ClientCapabilityMissing,
+    ClientInteractionUnavailable,
+    Elicited,
+    JSONObject,
+    LogLevel,
+)
 from treadle.engine import ApprovalPending, ExecuteRequest, Executor, Source
 from treadle.engine.approvals import ApprovalDesk, canonical
 from treadle.errors import ErrorCode
@@ -103,6 +120,93 @@ def _connection_key(ctx: ServerRequestContext[Any, Any]) -> tuple[int, Any]:
     return id(connection), connection
 
 
+_LOG_LEVELS: tuple[LogLevel, ...] = (
+    "debug",
+    "info",
+    "notice",
+    "warning",
+    "error",
+    "critical",
+    "alert",
+    "emergency",
+)
+
+_CAPABILITIES = {
+    "sampling": ClientCapabilities(sampling=SamplingCapability()),
+    "elicitation": ClientCapabilities(elicitation=ElicitationCapability()),
+}
+
+
+class ClientChannel:
+    """`ClientInteraction` for one tool call: talks back to the MCP client that made it.
+
+    Handshake-era clients get server-to-client requests on the call's stream; 2026-07-28 has
+    none (`ClientInteractionUnavailable`). A capability the client did not declare is recorded
+    so the call answers MissingRequiredClientCapability (-32021), whatever the action did.
+    """
+
+    def __init__(self, ctx: ServerRequestContext[Any, Any], floor: LogLevel = "debug") -> None:
+        self._ctx = ctx
+        self._floor = _LOG_LEVELS.index(floor)
+        self.missing: str | None = None
+
+    async def progress(
+        self, progress: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        await self._ctx.session.report_progress(progress, total, message)
+
+    async def log(self, level: LogLevel, data: Any, logger: str | None = None) -> None:
+        # The SDK drops what the client did not opt into (per request on 2026-07-28);
+        # handshake-era clients set a floor with logging/setLevel.
+        if _LOG_LEVELS.index(level) < self._floor:
+            return
+        send = self._ctx.session.send_log_message
+        await send(level, data, logger, related_request_id=self._ctx.request_id)
+
+    def _require(self, capability: str) -> None:
+        if not self._ctx.session.check_client_capability(_CAPABILITIES[capability]):
+            self.missing = capability
+            raise ClientCapabilityMissing(capability)
+        if self._ctx.protocol_version not in HANDSHAKE_PROTOCOL_VERSIONS:
+            raise ClientInteractionUnavailable(
+                f"{capability} from inside a tool call needs a handshake-era MCP client"
+            )
+
+    async def elicit(self, message: str, schema: JSONObject) -> Elicited:
+        self._require("elicitation")
+        try:
+            answer = await self._ctx.session.elicit_form(
+                message, schema, related_request_id=self._ctx.request_id
+            )
+        except NoBackChannelError as error:
+            raise ClientInteractionUnavailable(str(error)) from error
+        return Elicited(answer.action, dict(answer.content) if answer.content else None)
+
+    async def sample(self, prompt: str, *, max_tokens: int, system: str | None = None) -> str:
+        self._require("sampling")
+        message = SamplingMessage(role="user", content=TextContent(type="text", text=prompt))
+        try:
+            answer = await self._ctx.session.create_message(
+                [message],
+                max_tokens=max_tokens,
+                system_prompt=system,
+                related_request_id=self._ctx.request_id,
+            )
+        except NoBackChannelError as error:
+            raise ClientInteractionUnavailable(str(error)) from error
+        content = answer.content
+        return content.text if isinstance(content, TextContent) else content.model_dump_json()
+
+
+def _missing_capability(capability: str) -> MCPError:
+    data = MissingRequiredClientCapabilityErrorData(required_capabilities=_CAPABILITIES[capability])
+    return MCPError(
+        MISSING_REQUIRED_CLIENT_CAPABILITY,
+        f"This tool needs the client capability {capability!r}",
+        data.model_dump(by_alias=True, mode="json", exclude_none=True),
+    )
+
+
 class McpFace:
     """Handlers and the `Server` built from them."""
 
@@ -127,7 +231,24 @@ class McpFace:
         self._page_size = page_size
         self._progress_seconds = progress_seconds
         self._listen = ListenHandler(hub.bus)
-        self.server = _Server(
+        # logging/setLevel floors per handshake-era connection (actions log via ctx.client).
+        self._log_floors: dict[int, LogLevel] = {}
+        # Logging is deprecated from 2026-07-28 on; handshake-era clients still set levels.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            self.server = self._build(schema_lookup)
+        self.server.middleware.append(self._track_handshake_clients)
+        # 2026-07-28 approval rounds carry requestState: seal it with a key every process of
+        # this deployment shares, so any replica can continue a round another one started.
+        security = (
+            RequestStateSecurity(keys=[request_state_key])
+            if request_state_key is not None
+            else RequestStateSecurity.ephemeral()
+        )
+        self.server.middleware.append(RequestStateBoundary(security, default_audience="treadle"))
+
+    def _build(self, schema_lookup: SchemaLookup | None) -> _Server:
+        return _Server(
             "treadle",
             version=__version__,
             title="treadle",
@@ -139,16 +260,22 @@ class McpFace:
             # 2026-07-28 clients may reuse a list for a while; a list_changed event evicts it.
             # Private: lists are per server and per principal.
             cache_hints={"tools/list": CacheHint(ttl_ms=LIST_TTL_MS, scope="private")},
+            on_set_logging_level=self.set_logging_level,
         )
-        self.server.middleware.append(self._track_handshake_clients)
-        # 2026-07-28 approval rounds carry requestState: seal it with a key every process of
-        # this deployment shares, so any replica can continue a round another one started.
-        security = (
-            RequestStateSecurity(keys=[request_state_key])
-            if request_state_key is not None
-            else RequestStateSecurity.ephemeral()
-        )
-        self.server.middleware.append(RequestStateBoundary(security, default_audience="treadle"))
+
+    async def set_logging_level(
+        self, ctx: ServerRequestContext[Any, Any], params: SetLevelRequestParams
+    ) -> EmptyResult:
+        key, connection = _connection_key(ctx)
+        if key not in self._log_floors:
+            connection.exit_stack.callback(self._log_floors.pop, key, None)
+        self._log_floors[key] = params.level
+        return EmptyResult()
+
+    def _log_floor(self, ctx: ServerRequestContext[Any, Any]) -> LogLevel:
+        if ctx.protocol_version not in HANDSHAKE_PROTOCOL_VERSIONS:
+            return "debug"
+        return self._log_floors.get(_connection_key(ctx)[0], "debug")
 
     async def _track_handshake_clients(
         self, ctx: ServerRequestContext[Any, Any], call_next: Callable[..., Awaitable[Any]]
@@ -211,11 +338,14 @@ class McpFace:
             approval_key=approval_key(binding, target.name, arguments),
             approval_reuse_window=True,
             mcp_server_id=binding.server.id if binding.server is not None else None,
+            client=(channel := ClientChannel(ctx, self._log_floor(ctx))),
         )
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._report_progress, ctx)
             outcome = await self._executor.execute(request)
             tg.cancel_scope.cancel()
+        if channel.missing is not None:
+            raise _missing_capability(channel.missing)
         if isinstance(outcome, ApprovalPending) and self._pause is not None:
             return await self._pause.pause(
                 ctx, params, outcome, binding.actor, lambda: self._executor.execute(request)
