@@ -220,6 +220,7 @@ ENDPOINTS = [
     ),
     Endpoint("GET", "/end-users/{user}"),
     Endpoint("DELETE", "/end-users/{user}"),
+    Endpoint("POST", "/end-users/{user}/connect-token"),
     Endpoint("GET", "/partials?workspaceId={ws}"),
     Endpoint(
         "POST",

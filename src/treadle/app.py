@@ -14,6 +14,7 @@ from treadle.engine.approvals import ApprovalDesk
 from treadle.engine.limits import MonthlyQuota, RateLimiter, SlidingWindowRateLimiter
 from treadle.engine.webhooks import WebhookNotifier
 from treadle.net import build_http_client
+from treadle.oauth import OAuth
 from treadle.settings import Settings
 from treadle.store import Database, Store
 from treadle.vault import Vault
@@ -30,6 +31,7 @@ class Gateway:
     webhooks: WebhookNotifier
     request_state_key: bytes
     _exit: AsyncExitStack
+    oauth: OAuth
 
     @classmethod
     async def open(
@@ -61,6 +63,7 @@ class Gateway:
                 webhooks,
                 settings.public_url,
             )
+            oauth = OAuth.assemble(store, vault, client, settings.public_url)
             executor = Executor(
                 store,
                 chosen_catalog,
@@ -68,6 +71,7 @@ class Gateway:
                 rate_limiter or SlidingWindowRateLimiter(),
                 MonthlyQuota(store.usage),
                 approvals=approvals,
+                oauth=oauth,
             )
         except BaseException:
             await exit_stack.aclose()
@@ -82,6 +86,7 @@ class Gateway:
             webhooks,
             vault.derive("treadle mcp request state"),
             exit_stack,
+            oauth,
         )
 
     async def close(self) -> None:

@@ -13,7 +13,7 @@ from treadle.api.routes import EXCEPTION_HANDLERS, AccessLog, api_routes
 from treadle.app import Gateway
 from treadle.mcp.http import McpEndpoint
 from treadle.mcp.runtime import McpRuntime
-from treadle.web import approval_page
+from treadle.web import approval_page, connect_page, oauth_routes
 
 
 def build_http_app(gateway: Gateway, runtime: McpRuntime | None = None) -> Starlette:
@@ -33,6 +33,8 @@ def build_http_app(gateway: Gateway, runtime: McpRuntime | None = None) -> Starl
             api_routes(),
             Route("/mcp/{server_id}", endpoint, methods=["GET", "POST", "DELETE"]),
             *approval_page.routes,
+            *connect_page.routes,
+            *oauth_routes.routes,
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

@@ -78,8 +78,16 @@ async def delete_end_user(request: Request) -> Response:
     return ok({"deleted": True, "id": user.id})
 
 
+async def create_connect_token(request: Request) -> Response:
+    """A short-lived link to the connect page where this end user connects their accounts."""
+    gw, _principal, user = await _end_user(request)
+    url, expires_at = gw.oauth.links.url(user.org_id, user.workspace_id, user.id)
+    return ok({"connectUrl": url, "expiresAt": expires_at, "endUserId": user.external_id}, 201)
+
+
 routes = [
     Route("/end-users", list_end_users, methods=["GET"]),
+    Route("/end-users/{end_user_id}/connect-token", create_connect_token, methods=["POST"]),
     Route("/end-users", create_end_user, methods=["POST"]),
     Route("/end-users/{end_user_id}", get_end_user, methods=["GET"]),
     Route("/end-users/{end_user_id}", delete_end_user, methods=["DELETE"]),

@@ -22,6 +22,7 @@ from treadle.api import (
     end_users,
     integrations,
     mcp_servers,
+    oauth_apps,
     partials,
     workspace_integrations,
     workspaces,
@@ -105,6 +106,7 @@ def api_routes() -> Mount:
         *mcp_servers.routes,
         *approval_policies.routes,
         *approvals.routes,
+        *oauth_apps.routes,
     ]
     return Mount("/api/v1", routes=routes)
 

@@ -6,13 +6,15 @@ from treadle.catalog.model import AuthKind, ConnectionCredentials, Integration
 from treadle.engine.request import ExecuteRequest
 from treadle.errors import ErrorCode, Refusal
 from treadle.ids import is_uuid
+from treadle.oauth import OAuth
 from treadle.store.people import Connections
 from treadle.store.records import Connection, ConnectionStrategy, WorkspaceIntegration
 
 
 class ConnectionResolver:
-    def __init__(self, connections: Connections) -> None:
+    def __init__(self, connections: Connections, oauth: OAuth | None = None) -> None:
         self._connections = connections
+        self._oauth = oauth
 
     async def resolve(
         self,
@@ -24,11 +26,26 @@ class ConnectionResolver:
         if chosen is None:
             return None
         if chosen.status != "active":
+            url = await self._connect_url(request, chosen.end_user_id is not None)
             raise Refusal(
                 ErrorCode.CONNECTION_ERROR,
-                f"Connection '{chosen.external_id}' needs to be re-authenticated",
+                f"Connection '{chosen.external_id}' needs to be re-authenticated"
+                + (f" at {url}" if url else ""),
+                **({"connectUrl": url} if url else {}),
             )
-        return await self._connections.credentials(chosen)
+        credentials = await self._connections.credentials(chosen)
+        if self._oauth is not None:
+            # An access token about to expire is refreshed before the action runs.
+            credentials = await self._oauth.refresher.before_run(chosen, credentials)
+        return credentials
+
+    async def _connect_url(self, request: ExecuteRequest, per_user: bool) -> str | None:
+        """Where the calling end user can connect (or re-connect) their account, if known."""
+        if self._oauth is None or not per_user:
+            return None
+        return await self._oauth.links.url_for_external(
+            request.org_id, request.workspace_id, request.end_user_id
+        )
 
     async def _choose(
         self,
@@ -65,12 +82,15 @@ class ConnectionResolver:
         if integration.auth_kind is AuthKind.NONE:
             return None
         who = f"end user '{request.end_user_id}'" if request.end_user_id else "this call"
+        url = await self._connect_url(request, strategy is not ConnectionStrategy.FIXED)
         raise Refusal(
             ErrorCode.CONNECTION_REQUIRED,
             f"Action '{request.action_name}' requires an authenticated connection, "
-            f"and none was found for {who} on '{configured.alias}'",
+            f"and none was found for {who} on '{configured.alias}'"
+            + (f"; connect one at {url}" if url else ""),
             integrationAlias=configured.alias,
             endUserId=request.end_user_id,
+            **({"connectUrl": url} if url else {}),
         )
 
     async def _explicit(

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
@@ -46,6 +46,7 @@ from treadle.errors import (
     ValidationFailed,
 )
 from treadle.net import allow_private_network
+from treadle.oauth import OAuth
 from treadle.store import Store
 from treadle.store.gates import Approval
 from treadle.store.records import Org, WorkspaceIntegration
@@ -75,13 +76,15 @@ class Executor:
         *,
         approvals: ApprovalDesk | None = None,
         action_timeout: float = DEFAULT_ACTION_TIMEOUT,
+        oauth: OAuth | None = None,
     ) -> None:
         self._store = store
         self._catalog = catalog
         self._http = http
         self._rate_limiter = rate_limiter
         self._quota = quota
-        self._connections = ConnectionResolver(store.connections)
+        self._connections = ConnectionResolver(store.connections, oauth)
+        self._oauth = oauth
         self._approvals = approvals
         self._action_timeout = action_timeout
 
@@ -182,6 +185,7 @@ class Executor:
             settings=configured.settings,
             http=self._http,
             state=state,
+            client=request.client,
         )
         return await self._run(action, context, merged, trace.rate, started)
 
@@ -268,6 +272,8 @@ class Executor:
         rate: RateStatus | None,
         started: float,
         secrets: tuple[str, ...],
+        *,
+        refresh_on_401: bool = True,
     ) -> Outcome:
         def elapsed() -> int:
             return round((time.perf_counter() - started) * 1000)
@@ -283,6 +289,10 @@ class Executor:
         except ActionRuntimeError as failure:
             return Refused(ErrorCode.ACTION_FAILED, failure.message, dict(failure.details), rate)
         except ConnectionCredentialsError as failure:
+            if refresh_on_401:
+                retried = await self._retry_refreshed(action, context, merged, rate, started)
+                if retried is not None:
+                    return retried
             return Refused(ErrorCode.CONNECTION_ERROR, failure.message, {}, rate)
         except Refusal as refusal:
             return Refused(refusal.code, refusal.message, refusal.extra, rate)
@@ -305,6 +315,29 @@ class Executor:
                 rate,
             )
         return Succeeded(output, elapsed(), rate)
+
+    async def _retry_refreshed(
+        self,
+        action: Action,
+        context: ActionContext,
+        merged: dict[str, Any],
+        rate: RateStatus | None,
+        started: float,
+    ) -> Outcome | None:
+        """The provider refused an oauth2 token: refresh it once and run the action once more."""
+        if self._oauth is None or not self._oauth.refresher.can_refresh(context.connection):
+            return None
+        assert context.connection is not None
+        try:
+            fresh = await self._oauth.refresher.after_rejection(context.connection)
+        except Refusal as refusal:
+            return Refused(refusal.code, refusal.message, refusal.extra, rate)
+        secrets = secret_values(fresh.values)
+        again = replace(context, connection=fresh)
+        outcome = await self._attempt(
+            action, again, merged, rate, started, secrets, refresh_on_401=False
+        )
+        return _outward(action, outcome, secrets)
 
     async def _record(
         self, request: ExecuteRequest, trace: _Trace, outcome: Outcome, started: float

@@ -129,6 +129,24 @@ MIGRATIONS: tuple[Migration, ...] = (
                 expires_at TEXT NOT NULL, PRIMARY KEY (org_id, key))""",
         ),
     ),
+    Migration(
+        "0004_oauth",
+        (
+            """CREATE TABLE oauth_apps (
+                id TEXT PRIMARY KEY, org_id TEXT NOT NULL, integration_name TEXT NOT NULL,
+                client_id TEXT NOT NULL, client_secret TEXT NOT NULL, scopes TEXT NOT NULL,
+                authorize_url TEXT NOT NULL, token_url TEXT NOT NULL, api_base_url TEXT,
+                allow_private_network BOOLEAN NOT NULL, created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL, UNIQUE (org_id, integration_name))""",
+            """CREATE TABLE oauth_states (
+                state_hash TEXT PRIMARY KEY, org_id TEXT NOT NULL, workspace_id TEXT NOT NULL,
+                integration_name TEXT NOT NULL, end_user_id TEXT, external_id TEXT NOT NULL,
+                display_name TEXT NOT NULL, redirect_to TEXT, code_verifier TEXT NOT NULL,
+                actor TEXT NOT NULL, expires_at TEXT NOT NULL, used_at TEXT,
+                created_at TEXT NOT NULL)""",
+            "CREATE INDEX oauth_states_expires ON oauth_states (expires_at)",
+        ),
+    ),
 )
 
 _CREATE_LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (

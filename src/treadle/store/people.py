@@ -295,3 +295,44 @@ class Connections:
             values=self._vault.open_sealed(sealed),
             base_url=connection.base_url,
         )
+
+    async def replace_secret(
+        self, txn: WriteTxn, connection: Connection, values: dict[str, str], *, status: str
+    ) -> None:
+        """New secret values (an OAuth token refresh or a re-connect) and status.
+
+        Not a configuration change: a refresh must not bump versions or fill the activity log.
+        """
+        table = schema.connections
+        await txn.conn.execute(
+            table.update()
+            .where(table.c.id == connection.id)
+            .values(secret=self._vault.seal(values), status=status, updated_at=now_iso())
+        )
+
+    async def set_status(self, txn: WriteTxn, connection: Connection, status: str) -> None:
+        table = schema.connections
+        await txn.conn.execute(
+            table.update()
+            .where(table.c.id == connection.id)
+            .values(status=status, updated_at=now_iso())
+        )
+        await txn.changed(
+            org_id=connection.org_id,
+            workspace_id=connection.workspace_id,
+            target_type="connection",
+            target_id=connection.id,
+            change="updated",
+            detail={
+                "integrationName": connection.integration_name,
+                "externalId": connection.external_id,
+                "status": status,
+            },
+        )
+
+    async def by_id(self, connection_id: str) -> Connection | None:
+        """A connection by id alone, for internal callers that hold its id from a resolution."""
+        query = _connection_query().where(schema.connections.c.id == connection_id)
+        async with self._db.read() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else _connection(row)

@@ -266,3 +266,38 @@ idempotency_records = sa.Table(
     sa.Column("created_at", sa.Text, nullable=False),
     sa.Column("expires_at", sa.Text, nullable=False),
 )
+
+oauth_apps = sa.Table(
+    "oauth_apps",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("org_id", sa.Text, nullable=False),
+    sa.Column("integration_name", sa.Text, nullable=False),
+    sa.Column("client_id", sa.Text, nullable=False),
+    sa.Column("client_secret", sa.Text, nullable=False),
+    sa.Column("scopes", JSONText, nullable=False),
+    sa.Column("authorize_url", sa.Text, nullable=False),
+    sa.Column("token_url", sa.Text, nullable=False),
+    sa.Column("api_base_url", sa.Text),
+    sa.Column("allow_private_network", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Text, nullable=False),
+)
+
+oauth_states = sa.Table(
+    "oauth_states",
+    metadata,
+    sa.Column("state_hash", sa.Text, primary_key=True),
+    sa.Column("org_id", sa.Text, nullable=False),
+    sa.Column("workspace_id", sa.Text, nullable=False),
+    sa.Column("integration_name", sa.Text, nullable=False),
+    sa.Column("end_user_id", sa.Text),
+    sa.Column("external_id", sa.Text, nullable=False),
+    sa.Column("display_name", sa.Text, nullable=False),
+    sa.Column("redirect_to", sa.Text),
+    sa.Column("code_verifier", sa.Text, nullable=False),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("expires_at", sa.Text, nullable=False),
+    sa.Column("used_at", sa.Text),
+    sa.Column("created_at", sa.Text, nullable=False),
+)
