@@ -207,3 +207,76 @@ def test_a_person_approves_in_the_browser_and_the_retry_runs_once(
     # The link is spent: opening it again shows no form.
     chromium.get(link)
     assert chromium.find_elements(By.TAG_NAME, "form") == []
+
+
+def test_a_person_approves_in_the_browser_while_an_mcp_call_waits(
+    served: Served, chromium: Any
+) -> None:
+    """The handshake-era call stays open; the link it hands out is approved in Chromium and
+    the same call then returns the action's result."""
+    import anyio
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.types import ElicitRequestParams, ElicitRequestURLParams, ElicitResult
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    rest = served.rest
+    configured = rest.post(
+        f"/workspaces/{served.workspace_id}/integrations",
+        json={
+            "integrationName": "testkit",
+            "connectionStrategy": "fixed",
+            "integrationAlias": "kit",
+        },
+    )
+    assert configured.status_code == 201, configured.text
+    policy = rest.post(
+        "/approval-policies",
+        json={
+            "workspaceId": served.workspace_id,
+            "name": "agents ask first",
+            "decision": "require_approval",
+            "sources": ["mcp_tools"],
+            "actionNames": ["echo"],
+        },
+    )
+    assert policy.status_code == 201, policy.text
+    created = rest.post("/mcp/servers", json={"workspaceId": served.workspace_id, "name": "b"})
+    assert created.status_code == 201, created.text
+    endpoint = f"{served.base_url}/mcp/{created.json()['server']['id']}"
+    token = created.json()["token"]
+    opened: list[str] = []
+
+    def approve_in_browser(link: str) -> None:
+        chromium.get(link)
+        chromium.find_element(By.CSS_SELECTOR, "button.approve").click()
+        WebDriverWait(chromium, 10).until(expected_conditions.title_is("Decision recorded"))
+
+    async def person(_context: Any, params: ElicitRequestParams) -> ElicitResult:
+        assert isinstance(params, ElicitRequestURLParams)
+        opened.append(params.url)
+        await anyio.to_thread.run_sync(approve_in_browser, params.url)
+        return ElicitResult(action="accept")
+
+    async def call() -> Any:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=60) as http,
+            Client(
+                streamable_http_client(endpoint, http_client=http),
+                mode="legacy",
+                elicitation_callback=person,
+            ) as client,
+        ):
+            with anyio.fail_after(60):
+                return await client.call_tool("kit__echo", {"text": "ship it", "channel": "C7"})
+
+    result = anyio.run(call)
+    assert not result.is_error
+    assert result.structured_content == {"text": "ship it", "channel": "C7", "count": None}
+    assert len(opened) == 1
+    assert opened[0].startswith(f"{served.base_url}/approve/apr_")
+    statuses = [entry["status"] for entry in executions(served)]
+    assert statuses.count("succeeded") == 1
