@@ -117,6 +117,69 @@ async def elicitation(ctx: ActionContext, data: dict[str, Any]) -> ToolContent:
     )
 
 
+async def _elicit_with(ctx: ActionContext, message: str, schema: dict[str, Any]) -> ToolContent:
+    answer = await _client(ctx).elicit(message, schema)
+    content = json.dumps(answer.content)
+    return ToolContent([Text(f"Elicitation completed: action={answer.action}, content={content}")])
+
+
+async def elicitation_defaults(ctx: ActionContext, _data: dict[str, Any]) -> ToolContent:
+    """SEP-1034: a default value for every primitive type."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "default": "John Doe"},
+            "age": {"type": "integer", "default": 30},
+            "score": {"type": "number", "default": 95.5},
+            "status": {
+                "type": "string",
+                "enum": ["active", "inactive", "pending"],
+                "default": "active",
+            },
+            "verified": {"type": "boolean", "default": True},
+        },
+    }
+    return await _elicit_with(ctx, "Confirm your details", schema)
+
+
+async def elicitation_enums(ctx: ActionContext, _data: dict[str, Any]) -> ToolContent:
+    """SEP-1330: the five enum shapes."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "untitledSingle": {"type": "string", "enum": ["option1", "option2", "option3"]},
+            "titledSingle": {
+                "type": "string",
+                "oneOf": [
+                    {"const": "value1", "title": "First Option"},
+                    {"const": "value2", "title": "Second Option"},
+                    {"const": "value3", "title": "Third Option"},
+                ],
+            },
+            "legacyEnum": {
+                "type": "string",
+                "enum": ["opt1", "opt2", "opt3"],
+                "enumNames": ["Option One", "Option Two", "Option Three"],
+            },
+            "untitledMulti": {
+                "type": "array",
+                "items": {"type": "string", "enum": ["option1", "option2", "option3"]},
+            },
+            "titledMulti": {
+                "type": "array",
+                "items": {
+                    "anyOf": [
+                        {"const": "value1", "title": "First Choice"},
+                        {"const": "value2", "title": "Second Choice"},
+                        {"const": "value3", "title": "Third Choice"},
+                    ]
+                },
+            },
+        },
+    }
+    return await _elicit_with(ctx, "Choose your options", schema)
+
+
 _NONE: dict[str, Any] = {"type": "object", "properties": {}}
 _PROMPT = {"type": "object", "properties": {"prompt": {"type": "string"}}, "required": ["prompt"]}
 _MESSAGE = {
@@ -141,6 +204,8 @@ TOOLS: tuple[tuple[str, str, dict[str, Any], Any], ...] = (
     ("test_missing_capability", "Needs the sampling capability.", _NONE, sampling),
     ("test_elicitation", "Asks the user.", _MESSAGE, elicitation),
     ("test_streaming_elicitation", "Asks the user.", _NONE, elicitation),
+    ("test_elicitation_sep1034_defaults", "Asks with defaults.", _NONE, elicitation_defaults),
+    ("test_elicitation_sep1330_enums", "Asks with enum shapes.", _NONE, elicitation_enums),
 )
 
 integration = Integration(
