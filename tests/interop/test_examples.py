@@ -15,15 +15,20 @@ from pathlib import Path
 import pytest
 from interop_stack import Gateway, gateway_fixture  # noqa: F401  (the fixture `gateway`)
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+# langchain-mcp-adapters' own virtualenv (it requires mcp<2; treadle pins mcp 2).
+LANGCHAIN_PYTHON = ROOT / ".tools" / "langchain-venv" / "bin" / "python"
 
 pytestmark = pytest.mark.timeout(90)
 
 
-def run_example(name: str, gateway: Gateway, key: str, value: object) -> dict[str, object]:
+def run_example(
+    name: str, gateway: Gateway, key: str, value: object, python: str = sys.executable
+) -> dict[str, object]:
     done = subprocess.run(
         [
-            sys.executable,
+            python,
             str(EXAMPLES / f"{name}.py"),
             "--url",
             gateway.url,
@@ -56,8 +61,15 @@ def test_example_puts_then_gets(gateway: Gateway, name: str, module: str) -> Non
     assert got == {"key": f"example-{name}", "found": True, "value": value}
 
 
-def test_langchain_mcp_adapters() -> None:
-    pytest.skip(
-        "langchain-mcp-adapters 0.3.2 (the newest release) requires mcp<2.0.0 and treadle pins "
-        "mcp==2.3.0: pip cannot install both, so there is no LangChain example"
-    )
+def test_langchain_mcp_adapters(gateway: Gateway) -> None:
+    # langchain-mcp-adapters requires mcp<2 and treadle pins mcp==2.3.0, so it lives in its
+    # own virtualenv (.ci/run creates it) and talks to the gateway over Streamable HTTP only.
+    if not LANGCHAIN_PYTHON.exists():
+        pytest.skip(
+            f"{LANGCHAIN_PYTHON} is missing: create it as .ci/run does "
+            "(python3 -m venv .tools/langchain-venv && pip install langchain-mcp-adapters …)"
+        )
+    name = "langchain_mcp_tools"
+    value = {"example": name, "items": [1, "two", None]}
+    got = run_example(name, gateway, f"example-{name}", value, python=str(LANGCHAIN_PYTHON))
+    assert got == {"key": f"example-{name}", "found": True, "value": value}
