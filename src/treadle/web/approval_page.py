@@ -16,56 +16,41 @@ from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from treadle.app import Gateway
 from treadle.store.gates import Approval
+from treadle.web.layout import render_page, security_headers
 
 CSRF_COOKIE = "treadle_csrf"
 MAX_FORM_BYTES = 16 * 1024
-HEADERS = {
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'"
-    ),
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-}
+HEADERS = security_headers()
 
 _STYLE = """
-body{font-family:system-ui,-apple-system,sans-serif;margin:0;padding:1rem;background:#f6f7f9;
-color:#1d2430;line-height:1.45}
-main{max-width:36rem;margin:0 auto;background:#fff;border-radius:12px;padding:1.25rem;
-box-shadow:0 1px 3px rgba(0,0,0,.08)}
-h1{font-size:1.25rem;margin:0 0 1rem}h2{font-size:1rem;margin:1.25rem 0 .5rem}
+h2{font-size:1rem;margin:1.25rem 0 .5rem}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.35rem .9rem;margin:0 0 1rem}
 dt{color:#5b6473}dd{margin:0;overflow-wrap:anywhere}
 pre{background:#f1f3f6;padding:.75rem;border-radius:8px;overflow:auto;font-size:.85rem;
 white-space:pre-wrap;overflow-wrap:anywhere}
 .actions{display:flex;gap:.75rem;margin-top:1rem}
-button{flex:1;font-size:1.05rem;padding:.8rem;border:0;border-radius:8px;cursor:pointer}
+button{flex:1}
 .approve{background:#137333;color:#fff}.reject{background:#b3261e;color:#fff}
 textarea{width:100%;box-sizing:border-box;border:1px solid #c9ced6;border-radius:8px;
 padding:.5rem;font:inherit}
-.status{font-weight:600}
 @media (max-width:30rem){dl{grid-template-columns:1fr;gap:0}dt{margin-top:.5rem;font-size:.85rem}}
 """
 
 
 def _page(title: str, body: str, status: int = 200, cookie: str | None = None) -> Response:
-    document = (
-        "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        '<meta name=viewport content="width=device-width,initial-scale=1">'
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
-        f"<body><main>{body}</main></body></html>"
+    return render_page(
+        title,
+        body,
+        style=_STYLE,
+        headers=HEADERS,
+        status=status,
+        csrf_cookie=None if cookie is None else (CSRF_COOKIE, cookie, "/approve"),
     )
-    response = HTMLResponse(document, status_code=status, headers=HEADERS)
-    if cookie is not None:
-        response.set_cookie(CSRF_COOKIE, cookie, httponly=True, samesite="strict", path="/approve")
-    return response
 
 
 def _refused(message: str, status: int = 403) -> Response:

@@ -17,7 +17,7 @@ from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from treadle.app import Gateway
@@ -25,51 +25,37 @@ from treadle.catalog.model import AuthKind
 from treadle.errors import Refusal
 from treadle.oauth.connect_links import ConnectClaims
 from treadle.store.records import ConnectionStrategy, EndUser, WorkspaceIntegration
+from treadle.web.layout import render_page, security_headers
 
 CSRF_COOKIE = "treadle_connect_csrf"
 MAX_FORM_BYTES = 32 * 1024
 MAX_KEY_LENGTH = 8192
-HEADERS = {
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' https: http:; "
-        "frame-ancestors 'none'; base-uri 'none'"
-    ),
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-}
+# The OAuth button posts to the gateway, which redirects to the provider; Chrome applies
+# form-action to that redirect too, so the provider's origin must be allowed.
+HEADERS = security_headers("'self' https: http:")
 _PER_USER = (ConnectionStrategy.PER_USER, ConnectionStrategy.PER_USER_WITH_FALLBACK)
 _KEY_KINDS = {AuthKind.API_KEY: ("api_key", "apiKey"), AuthKind.BEARER: ("bearer", "token")}
 
 _STYLE = """
-body{font-family:system-ui,-apple-system,sans-serif;margin:0;padding:1rem;background:#f6f7f9;
-color:#1d2430;line-height:1.45}
-main{max-width:36rem;margin:0 auto;background:#fff;border-radius:12px;padding:1.25rem;
-box-shadow:0 1px 3px rgba(0,0,0,.08)}
-h1{font-size:1.25rem;margin:0 0 1rem}h2{font-size:1.05rem;margin:0 0 .25rem}
+h2{font-size:1.05rem;margin:0 0 .25rem}
 section{border-top:1px solid #e3e6ea;padding:1rem 0}
 .state{color:#5b6473;margin:0 0 .6rem}.connected{color:#137333;font-weight:600}
 label{display:block;margin:.4rem 0 .2rem}
 input[type=password]{width:100%;box-sizing:border-box;font:inherit;padding:.6rem;
 border:1px solid #c9ced6;border-radius:8px}
-button{width:100%;font-size:1.05rem;padding:.8rem;border:0;border-radius:8px;cursor:pointer;
-margin-top:.5rem;background:#1a56db;color:#fff}
-.status{font-weight:600}
+button{width:100%;margin-top:.5rem;background:#1a56db;color:#fff}
 """
 
 
 def page(title: str, body: str, status: int = 200, cookie: str | None = None) -> Response:
-    document = (
-        "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        '<meta name=viewport content="width=device-width,initial-scale=1">'
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
-        f"<body><main>{body}</main></body></html>"
+    return render_page(
+        title,
+        body,
+        style=_STYLE,
+        headers=HEADERS,
+        status=status,
+        csrf_cookie=None if cookie is None else (CSRF_COOKIE, cookie, "/connect"),
     )
-    response = HTMLResponse(document, status_code=status, headers=HEADERS)
-    if cookie is not None:
-        response.set_cookie(CSRF_COOKIE, cookie, httponly=True, samesite="strict", path="/connect")
-    return response
 
 
 def _refused(message: str, status: int = 403) -> Response:
