@@ -1,0 +1,369 @@
+"""Tables (markdown, so they paste into docs/benchmarks.md) and the PASS/FAIL targets."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+ERAS = ("legacy", "2026-07-28")
+
+
+def _ms(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def _x(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _server(side: dict[str, Any]) -> str:
+    server = side.get("server")
+    return _ms(server["p50"]) if server else "-"
+
+
+def _sdk_listing(found: dict[str, Any]) -> str:
+    if not found["ok"]:
+        return f"FAILED: {found['error']}"
+    return f"{_ms(found['ms'])} ms, {found['tools']} tools in {found['pages']} pages"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    cases = results["cases"]
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, measured: str, ok: bool | None, note: str = "") -> None:
+        verdict = "N/A" if ok is None else ("PASS" if ok else "FAIL")
+        if note and ok is not None:
+            # Not the size the target is about: say what it would be, count it as neither.
+            verdict, note = "N/A", f"{note}; would be {verdict}"
+        out.append({"target": name, "measured": measured, "result": verdict, "note": note})
+
+    calls = cases.get("calls", {})
+    for era in ERAS:
+        row = calls.get(f"{era} c1 raw")
+        if row:
+            add(
+                f"call overhead p50 ratio, c=1, {era} (<= 1.3)",
+                _x(row["ratioP50"]),
+                row["ratioP50"] <= 1.3,
+            )
+        row = calls.get(f"{era} c32 raw")
+        if row:
+            add(
+                f"throughput ratio, c=32, {era} (>= 0.8)",
+                _x(row["throughputRatio"]),
+                row["throughputRatio"] >= 0.8,
+            )
+    large = cases.get("large", {})
+    quick = results["mode"] == "quick"
+    tools = large.get("setup", {}).get("tools", 0)
+    note = f"quick mode: {tools:,} tools, not 10,000" if quick else ""
+    for era in ERAS:
+        listing = large.get("listing", {}).get(era)
+        if listing:
+            treadle = listing["treadle"]
+            add(
+                f"every page answers, {era}",
+                str(treadle["everyPageAnswered"]),
+                treadle["everyPageAnswered"],
+                note,
+            )
+            server = treadle["cachedServerMs"]["p50"]
+            add(
+                f"full cached listing server-side, {era} (<= 100 ms)",
+                f"{_ms(server)} ms",
+                server <= 100,
+                note,
+            )
+        row = large.get("calls", {}).get(era)
+        if row:
+            ratio = row["treadleLargeOverOne"]
+            add(f"tools/call p50 large vs 1 tool, {era} (<= 1.2x)", _x(ratio), ratio <= 1.2, note)
+    resync = cases.get("resync", {}).get("treadle")
+    if resync:
+        p99 = (resync.get("fromCommitMs") or {}).get("p99", math.nan)
+        missed = resync["missed"]
+        add(
+            f"resync p99 commit->receipt, {resync['clients']} clients (<= 250 ms)",
+            f"{_ms(p99)} ms" + (f", {missed} missed" if missed else ""),
+            p99 <= 250 and not missed,
+        )
+    return out
+
+
+def render(results: dict[str, Any]) -> str:
+    parts: list[str] = []
+    m = results["machine"]
+    parts.append(
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memoryGiB']} GiB, Python {m['python']}, "
+        f"mcp {m['mcp']}, uvicorn {m['uvicorn']}; mode {results['mode']}; "
+        f"started {results['startedAt']}; load average at start {m['loadavgAtStart'][0]:.2f}"
+    )
+    source = results.get("source")
+    if source:
+        parts[-1] += (
+            f"; treadle at {source['head']} + {source['uncommittedFiles']} uncommitted files"
+        )
+    cases = results["cases"]
+    if "calls" in cases and "error" not in cases["calls"]:
+        rows = []
+        for label, row in cases["calls"].items():
+            t, b = row["treadle"], row["bare"]
+            rows.append(
+                [
+                    label,
+                    f"{_ms(t['p50'])} / {_ms(t['p99'])}",
+                    f"{_ms(b['p50'])} / {_ms(b['p99'])}",
+                    _x(row["ratioP50"]),
+                    f"{_server(t)} / {_server(b)}",
+                    f"{t['perSecond']:.0f} / {b['perSecond']:.0f}",
+                    _x(row["throughputRatio"]),
+                    f"{t['serverCpuMsPerCall']:.2f} / {b['serverCpuMsPerCall']:.2f}",
+                    str(t["errors"] + b["errors"]),
+                ]
+            )
+        parts.append(
+            "### 1. tools/call overhead (treadle / bare SDK)\n\n"
+            + _table(
+                [
+                    "era, concurrency, client",
+                    "treadle p50 / p99 ms",
+                    "bare p50 / p99 ms",
+                    "p50 ratio",
+                    "server-side p50 ms T / B",
+                    "calls/s treadle / bare",
+                    "throughput ratio",
+                    "server CPU ms/call T / B",
+                    "errors",
+                ],
+                rows,
+            )
+        )
+    large = cases.get("large")
+    if large and "error" not in large:
+        rows = []
+        for era in ERAS:
+            listing = large["listing"][era]
+            t, b = listing["treadle"], listing["bare"]
+            rows.append(
+                [
+                    era,
+                    f"{_ms(t['coldMs']['p50'])} ({_ms(t['coldServerMs']['p50'])})",
+                    f"{_ms(t['cachedMs']['p50'])} ({_ms(t['cachedServerMs']['p50'])})",
+                    f"{t['pageBytes']['n']} x {t['pageBytes']['p50'] / 1024:.1f} KiB",
+                    str(t["everyPageAnswered"]),
+                    f"{_ms(b['ms']['p50'])} ({_ms(b['serverMs']['p50'])})",
+                    f"{b['pageBytes']['p50'] / 1024:.0f} KiB",
+                ]
+            )
+        parts.append(
+            f"### 2. Large workspace: {large['setup']['tools']:,} tools "
+            f"({large['setup']['aliases']} aliases x 25)\n\nListing every page, client ms "
+            "(server-side ms):\n\n"
+            + _table(
+                [
+                    "era",
+                    "treadle cold",
+                    "treadle cached",
+                    "pages x median size",
+                    "every page answered",
+                    "bare (one page)",
+                    "bare page size",
+                ],
+                rows,
+            )
+        )
+        rows = []
+        for era in ERAS:
+            s = large["sdkListing"][era]
+            rows.append([era] + [_sdk_listing(s[side]) for side in ("treadle", "bare")])
+        parts.append(
+            "Listing through the SDK `Client`:\n\n" + _table(["era", "treadle", "bare"], rows)
+        )
+        rows = []
+        for era in ERAS:
+            c = large["calls"][era]
+            rows.append(
+                [
+                    era,
+                    f"{_ms(c['treadle-large']['p50'])} / {_ms(c['treadle-large']['p99'])}",
+                    f"{_ms(c['treadle-one']['p50'])} / {_ms(c['treadle-one']['p99'])}",
+                    _x(c["treadleLargeOverOne"]),
+                    f"{_server(c['treadle-large'])} / {_server(c['treadle-one'])}",
+                    f"{c['treadle-large']['serverCpuMsPerCall']:.2f} / "
+                    f"{c['treadle-one']['serverCpuMsPerCall']:.2f}",
+                    f"{_ms(c['bare-large']['p50'])} / {_ms(c['bare-large']['p99'])}",
+                    f"{_ms(c['bare-one']['p50'])} / {_ms(c['bare-one']['p99'])}",
+                    _x(c["bareLargeOverOne"]),
+                ]
+            )
+        parts.append(
+            "tools/call at concurrency 1 (raw), p50 / p99 ms:\n\n"
+            + _table(
+                [
+                    "era",
+                    "treadle large",
+                    "treadle 1 tool",
+                    "p50 ratio",
+                    "treadle server-side p50 large / 1",
+                    "treadle CPU ms/call large / 1",
+                    "bare large",
+                    "bare 1 tool",
+                    "p50 ratio",
+                ],
+                rows,
+            )
+        )
+        rows = []
+        for label, row in large["sdkCalls"].items():
+            rows.append(
+                [label]
+                + [
+                    (
+                        f"{_ms(row[s]['p50'])} / {_ms(row[s]['p99'])}"
+                        + (f" ({row[s]['errors']} errors)" if row[s].get("errors") else "")
+                        if "error" not in row[s]
+                        else f"FAILED: {row[s]['error']}"
+                    )
+                    for s in ("treadle-large", "bare-large")
+                ]
+            )
+        parts.append(
+            "tools/call through the SDK `Client`, large workspaces, p50 / p99 ms:\n\n"
+            + _table(["client state", "treadle", "bare"], rows)
+        )
+        rows = [
+            [
+                label,
+                f"{c['tools']:,}",
+                f"{c['bytes']:,}",
+                f"{c['approxTokens']:,}",
+                f"{c['bytesPerTool']:.0f}",
+                f"{c['descriptionBytes']:,}",
+            ]
+            for label, c in large["context"].items()
+        ]
+        parts.append(
+            "### 6. Context size of the full tool list\n\n"
+            + _table(
+                [
+                    "server, era",
+                    "tools",
+                    "bytes (compact JSON)",
+                    "~ tokens (bytes/4)",
+                    "bytes/tool",
+                    "description bytes",
+                ],
+                rows,
+            )
+        )
+    resync = cases.get("resync")
+    if resync and "error" not in resync:
+        rows = []
+        for side in ("treadle", "bare"):
+            r = resync[side]
+            commit = r.get("fromCommitMs")
+            rows.append(
+                [
+                    f"{side} (all {r['clients']})",
+                    f"{_ms(commit['p50'])} / {_ms(commit['p99'])}" if commit else "-",
+                    f"{_ms(r['fromRequestMs']['p50'])} / {_ms(r['fromRequestMs']['p99'])}",
+                    str(r["missed"]),
+                ]
+            )
+            for kind, s in r["byTransportFromRequest"].items():
+                c = r["byTransportFromCommit"].get(kind)
+                rows.append(
+                    [
+                        f"  {side}: {kind} ({s['n'] // r['rounds']})",
+                        f"{_ms(c['p50'])} / {_ms(c['p99'])}" if c else "-",
+                        f"{_ms(s['p50'])} / {_ms(s['p99'])}",
+                        "",
+                    ]
+                )
+        parts.append(
+            f"### 3. Resync: change -> list_changed, {resync['treadle']['rounds']} rounds\n\n"
+            + _table(
+                ["clients", "from commit p50 / p99 ms", "from REST request p50 / p99 ms", "missed"],
+                rows,
+            )
+        )
+    rest = cases.get("rest")
+    if rest and "error" not in rest:
+        rows = []
+        for label, row in rest.items():
+            t, b = row["treadle"], row["bare"]
+            rows.append(
+                [
+                    label,
+                    f"{_ms(t['p50'])} / {_ms(t['p99'])}",
+                    f"{_ms(b['p50'])} / {_ms(b['p99'])}",
+                    _x(row["ratioP50"]),
+                    f"{_server(t)} / {_server(b)}",
+                    f"{t['perSecond']:.0f} / {b['perSecond']:.0f}",
+                    _x(row["throughputRatio"]),
+                    f"{t['serverCpuMsPerCall']:.2f} / {b['serverCpuMsPerCall']:.2f}",
+                ]
+            )
+        parts.append(
+            "### 4. REST execute (treadle) vs a bare Starlette JSON route\n\n"
+            + _table(
+                [
+                    "concurrency",
+                    "treadle p50 / p99 ms",
+                    "bare p50 / p99 ms",
+                    "p50 ratio",
+                    "server-side p50 ms T / B",
+                    "req/s treadle / bare",
+                    "throughput ratio",
+                    "server CPU ms/req T / B",
+                ],
+                rows,
+            )
+        )
+    memory = cases.get("memory")
+    if memory and "error" not in memory:
+        rows = []
+        for kind, pair in memory.items():
+            for side in ("treadle", "bare"):
+                r = pair[side]
+                rows.append(
+                    [
+                        f"{kind}: {side}",
+                        f"{r['connections']}/{r['requested']}",
+                        f"{r['rssIdleMiB']}",
+                        f"{r['rssLoadedMiB']}",
+                        f"{r['deltaMiB']}",
+                        f"{r['kibPerConnection']}",
+                    ]
+                )
+        parts.append(
+            "### 5. Memory (RSS of the server process)\n\n"
+            + _table(
+                ["connections", "open", "idle MiB", "loaded MiB", "delta MiB", "KiB/connection"],
+                rows,
+            )
+        )
+    for name, case in cases.items():
+        if "error" in case:
+            parts.append(f"Case {name} FAILED: {case['error']}")
+    noise = results.get("noise", {})
+    if noise:
+        parts.append(
+            "Other processes' share of the 2 cores while each case ran: "
+            + ", ".join(f"{name} {n['otherCpuShare']:.0%}" for name, n in noise.items())
+        )
+    rows = [
+        [t["target"], t["measured"], t["result"] + (f" ({t['note']})" if t["note"] else "")]
+        for t in results.get("targets", [])
+    ]
+    parts.append("### Targets\n\n" + _table(["target", "measured", "result"], rows))
+    return "\n\n".join(parts)
