@@ -93,9 +93,9 @@ async def main_async(quick: bool, chosen: list[str]) -> dict[str, Any]:
 
             async def large_case() -> dict[str, Any]:
                 assert env is not None
-                found = {"setup": await large.setup(env)}
+                found: dict[str, Any] = {"setup": await large.setup(env)}
                 found.update(await large.run(env))
-                found["treadleRssMiBWithLargeCached"] = round(treadle.rss_kib() / 1024, 1)
+                found["treadleRssMiBWithLargeCached"] = float(round(treadle.rss_kib() / 1024, 1))
                 return found
 
             await _case(results, "large", large_case)

@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 import httpx2
 from mcp import Client, StdioServerParameters
+from mcp.client.session import MessageHandlerFnT
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import ToolListChangedNotification
@@ -57,7 +58,7 @@ class Receipts:
                 self.complete.set()
 
 
-def _handler(receipts: Receipts, client: str) -> Callable[[Any], Awaitable[None]]:
+def _handler(receipts: Receipts, client: str) -> MessageHandlerFnT:
     async def on_message(message: Any) -> None:
         if isinstance(message, ToolListChangedNotification):
             receipts.mark(client)
