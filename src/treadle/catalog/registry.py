@@ -48,6 +48,13 @@ class Catalog:
         for listener in list(self._listeners):
             listener()
 
+    def snapshot(self) -> Catalog:
+        """A frozen copy at the current version (later additions do not reach it)."""
+        copy = Catalog()
+        copy._by_name = dict(self._by_name)  # already validated: no need to add() again
+        copy.version = self.version
+        return copy
+
     def get(self, name: str) -> Integration | None:
         return self._by_name.get(name)
 

@@ -22,7 +22,7 @@ from mcp.server.session import ServerSession
 from mcp.server.subscriptions import ServerEvent, ToolsListChanged
 
 from treadle.mcp.binding import Binding
-from treadle.mcp.toolset import ToolsetCache
+from treadle.mcp.toolset import ToolSet, ToolsetCache
 from treadle.store import ChangeEvent, Store
 from treadle.store.database import GLOBAL_SCOPE
 
@@ -127,14 +127,24 @@ class ResyncHub:
         return unsubscribe
 
     async def remember(self, binding: Binding) -> None:
-        """Record the list a newly connected client sees, to compare later changes with."""
+        """Record the list a newly connected client sees, to compare later changes with.
+
+        The latest list served from the cache is what this client was shown (or older), so a
+        change that lands while it registers is still notified; only when nothing was served
+        yet is a list built here."""
         entry = self._entry(binding)
+        if entry.fingerprint is not None:
+            return
+        known = self._toolsets.latest(binding.cache_key) or await self._build(binding)
         if entry.fingerprint is None:
-            # Shielded: callers include notifications nobody awaits, and a client that leaves
-            # at once would otherwise cancel aiosqlite mid-query.
-            with anyio.CancelScope(shield=True):
-                toolset = await self._toolsets.get(binding)
-            entry.fingerprint = toolset.fingerprint
+            entry.fingerprint = known.fingerprint
+
+    async def _build(self, binding: Binding) -> ToolSet:
+        # Shielded: callers include notifications nobody awaits, and a client that leaves at
+        # once would otherwise cancel aiosqlite mid-query.
+        with anyio.CancelScope(shield=True):
+            built = await self._toolsets.get(binding)
+        return built
 
     # -- when to tell them -----------------------------------------------------------------
 

@@ -224,7 +224,10 @@ class ToolsetCache:
         return self._catalog
 
     async def get(self, binding: Binding) -> ToolSet:
-        version = (await self._store.db.version(binding.workspace_id), self._catalog.version)
+        # The catalog is read once, before any await: a list is always built from exactly the
+        # catalog version it is cached under, even if an integration is added meanwhile.
+        catalog = self._catalog.snapshot()
+        version = (await self._store.db.version(binding.workspace_id), catalog.version)
         cached = self._entries.get(binding.cache_key)
         if cached is not None and cached[0] == version:
             return cached[1]
@@ -233,7 +236,7 @@ class ToolsetCache:
             # Overrides may have changed with the version: read the record again.
             server = await self._store.mcp_servers.get(server.id) or server
         toolset = build_toolset(
-            self._catalog,
+            catalog,
             server,
             await self._store.integrations.list(binding.workspace_id),
             await self._store.partials.list(binding.workspace_id),
@@ -241,6 +244,11 @@ class ToolsetCache:
         )
         self._entries[binding.cache_key] = (version, toolset)
         return toolset
+
+    def latest(self, cache_key: str) -> ToolSet | None:
+        """The most recently built list of a server, whatever version it was built for."""
+        cached = self._entries.get(cache_key)
+        return None if cached is None else cached[1]
 
     def cached_schema(self, cache_key: str, name: str) -> dict[str, Any] | None:
         """The input schema of a tool from the latest cached list (sync: for header checks)."""
