@@ -183,10 +183,7 @@ async def _policy(request: Request) -> tuple[Gateway, Principal, ApprovalPolicy]
     )
     if found is None:
         raise NotFound("Approval policy")
-    if found.workspace_id is None:
-        principal.check_org_wide()
-    else:
-        principal.check_workspace(found.workspace_id)
+    principal.check_scope(found.workspace_id)
     return gw, principal, found
 
 

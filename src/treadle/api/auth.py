@@ -32,6 +32,13 @@ class Principal:
         if self.key.workspace_id is not None and self.key.workspace_id != workspace_id:
             raise Refusal(ErrorCode.SCOPE_DENIED, "This API key is restricted to another workspace")
 
+    def check_scope(self, workspace_id: str | None) -> None:
+        """A resource of one workspace needs access to it; an org-wide one an org-wide key."""
+        if workspace_id is None:
+            self.check_org_wide()
+        else:
+            self.check_workspace(workspace_id)
+
     def check_org_wide(self) -> None:
         if self.key.workspace_id is not None:
             raise Refusal(ErrorCode.SCOPE_DENIED, "This operation needs an org-wide API key")

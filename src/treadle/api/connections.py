@@ -90,10 +90,7 @@ async def _connection(request: Request) -> tuple[Gateway, Principal, Connection]
     )
     if found is None:
         raise NotFound("Connection")
-    if found.workspace_id is None:
-        principal.check_org_wide()
-    else:
-        principal.check_workspace(found.workspace_id)
+    principal.check_scope(found.workspace_id)
     return gw, principal, found
 
 

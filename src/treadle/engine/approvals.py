@@ -272,9 +272,8 @@ class ApprovalDesk:
             event = self._decided.setdefault(current.id, anyio.Event())
             with anyio.move_on_after(min(POLL_SECONDS, remaining, max(expires_in, 0) + 0.01)):
                 await event.wait()
-            with anyio.CancelScope(shield=True):
-                found = await self._store.approvals.get(current.id)
-                current = await self.settle(found or current)
+            found = await self._store.approvals.get(current.id)
+            current = await self.settle(found or current)
         return current
 
     def _notify(self, policy: ApprovalPolicy, event: str, approval: Approval) -> None:

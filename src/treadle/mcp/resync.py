@@ -140,11 +140,7 @@ class ResyncHub:
             entry.fingerprint = known.fingerprint
 
     async def _build(self, binding: Binding) -> ToolSet:
-        # Shielded: callers include notifications nobody awaits, and a client that leaves at
-        # once would otherwise cancel aiosqlite mid-query.
-        with anyio.CancelScope(shield=True):
-            built = await self._toolsets.get(binding)
-        return built
+        return await self._toolsets.get(binding)
 
     # -- when to tell them -----------------------------------------------------------------
 
@@ -156,11 +152,7 @@ class ResyncHub:
         self._wake.set()
 
     async def _version(self) -> int:
-        # Shielded: cancelling aiosqlite mid-query can leave its connection unusable, and the
-        # read takes microseconds, so shutdown simply waits for it.
-        with anyio.CancelScope(shield=True):
-            version = await self._store.db.version(GLOBAL_SCOPE)
-        return version
+        return await self._store.db.version(GLOBAL_SCOPE)
 
     async def run(self) -> None:
         """Watch for configuration changes until cancelled.
@@ -217,8 +209,7 @@ class ResyncHub:
         changed = 0
         for key, entry in list(self.servers.items()):
             try:
-                with anyio.CancelScope(shield=True):
-                    toolset = await self._toolsets.get(entry.binding)
+                toolset = await self._toolsets.get(entry.binding)
             except Exception:
                 log.exception("could not rebuild the tool list of %s", key)
                 continue

@@ -284,12 +284,10 @@ class McpFace:
             binding = await self._resolve(ctx)
             key, connection = _connection_key(ctx)
             if self._hub.add_session(binding, key, ctx.session):
-                # Shielded: this also runs for `notifications/initialized`, which nobody
-                # awaits, so a client that leaves at once cancels it; cancelling aiosqlite
-                # mid-query leaves a connection whose close never finishes.
-                with anyio.CancelScope(shield=True):
-                    await self._hub.remember(binding)
+                # Cleanup first: this also runs for `notifications/initialized`, which nobody
+                # awaits, so a client that leaves at once may cancel what follows.
                 connection.exit_stack.callback(self._hub.remove_session, binding, key)
+                await self._hub.remember(binding)
         return await call_next(ctx)
 
     async def list_tools(
