@@ -417,8 +417,11 @@ def mcp_call(gates: Gates) -> CallFacts:
 async def gate(gates: Gates, key: str) -> GatePass | Approval:
     """What the desk answers an MCP call carrying a derived key: a pass, or the approval."""
     try:
+        store = gates.gateway.store
+        policies = await store.approval_policies.list(gates.api.org_id, {gates.api.workspace_id})
         return await gates.gateway.approvals.check(
             mcp_call(gates),
+            policies,
             org_id=gates.api.org_id,
             actor="mcp_server:srv_test",
             approval_key=key,

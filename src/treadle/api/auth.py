@@ -54,7 +54,7 @@ def bearer_token(request: Request) -> str | None:
 
 async def authenticate(store: Store, request: Request) -> Principal:
     token = bearer_token(request)
-    key = await store.api_keys.authenticate(token) if token else None
+    key = await store.config.api_key(token) if token else None
     if key is None:
         raise Refusal(ErrorCode.UNAUTHORIZED, "A valid API key is required (Authorization: Bearer)")
     return Principal(key)
@@ -63,8 +63,8 @@ async def authenticate(store: Store, request: Request) -> Principal:
 async def accessible_workspace(store: Store, principal: Principal, workspace_id: str) -> Workspace:
     """The workspace if it exists in the caller's org (404 otherwise, foreign or not) and the
     key may use it (403 SCOPE_DENIED)."""
-    workspace = await store.workspaces.get(principal.org_id, workspace_id)
-    if workspace is None:
+    config = await store.config.workspace(principal.org_id, workspace_id)
+    if config is None:
         raise NotFound("Workspace")
-    principal.check_workspace(workspace.id)
-    return workspace
+    principal.check_workspace(config.workspace.id)
+    return config.workspace

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -94,6 +95,7 @@ class ApprovalDesk:
     async def check(
         self,
         facts: CallFacts,
+        policies: Sequence[ApprovalPolicy],
         *,
         org_id: str,
         actor: str,
@@ -101,7 +103,7 @@ class ApprovalDesk:
         reuse_window: bool,
         preview: dict[str, Any],
     ) -> GatePass:
-        policies = await self._store.approval_policies.list(org_id, {facts.workspace_id})
+        """`policies`: the org's policies for the call's workspace (and org-wide ones)."""
         policy = governing_policy(policies, facts)
         if policy is None or policy.decision == "auto_approve":
             return GatePass(policy, None)

@@ -11,6 +11,7 @@ import json
 import logging
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -48,7 +49,7 @@ from treadle.errors import (
 from treadle.net import allow_private_network
 from treadle.oauth import OAuth
 from treadle.store import Store
-from treadle.store.gates import Approval
+from treadle.store.gates import Approval, ApprovalPolicy
 from treadle.store.records import Org, WorkspaceIntegration
 
 log = logging.getLogger(__name__)
@@ -104,9 +105,10 @@ class Executor:
         return outcome
 
     async def _execute(self, request: ExecuteRequest, trace: _Trace, started: float) -> Outcome:
-        org = await self._store.orgs.get(request.org_id)
-        if org is None or await self._store.workspaces.get(org.id, request.workspace_id) is None:
+        config = await self._store.config.workspace(request.org_id, request.workspace_id)
+        if config is None:
             raise NotFound("Workspace")
+        org = config.org
         integration = self._catalog.get(request.integration_name)
         if integration is None:
             raise Refusal(
@@ -119,10 +121,8 @@ class Executor:
                 ErrorCode.NOT_FOUND,
                 f"Action '{request.action_name}' not found in integration '{integration.name}'",
             )
-        configured = await select_workspace_integration(
-            self._store.integrations,
-            org_id=org.id,
-            workspace_id=request.workspace_id,
+        configured = select_workspace_integration(
+            config.integrations,
             integration_name=integration.name,
             workspace_integration_id=request.workspace_integration_id,
             alias=request.integration_alias,
@@ -137,9 +137,7 @@ class Executor:
                 actionName=action.name,
             )
         partials = effective_partials(
-            await self._store.partials.list(
-                request.workspace_id, integration_name=integration.name
-            ),
+            [p for p in config.partials if p.integration_name == integration.name],
             integration_name=integration.name,
             alias=configured.alias,
             action_name=action.name,
@@ -150,7 +148,7 @@ class Executor:
         validate_input(action.input_schema, merged)
         state = self._state_for(integration, configured, request)
         connection = await self._connections.resolve(request, integration, configured)
-        approved = await self._gate(request, configured, merged, trace)
+        approved = await self._gate(request, configured, config.policies, merged, trace)
         allowed, trace.rate = await self._rate_limiter.hit(
             org.id, org.rate_limit, org.rate_window_seconds
         )
@@ -193,6 +191,7 @@ class Executor:
         self,
         request: ExecuteRequest,
         configured: WorkspaceIntegration,
+        policies: Sequence[ApprovalPolicy],
         merged: dict[str, Any],
         trace: _Trace,
     ) -> Approval | None:
@@ -212,6 +211,7 @@ class Executor:
         )
         passed = await self._approvals.check(
             facts,
+            policies,
             org_id=request.org_id,
             actor=request.actor,
             approval_key=request.approval_key,

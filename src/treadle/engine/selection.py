@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from treadle.errors import ErrorCode, NotFound, Refusal, ValidationFailed
-from treadle.store.configuration import WorkspaceIntegrations
 from treadle.store.records import WorkspaceIntegration
 
 
-async def select_workspace_integration(
-    integrations: WorkspaceIntegrations,
+def select_workspace_integration(
+    configured: Sequence[WorkspaceIntegration],
     *,
-    org_id: str,
-    workspace_id: str,
     integration_name: str,
     workspace_integration_id: str | None,
     alias: str | None,
 ) -> WorkspaceIntegration:
+    """Pick from the workspace's configured integrations (all of them, in alias order)."""
     if workspace_integration_id is not None:
-        found = await integrations.get(org_id, workspace_integration_id)
-        if found is None or found.workspace_id != workspace_id:
+        found = next((wi for wi in configured if wi.id == workspace_integration_id), None)
+        if found is None:
             raise NotFound("Workspace integration")
         if found.integration_name != integration_name:
             raise ValidationFailed(
@@ -34,7 +34,6 @@ async def select_workspace_integration(
                 field="integrationAlias",
             )
         return found
-    configured = await integrations.list(workspace_id)
     candidates = [wi for wi in configured if wi.integration_name == integration_name]
     if alias is not None:
         for candidate in candidates:

@@ -122,16 +122,16 @@ class McpEndpoint:
         token = bearer_token(request)
         if not token or not isinstance(server_id, str) or len(server_id) > 100:
             return None
-        server = await store.mcp_servers.get(server_id)
+        server = await store.config.mcp_server(server_id)
         if server is None:
             return None
         end_user = server.end_user_id
         if token.startswith("mcp_"):
-            if await store.mcp_servers.by_token(token) != server:
+            if await store.config.mcp_server_for_token(token) != server:
                 return None
             principal = f"mcp_server:{server.id}"
         else:
-            key = await store.api_keys.authenticate(token)
+            key = await store.config.api_key(token)
             if key is None or key.org_id != server.org_id:
                 return None
             if key.workspace_id is not None and key.workspace_id != server.workspace_id:

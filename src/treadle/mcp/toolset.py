@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mcp.types import Tool, ToolAnnotations
@@ -22,7 +22,7 @@ from treadle.engine.partials import effective_partials, prune_schema
 from treadle.engine.policies import may_pause
 from treadle.mcp.binding import Binding
 from treadle.mcp.naming import assign_names
-from treadle.store import Store
+from treadle.store import Store, WorkspaceConfig
 from treadle.store.gates import ApprovalPolicy
 from treadle.store.mcp_servers import McpServer
 from treadle.store.records import Partial, WorkspaceIntegration
@@ -50,12 +50,15 @@ class ToolSet:
     tools: tuple[Tool, ...]
     targets: dict[str, ToolTarget]
     fingerprint: str
+    by_name: dict[str, Tool] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Looked up on every call (the SDK validates arguments against it): O(1), not a scan.
+        object.__setattr__(self, "by_name", {tool.name: tool for tool in self.tools})
 
     def input_schema(self, name: str) -> dict[str, Any] | None:
-        for tool in self.tools:
-            if tool.name == name:
-                return tool.input_schema
-        return None
+        tool = self.by_name.get(name)
+        return None if tool is None else tool.input_schema
 
 
 def _leaves_extra_keys_open(schema: dict[str, Any]) -> bool:
@@ -211,13 +214,28 @@ def _fingerprint(tools: list[Tool]) -> str:
     return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()
 
 
+_EMPTY = ToolSet((), {}, _fingerprint([]))
+
+
+@dataclass(frozen=True, slots=True)
+class _Built:
+    """A tool set and exactly what it was built from."""
+
+    config: WorkspaceConfig
+    server: McpServer | None
+    catalog_version: int
+    toolset: ToolSet
+
+
 class ToolsetCache:
-    """The latest tool set per server, keyed by (workspace version, catalog version)."""
+    """The latest tool set per server, rebuilt only when what it is built from changed: the
+    workspace's configuration (by identity: the config cache keeps equal content as the same
+    object), the server record (overrides) or the catalog."""
 
     def __init__(self, store: Store, catalog: Catalog) -> None:
         self._store = store
         self._catalog = catalog
-        self._entries: dict[str, tuple[tuple[int, int], ToolSet]] = {}
+        self._entries: dict[str, _Built] = {}
 
     @property
     def catalog(self) -> Catalog:
@@ -227,30 +245,34 @@ class ToolsetCache:
         # The catalog is read once, before any await: a list is always built from exactly the
         # catalog version it is cached under, even if an integration is added meanwhile.
         catalog = self._catalog.snapshot()
-        version = (await self._store.db.version(binding.workspace_id), catalog.version)
-        cached = self._entries.get(binding.cache_key)
-        if cached is not None and cached[0] == version:
-            return cached[1]
+        config = await self._store.config.workspace(binding.org_id, binding.workspace_id)
+        if config is None:
+            # The workspace is gone (deleted since the client connected): nothing to offer.
+            return _EMPTY
         server = binding.server
         if server is not None:
-            # Overrides may have changed with the version: read the record again.
-            server = await self._store.mcp_servers.get(server.id) or server
+            # Overrides may have changed since the binding was made: use the current record.
+            server = await self._store.config.mcp_server(server.id) or server
+        cached = self._entries.get(binding.cache_key)
+        if (
+            cached is not None
+            and cached.config is config
+            and cached.server == server
+            and cached.catalog_version == catalog.version
+        ):
+            return cached.toolset
         toolset = build_toolset(
-            catalog,
-            server,
-            await self._store.integrations.list(binding.workspace_id),
-            await self._store.partials.list(binding.workspace_id),
-            await self._store.approval_policies.list(binding.org_id, {binding.workspace_id}),
+            catalog, server, list(config.integrations), list(config.partials), config.policies
         )
-        self._entries[binding.cache_key] = (version, toolset)
+        self._entries[binding.cache_key] = _Built(config, server, catalog.version, toolset)
         return toolset
 
     def latest(self, cache_key: str) -> ToolSet | None:
         """The most recently built list of a server, whatever version it was built for."""
         cached = self._entries.get(cache_key)
-        return None if cached is None else cached[1]
+        return None if cached is None else cached.toolset
 
     def cached_schema(self, cache_key: str, name: str) -> dict[str, Any] | None:
         """The input schema of a tool from the latest cached list (sync: for header checks)."""
         cached = self._entries.get(cache_key)
-        return None if cached is None else cached[1].input_schema(name)
+        return None if cached is None else cached.toolset.input_schema(name)

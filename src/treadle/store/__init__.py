@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from treadle.store.activity import Activity, ActivityFilter
+from treadle.store.config_cache import ConfigCache, WorkspaceConfig
 from treadle.store.configuration import Partials, WorkspaceIntegrations
 from treadle.store.database import ChangeEvent, Database, WriteTxn
 from treadle.store.gates import ApprovalPolicies, Approvals, IdempotencyRecords
@@ -31,6 +32,16 @@ class Store:
         self.approval_policies = ApprovalPolicies(db)
         self.approvals = Approvals(db)
         self.idempotency = IdempotencyRecords(db)
+        self.config = ConfigCache(
+            db,
+            orgs=self.orgs,
+            workspaces=self.workspaces,
+            api_keys=self.api_keys,
+            integrations=self.integrations,
+            partials=self.partials,
+            policies=self.approval_policies,
+            mcp_servers=self.mcp_servers,
+        )
 
     def kv(self, namespace: str) -> KeyValueNamespace:
         return KeyValueNamespace(self.db, namespace, actor="system")
@@ -42,7 +53,9 @@ class Store:
 __all__ = [
     "ActivityFilter",
     "ChangeEvent",
+    "ConfigCache",
     "Database",
     "Store",
+    "WorkspaceConfig",
     "WriteTxn",
 ]

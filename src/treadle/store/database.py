@@ -23,6 +23,7 @@ from treadle.clock import now_iso
 from treadle.ids import new_uuid
 from treadle.store import schema
 from treadle.store.migrations import migrate
+from treadle.store.version_probe import VersionProbe
 
 GLOBAL_SCOPE = "*"
 
@@ -101,6 +102,7 @@ class Database:
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._write_lock = anyio.Lock()
         self._listeners: list[ChangeListener] = []
+        self._probe = VersionProbe.for_engine(engine)
 
     @classmethod
     async def open(cls, url: str) -> Database:
@@ -111,6 +113,8 @@ class Database:
         return cls(engine)
 
     async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
         await self.engine.dispose()
 
     def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
@@ -139,6 +143,18 @@ class Database:
         for change in txn.events:
             for listener in list(self._listeners):
                 listener(change)
+
+    async def config_version(self) -> int:
+        """The global configuration version, as every process's commits have left it.
+
+        Called on every request to validate in-memory configuration caches, so on SQLite it
+        is read synchronously through `VersionProbe` (microseconds, no thread hop); where the
+        probe cannot answer it is an ordinary read."""
+        if self._probe is not None:
+            found = self._probe.read()
+            if found is not None:
+                return found
+        return await self.version(GLOBAL_SCOPE)
 
     async def version(self, scope: str = GLOBAL_SCOPE) -> int:
         table = schema.config_versions

@@ -103,6 +103,15 @@ class Orgs:
         if changes:
             table = schema.orgs
             await txn.conn.execute(table.update().where(table.c.id == org_id).values(**changes))
+            # Limits are configuration: the bump tells every process's caches to re-read.
+            await txn.changed(
+                org_id=org_id,
+                workspace_id=None,
+                target_type="org",
+                target_id=org_id,
+                change="updated",
+                detail=changes,
+            )
 
 
 class Workspaces:
