@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
+import anyio
 import httpx2
 
 from treadle.catalog import Catalog, load_catalog
@@ -49,6 +50,8 @@ class Gateway:
             exit_stack.push_async_callback(db.close)
             vault = Vault.open(settings.data_dir, settings.secret_key)
             store = Store(db, vault)
+            # Runs before the database closes: records still queued are written.
+            exit_stack.push_async_callback(store.ledger.drain)
             client = http
             if client is None:
                 client = build_http_client()
@@ -69,7 +72,7 @@ class Gateway:
                 chosen_catalog,
                 client,
                 rate_limiter or SlidingWindowRateLimiter(),
-                MonthlyQuota(store.usage),
+                MonthlyQuota(store.ledger),
                 approvals=approvals,
                 oauth=oauth,
             )
@@ -88,6 +91,13 @@ class Gateway:
             exit_stack,
             oauth,
         )
+
+    async def run_background(self) -> None:
+        """The gateway's own background work, until cancelled: the writer that commits
+        execution records and quota counts in groups, and webhook deliveries."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.store.ledger.run)
+            tg.start_soon(self.webhooks.run)
 
     async def close(self) -> None:
         await self._exit.aclose()

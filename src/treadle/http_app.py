@@ -24,7 +24,7 @@ def build_http_app(gateway: Gateway, runtime: McpRuntime | None = None) -> Starl
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         async with endpoint.running(), anyio.create_task_group() as tg:
             tg.start_soon(runtime.hub.run)
-            tg.start_soon(gateway.webhooks.run)
+            tg.start_soon(gateway.run_background)
             yield
             tg.cancel_scope.cancel()
 

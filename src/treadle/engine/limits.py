@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from treadle.engine.outcome import RateStatus
-from treadle.store.state import UsageCounters
 
 
 class RateLimiter(Protocol):
@@ -82,10 +81,17 @@ class QuotaGate(Protocol):
         ...
 
 
-class MonthlyQuota:
-    """Monthly counts kept in the database, so restarts and several processes agree."""
+class UsageReserver(Protocol):
+    async def reserve(self, org_id: str, period: str, limit: int) -> tuple[bool, int]: ...
 
-    def __init__(self, usage: UsageCounters, clock: Callable[[], datetime] | None = None) -> None:
+
+class MonthlyQuota:
+    """Monthly counts kept in the database, so restarts and several processes agree.
+
+    `usage` is the execution ledger in a running gateway (counts written in groups, exact near
+    the limit; see `treadle.store.ledger`) or the counters themselves."""
+
+    def __init__(self, usage: UsageReserver, clock: Callable[[], datetime] | None = None) -> None:
         self._usage = usage
         self._clock = clock or (lambda: datetime.now(UTC))
 

@@ -355,23 +355,21 @@ class Executor:
                 status, code = "refused", outcome.code.value
             case ApprovalPending():
                 status, code = "approval_pending", None
-        async with self._store.db.write(request.actor) as txn:
-            await self._store.activity.record(
-                txn,
-                org_id=request.org_id,
-                workspace_id=request.workspace_id,
-                type="action_execution",
-                source=request.source.value,
-                actor=request.actor,
-                status=status,
-                integration_name=configured.integration_name,
-                integration_alias=configured.alias,
-                action_name=request.action_name,
-                end_user_id=request.end_user_id,
-                duration_ms=round((time.perf_counter() - started) * 1000),
-                error_code=code,
-                input=trace.recorded_input,
-            )
+        await self._store.ledger.record(
+            org_id=request.org_id,
+            workspace_id=request.workspace_id,
+            type="action_execution",
+            source=request.source.value,
+            actor=request.actor,
+            status=status,
+            integration_name=configured.integration_name,
+            integration_alias=configured.alias,
+            action_name=request.action_name,
+            end_user_id=request.end_user_id,
+            duration_ms=round((time.perf_counter() - started) * 1000),
+            error_code=code,
+            input=trace.recorded_input,
+        )
 
 
 _RESERVED_FIELDS = frozenset({"error", "message"})

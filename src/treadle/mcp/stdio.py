@@ -16,7 +16,7 @@ async def serve_stdio(gateway: Gateway, binding: Binding) -> None:
     async with anyio.create_task_group() as tg:
         # Watches the database, so changes made by `treadle serve` or the CLI reach us too.
         tg.start_soon(runtime.hub.run)
-        tg.start_soon(gateway.webhooks.run)
+        tg.start_soon(gateway.run_background)
         async with stdio_server() as (read, write):
             await face.server.run(read, write, face.server.create_initialization_options())
         tg.cancel_scope.cancel()

@@ -7,6 +7,7 @@ from treadle.store.config_cache import ConfigCache, WorkspaceConfig
 from treadle.store.configuration import Partials, WorkspaceIntegrations
 from treadle.store.database import ChangeEvent, Database, WriteTxn
 from treadle.store.gates import ApprovalPolicies, Approvals, IdempotencyRecords
+from treadle.store.ledger import ExecutionLedger
 from treadle.store.mcp_servers import McpServers
 from treadle.store.people import Connections, EndUsers
 from treadle.store.state import KeyValueNamespace, UsageCounters
@@ -26,8 +27,9 @@ class Store:
         self.connections = Connections(db, vault)
         self.integrations = WorkspaceIntegrations(db)
         self.partials = Partials(db)
-        self.activity = Activity(db)
         self.usage = UsageCounters(db)
+        self.ledger = ExecutionLedger(db, self.usage)
+        self.activity = Activity(db, self.ledger)
         self.mcp_servers = McpServers(db)
         self.approval_policies = ApprovalPolicies(db)
         self.approvals = Approvals(db)
@@ -55,6 +57,7 @@ __all__ = [
     "ChangeEvent",
     "ConfigCache",
     "Database",
+    "ExecutionLedger",
     "Store",
     "WorkspaceConfig",
     "WriteTxn",

@@ -7,6 +7,7 @@ from typing import Any
 
 from treadle.store import schema
 from treadle.store.database import Database, WriteTxn, insert_activity
+from treadle.store.ledger import ExecutionLedger
 from treadle.store.records import ActivityEntry
 
 
@@ -25,14 +26,17 @@ class ActivityFilter:
 
 
 class Activity:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, ledger: ExecutionLedger) -> None:
         self._db = db
+        self._ledger = ledger
 
     async def record(self, txn: WriteTxn, **values: Any) -> str:
         return await insert_activity(txn.conn, **values)
 
     async def list(self, where: ActivityFilter) -> tuple[list[ActivityEntry], int | None]:
         """A page of entries and the cursor (a sequence number) for the next, older page."""
+        # Execution records are written behind the calls: settle this process's first.
+        await self._ledger.flush()
         table = schema.activity
         query = table.select().where(table.c.org_id == where.org_id)
         if where.workspace_ids is not None:

@@ -1,0 +1,221 @@
+"""Execution records and quota counts, committed in groups behind the calls that made them.
+
+Every call ends with an activity record and (if it reached the action) one more execution
+counted against the org's monthly quota. Written per call, that is two transactions on the
+hot path; with SQLite's single writer they also serialise every concurrent call. While the
+gateway runs (`run`, started by `treadle serve` and `treadle stdio`), calls hand both to this
+ledger and return; one writer commits whatever has accumulated in a single transaction, as
+soon as the previous one is done (group commit: no timer, no added latency when idle).
+
+What that trades, and what it keeps:
+- Read-your-writes holds in this process: the activity API calls `flush()` first.
+- A graceful stop (SIGINT/SIGTERM, `Gateway.close`) writes everything queued. A process
+  killed outright loses the records of the group being written (milliseconds of calls);
+  their quota counts are lost with them, in the org's favour.
+- Quotas stay exact within one process. The count is re-read when it is older than
+  `STALE_SECONDS` (and after every group this process commits), and within `EXACT_MARGIN`
+  executions of the limit every reservation is a synchronous database write, as before. So
+  several processes sharing the database can only overshoot together if they make more than
+  `EXACT_MARGIN` executions inside one `STALE_SECONDS` window right at the limit.
+Without a running writer (tests, one-shot CLI commands) everything is written inline.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import sqlalchemy as sa
+
+from treadle.clock import now_iso
+from treadle.ids import new_uuid
+from treadle.store import schema
+from treadle.store.database import Database, insert_activity
+from treadle.store.state import UsageCounters
+
+log = logging.getLogger(__name__)
+
+STALE_SECONDS = 0.5
+EXACT_MARGIN = 256
+RETRY_SECONDS = 0.5
+# Beyond this many queued records the writer is failing for good; keep memory bounded.
+MAX_QUEUED = 100_000
+
+_Period = tuple[str, str]  # (org_id, "YYYY-MM")
+
+
+@dataclass(slots=True)
+class _Tally:
+    """One org-month: the count last read or written, and what this process added since."""
+
+    committed: int
+    pending: int
+    synced_at: float
+
+
+class ExecutionLedger:
+    def __init__(
+        self,
+        db: Database,
+        usage: UsageCounters,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        stale_seconds: float = STALE_SECONDS,
+        exact_margin: int = EXACT_MARGIN,
+    ) -> None:
+        self._db = db
+        self._usage = usage
+        self._clock = clock
+        self._stale = stale_seconds
+        self._margin = exact_margin
+        self._running = False
+        self._records: list[dict[str, Any]] = []
+        self._increments: Counter[_Period] = Counter()
+        self._tallies: dict[_Period, _Tally] = {}
+        self._wake = anyio.Event()
+        self._written = anyio.Event()
+        self._queued = 0  # items ever queued
+        self._attempted = 0  # items ever taken into a write attempt
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    # -- activity ---------------------------------------------------------------------------
+
+    async def record(self, **values: Any) -> None:
+        """An `activity` row (columns as keyword arguments) for an execution."""
+        if not self._running:
+            async with self._db.write("system") as txn:
+                await insert_activity(txn.conn, **values)
+            return
+        if len(self._records) >= MAX_QUEUED:
+            log.error("activity writer is behind by %d records; dropping the oldest", MAX_QUEUED)
+            self._records.pop(0)
+        self._records.append({"id": new_uuid(), "created_at": now_iso(), **values})
+        self._queued += 1
+        self._wake.set()
+
+    # -- quota ------------------------------------------------------------------------------
+
+    async def reserve(self, org_id: str, period: str, limit: int) -> tuple[bool, int]:
+        """Count one execution unless `limit` is reached: (counted, count before this one)."""
+        if not self._running:
+            return await self._usage.reserve(org_id, period, limit)
+        key = (org_id, period)
+        tally = self._tallies.get(key)
+        now = self._clock()
+        if tally is None or now - tally.synced_at > self._stale:
+            committed = await self._usage.current(org_id, period)
+            tally = self._tallies.get(key)  # the writer may have created it meanwhile
+            if tally is None:
+                tally = self._tallies[key] = _Tally(committed, 0, now)
+            else:
+                tally.committed, tally.synced_at = committed, now
+        used = tally.committed + tally.pending
+        if limit - used <= self._margin:
+            # Near the limit: settle what is queued, then count in the database itself.
+            await self.flush()
+            counted, before = await self._usage.reserve(org_id, period, limit)
+            tally.committed = before + (1 if counted else 0)
+            tally.synced_at = self._clock()
+            return counted, before
+        tally.pending += 1
+        self._increments[key] += 1
+        self._queued += 1
+        self._wake.set()
+        return True, used
+
+    # -- the writer -------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Wait until everything queued before this call was written (or its write failed)."""
+        target = self._queued
+        while self._running and self._attempted < target:
+            written = self._written
+            self._wake.set()
+            await written.wait()
+
+    async def run(self) -> None:
+        """Write queued records and counts until cancelled; then write what is left."""
+        self._running = True
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                if not await self._write_queued():
+                    await anyio.sleep(RETRY_SECONDS)
+        finally:
+            self._running = False
+            with anyio.CancelScope(shield=True):
+                await self.drain()
+
+    async def drain(self) -> None:
+        """Write everything queued now (for shutdown; a no-op when nothing is queued)."""
+        if self._records or self._increments:
+            await self._write_queued()
+
+    async def _write_queued(self) -> bool:
+        records, self._records = self._records, []
+        increments, self._increments = self._increments, Counter()
+        taken = self._queued
+        try:
+            counts = await self._write(records, increments)
+        except Exception:
+            log.exception("could not write %d activity records; will retry", len(records))
+            # Put them back in front of anything queued meanwhile, in order.
+            self._records = records + self._records
+            self._increments.update(increments)
+            return False
+        finally:
+            self._attempted = taken
+            written, self._written = self._written, anyio.Event()
+            written.set()
+        now = self._clock()
+        for key, count in counts.items():
+            tally = self._tallies.get(key)
+            if tally is not None:
+                tally.committed = count
+                tally.pending = max(0, tally.pending - increments[key])
+                tally.synced_at = now
+        return True
+
+    async def _write(
+        self, records: list[dict[str, Any]], increments: Counter[_Period]
+    ) -> dict[_Period, int]:
+        counts: dict[_Period, int] = {}
+        if not records and not increments:
+            return counts
+        usage = schema.usage_counters
+        activity = schema.activity
+        async with self._db.write("system") as txn:
+            conn = txn.conn
+            for (org_id, period), added in increments.items():
+                mine = sa.and_(usage.c.org_id == org_id, usage.c.period == period)
+                updated = await conn.execute(
+                    usage.update().where(mine).values(count=usage.c.count + added)
+                )
+                if updated.rowcount == 0:
+                    await conn.execute(
+                        usage.insert().values(org_id=org_id, period=period, count=added)
+                    )
+                found = await conn.execute(sa.select(usage.c.count).where(mine))
+                counts[(org_id, period)] = int(found.scalar() or 0)
+            if records:
+                top = await conn.execute(
+                    sa.select(sa.func.coalesce(sa.func.max(activity.c.seq), 0))
+                )
+                first = int(top.scalar() or 0) + 1
+                # executemany needs the same keys in every row.
+                columns = [c.name for c in activity.c if c.name != "seq"]
+                rows = [
+                    {**{c: r.get(c) for c in columns}, "seq": first + i}
+                    for i, r in enumerate(records)
+                ]
+                await conn.execute(activity.insert(), rows)
+        return counts
