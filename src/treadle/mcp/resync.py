@@ -5,8 +5,9 @@ server middleware and unregister when their connection closes; 2026-07-28 `subsc
 streams subscribe through `RoutingBus`, which files each stream under its server.
 
 When to tell them: configuration writes bump a version row in the same transaction. The hub
-wakes on this process's commits at once and polls the version row for other processes'
-commits (`treadle stdio` beside `treadle serve`), waits a short moment so a burst coalesces,
+wakes on this process's commits at once and polls the version row every 50 ms for other
+processes' commits (`treadle stdio` beside `treadle serve`; on SQLite the poll is a
+synchronous one-row read, no transaction or thread hop), waits a short moment so a burst coalesces,
 then rebuilds the tool set of each affected server and notifies only if its fingerprint moved.
 """
 
@@ -24,7 +25,6 @@ from mcp.server.subscriptions import ServerEvent, ToolsListChanged
 from treadle.mcp.binding import Binding
 from treadle.mcp.toolset import ToolSet, ToolsetCache
 from treadle.store import ChangeEvent, Store
-from treadle.store.database import GLOBAL_SCOPE
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class ResyncHub:
         *,
         coalesce_seconds: float = 0.05,
         max_delay_seconds: float = 0.4,
-        poll_seconds: float = 0.25,
+        poll_seconds: float = 0.05,
     ) -> None:
         self._store = store
         self._toolsets = toolsets
@@ -152,7 +152,8 @@ class ResyncHub:
         self._wake.set()
 
     async def _version(self) -> int:
-        return await self._store.db.version(GLOBAL_SCOPE)
+        # On SQLite a synchronous read of one row (see VersionProbe): cheap enough to poll often.
+        return await self._store.db.config_version()
 
     async def run(self) -> None:
         """Watch for configuration changes until cancelled.

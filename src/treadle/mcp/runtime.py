@@ -18,7 +18,7 @@ class McpRuntime:
         self,
         gateway: Gateway,
         *,
-        poll_seconds: float = 0.25,
+        poll_seconds: float = 0.05,
         progress_seconds: float = PROGRESS_INTERVAL_SECONDS,
         page_size: int = PAGE_SIZE,
     ) -> None:
