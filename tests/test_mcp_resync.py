@@ -32,7 +32,6 @@ from sqlalchemy.exc import OperationalError
 
 from treadle.catalog.model import Action, ActionContext, AuthKind, Integration
 from treadle.mcp.binds import bind_server
-from treadle.store.database import GLOBAL_SCOPE
 from treadle.store.records import ConnectionStrategy
 
 from mcp_harness import McpEnv, subprocess_env
@@ -584,17 +583,17 @@ async def test_the_hub_keeps_watching_after_a_failed_database_read(
     life of the process (the hub is one task in `treadle serve`'s lifespan)."""
     kit = await mcp_env.configure("testkit", integrationAlias="kit", allowedActions=["echo"])
     db = mcp_env.runtime.gateway.store.db
-    real_version = db.version
+    real_version = db.config_version
     failed = anyio.Event()
 
-    async def flaky_version(scope: str = GLOBAL_SCOPE) -> int:
-        if scope == GLOBAL_SCOPE and not failed.is_set():
+    async def flaky_version() -> int:
+        if not failed.is_set():
             failed.set()
             raise OperationalError("SELECT version", {}, Exception("database is locked"))
-        return await real_version(scope)
+        return await real_version()
 
     async with watching(mcp_env, "memory", LEGACY) as (client, watch):
-        monkeypatch.setattr(db, "version", flaky_version)
+        monkeypatch.setattr(db, "config_version", flaky_version)
         with anyio.fail_after(WAIT_SECONDS):
             await failed.wait()
         await patch(mcp_env.rest, integration_path(mcp_env, kit), {"allowedActions": ["crash"]})
