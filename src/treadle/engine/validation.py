@@ -14,9 +14,11 @@ _validators: dict[int, Validator] = {}
 
 
 def _validator(schema: dict[str, Any]) -> Validator:
-    # Action schemas are long-lived objects: compile each once.
+    # Action schemas are long-lived objects: compile each once. The validator holds the
+    # schema, so its id cannot be reused by another dict while the entry exists; the identity
+    # check is what makes that true for the lookup too.
     found = _validators.get(id(schema))
-    if found is None:
+    if found is None or found.schema is not schema:
         found = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
         _validators[id(schema)] = found
     return found

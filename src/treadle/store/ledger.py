@@ -4,14 +4,16 @@ Every call ends with an activity record and (if it reached the action) one more 
 counted against the org's monthly quota. Written per call, that is two transactions on the
 hot path; with SQLite's single writer they also serialise every concurrent call. While the
 gateway runs (`run`, started by `treadle serve` and `treadle stdio`), calls hand both to this
-ledger and return; one writer commits whatever has accumulated in a single transaction, as
-soon as the previous one is done (group commit: no timer, no added latency when idle).
+ledger and return; one writer commits whatever has accumulated in a single transaction
+(group commit). It lingers `LINGER_SECONDS` after the first queued item so that even
+one-at-a-time calls share a transaction; nobody waits for that, except `flush()`, which
+cuts it short.
 
 What that trades, and what it keeps:
 - Read-your-writes holds in this process: the activity API calls `flush()` first.
 - A graceful stop (SIGINT/SIGTERM, `Gateway.close`) writes everything queued. A process
-  killed outright loses the records of the group being written (milliseconds of calls);
-  their quota counts are lost with them, in the org's favour.
+  killed outright loses the records of the group being gathered or written (the last
+  ~25 ms of calls); their quota counts are lost with them, in the org's favour.
 - Quotas stay exact within one process. The count is re-read when it is older than
   `STALE_SECONDS` (and after every group this process commits), and within `EXACT_MARGIN`
   executions of the limit every reservation is a synchronous database write, as before. So
@@ -41,6 +43,8 @@ from treadle.store.state import UsageCounters
 log = logging.getLogger(__name__)
 
 STALE_SECONDS = 0.5
+LINGER_SECONDS = 0.025
+MAX_GROUP = 500
 EXACT_MARGIN = 256
 RETRY_SECONDS = 0.5
 # Beyond this many queued records the writer is failing for good; keep memory bounded.
@@ -67,17 +71,20 @@ class ExecutionLedger:
         clock: Callable[[], float] = time.monotonic,
         stale_seconds: float = STALE_SECONDS,
         exact_margin: int = EXACT_MARGIN,
+        linger_seconds: float = LINGER_SECONDS,
     ) -> None:
         self._db = db
         self._usage = usage
         self._clock = clock
         self._stale = stale_seconds
         self._margin = exact_margin
+        self._linger = linger_seconds
         self._running = False
         self._records: list[dict[str, Any]] = []
         self._increments: Counter[_Period] = Counter()
         self._tallies: dict[_Period, _Tally] = {}
         self._wake = anyio.Event()
+        self._hurry = anyio.Event()  # someone waits in flush(): stop lingering
         self._written = anyio.Event()
         self._queued = 0  # items ever queued
         self._attempted = 0  # items ever taken into a write attempt
@@ -100,6 +107,8 @@ class ExecutionLedger:
         self._records.append({"id": new_uuid(), "created_at": now_iso(), **values})
         self._queued += 1
         self._wake.set()
+        if len(self._records) >= MAX_GROUP:
+            self._hurry.set()
 
     # -- quota ------------------------------------------------------------------------------
 
@@ -139,6 +148,7 @@ class ExecutionLedger:
         while self._running and self._attempted < target:
             written = self._written
             self._wake.set()
+            self._hurry.set()
             await written.wait()
 
     async def run(self) -> None:
@@ -147,7 +157,10 @@ class ExecutionLedger:
         try:
             while True:
                 await self._wake.wait()
+                with anyio.move_on_after(self._linger):
+                    await self._hurry.wait()
                 self._wake = anyio.Event()
+                self._hurry = anyio.Event()
                 if not await self._write_queued():
                     await anyio.sleep(RETRY_SECONDS)
         finally:
