@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from mcp.server import ServerRequestContext
@@ -30,6 +31,7 @@ from treadle.mcp.runtime import McpRuntime
 from treadle.mcp.server import McpFace
 
 MAX_BODY_BYTES = 1024 * 1024
+MAX_ADMISSIONS = 10_000
 END_USER_HEADER = "x-treadle-end-user"
 _SCOPE_KEY = "treadle.binding"
 
@@ -68,6 +70,12 @@ async def _send_json(
     await send({"type": "http.response.body", "body": payload})
 
 
+@dataclass(frozen=True, slots=True)
+class _Admission:
+    binding: Binding
+    user: AuthenticatedUser
+
+
 class McpEndpoint:
     """The ASGI app mounted at `/mcp/{server_id}`."""
 
@@ -79,6 +87,7 @@ class McpEndpoint:
     ) -> None:
         self._gateway = gateway
         self._runtime = runtime
+        self._admissions: dict[tuple[str, str, str | None], tuple[int, _Admission]] = {}
         self.face = McpFace(
             gateway.executor,
             runtime.toolsets,
@@ -115,30 +124,49 @@ class McpEndpoint:
             return None
         return self._runtime.toolsets.cached_schema(binding.cache_key, name)
 
-    async def _authenticate(self, scope: Scope) -> tuple[Binding, str] | None:
-        store = self._gateway.store
+    async def _authenticate(self, scope: Scope) -> _Admission | None:
         server_id = scope.get("path_params", {}).get("server_id", "")
         request = Request(scope)
         token = bearer_token(request)
         if not token or not isinstance(server_id, str) or len(server_id) > 100:
             return None
-        server = await store.config.mcp_server(server_id)
+        end_user_header = request.headers.get(END_USER_HEADER) or None
+        # Every request of a session presents the same credentials: answer those from memory
+        # while the configuration version holds (tokens rotate and servers change only with
+        # a bump). Only admissions are remembered; refusals are always checked afresh.
+        version = await self._gateway.store.config.version()
+        key = (server_id, hash_token(token), end_user_header)
+        remembered = self._admissions.get(key)
+        if remembered is not None and remembered[0] == version:
+            return remembered[1]
+        admission = await self._admit(server_id, token, end_user_header)
+        if admission is not None:
+            if len(self._admissions) >= MAX_ADMISSIONS:
+                self._admissions.pop(next(iter(self._admissions)))
+            self._admissions[key] = (version, admission)
+        return admission
+
+    async def _admit(
+        self, server_id: str, token: str, end_user_header: str | None
+    ) -> _Admission | None:
+        config = self._gateway.store.config
+        server = await config.mcp_server(server_id)
         if server is None:
             return None
         end_user = server.end_user_id
         if token.startswith("mcp_"):
-            if await store.config.mcp_server_for_token(token) != server:
+            if await config.mcp_server_for_token(token) != server:
                 return None
             principal = f"mcp_server:{server.id}"
         else:
-            key = await store.config.api_key(token)
+            key = await config.api_key(token)
             if key is None or key.org_id != server.org_id:
                 return None
             if key.workspace_id is not None and key.workspace_id != server.workspace_id:
                 return None
             principal = f"api_key:{key.id}"
             # A platform acting for many users names the end user per request.
-            end_user = end_user or (request.headers.get(END_USER_HEADER) or None)
+            end_user = end_user or end_user_header
         binding = Binding(
             org_id=server.org_id,
             workspace_id=server.workspace_id,
@@ -146,7 +174,18 @@ class McpEndpoint:
             end_user_id=end_user[:255] if end_user else None,
             actor=principal,
         )
-        return binding, token
+        # The SDK ties each session to the credential that opened it; make that credential
+        # (server, principal, end user) so no session is shared across any of the three.
+        user = AuthenticatedUser(
+            AccessToken(
+                token=hash_token(token),
+                client_id=binding.cache_key,
+                scopes=[],
+                subject=f"{binding.actor}|{binding.end_user_id or ''}",
+                claims={"iss": "treadle"},
+            )
+        )
+        return _Admission(binding, user)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         found = await self._authenticate(scope)
@@ -161,19 +200,9 @@ class McpEndpoint:
                 [(b"www-authenticate", b'Bearer realm="treadle", error="invalid_token"')],
             )
             return
-        binding, token = found
+        binding = found.binding
         scope[_SCOPE_KEY] = binding
-        # The SDK ties each session to the credential that opened it; make that credential
-        # (server, principal, end user) so no session is shared across any of the three.
-        scope["user"] = AuthenticatedUser(
-            AccessToken(
-                token=hash_token(token),
-                client_id=binding.cache_key,
-                scopes=[],
-                subject=f"{binding.actor}|{binding.end_user_id or ''}",
-                claims={"iss": "treadle"},
-            )
-        )
+        scope["user"] = found.user
         reset = _current.set(binding)
         try:
             await self.manager.handle_request(scope, receive, send)
