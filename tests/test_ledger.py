@@ -488,13 +488,6 @@ async def test_a_failed_write_is_retried_and_loses_nothing(api: Api) -> None:
         assert await used(api) == 7  # six calls and the reservation made above
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: after a failed group write, flush() counts the failed attempt as done and "
-    "the writer waits for new work instead of retrying, so the activity API never shows "
-    "the calls while the gateway is idle (until another call or shutdown)",
-)
 async def test_once_writable_again_the_activity_api_shows_calls_whose_write_failed(
     api: Api,
 ) -> None:
@@ -511,13 +504,6 @@ async def test_once_writable_again_the_activity_api_shows_calls_whose_write_fail
     assert inputs(entries) == [0, 1, 2]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: near the limit ExecutionLedger.reserve checks the database count alone and "
-    "ignores this process's counts still queued after a failed write, so more executions "
-    "are allowed than the limit",
-)
 async def test_the_quota_holds_while_the_writer_cannot_write(api: Api) -> None:
     store = api.gateway.store
     ledger = ExecutionLedger(store.db, store.usage, exact_margin=1)
@@ -562,13 +548,6 @@ class PausedReads(UsageCounters):
         return value
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: a count re-read after stale_seconds overwrites the tally after awaiting the "
-    "read, undoing a group the writer committed meanwhile: the process then believes it is "
-    "further from the limit than it is and lets more executions through than the limit",
-)
 async def test_a_count_read_while_the_writer_commits_does_not_lose_executions(
     api: Api,
 ) -> None:

@@ -86,8 +86,11 @@ class ExecutionLedger:
         self._wake = anyio.Event()
         self._hurry = anyio.Event()  # someone waits in flush(): stop lingering
         self._written = anyio.Event()
+        # Progress, in items (an activity record or one quota count) and write attempts.
         self._queued = 0  # items ever queued
-        self._attempted = 0  # items ever taken into a write attempt
+        self._settled = 0  # items ever written (or dropped: see MAX_QUEUED)
+        self._attempts = 0  # write attempts ever started
+        self._last_failed = 0  # the number of the latest attempt that failed
 
     @property
     def running(self) -> bool:
@@ -104,6 +107,7 @@ class ExecutionLedger:
         if len(self._records) >= MAX_QUEUED:
             log.error("activity writer is behind by %d records; dropping the oldest", MAX_QUEUED)
             self._records.pop(0)
+            self._settled += 1
         self._records.append({"id": new_uuid(), "created_at": now_iso(), **values})
         self._queued += 1
         self._wake.set()
@@ -125,15 +129,20 @@ class ExecutionLedger:
             if tally is None:
                 tally = self._tallies[key] = _Tally(committed, 0, now)
             else:
-                tally.committed, tally.synced_at = committed, now
+                # Counts only grow within a month: a group the writer committed while this
+                # read was in flight must not be undone by the older number.
+                tally.committed = max(tally.committed, committed)
+                tally.synced_at = now
         used = tally.committed + tally.pending
         if limit - used <= self._margin:
-            # Near the limit: settle what is queued, then count in the database itself.
+            # Near the limit: settle what is queued, then count in the database itself,
+            # leaving room for whatever of ours is still unwritten (a failing writer).
             await self.flush()
-            counted, before = await self._usage.reserve(org_id, period, limit)
-            tally.committed = before + (1 if counted else 0)
+            pending = tally.pending
+            counted, before = await self._usage.reserve(org_id, period, limit - pending)
+            tally.committed = max(tally.committed, before + (1 if counted else 0))
             tally.synced_at = self._clock()
-            return counted, before
+            return counted, before + pending
         tally.pending += 1
         self._increments[key] += 1
         self._queued += 1
@@ -143,9 +152,11 @@ class ExecutionLedger:
     # -- the writer -------------------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Wait until everything queued before this call was written (or its write failed)."""
+        """Wait until everything queued before this call is written, or until a write
+        attempt that started after this call failed (the database refuses: do not hang)."""
         target = self._queued
-        while self._running and self._attempted < target:
+        begun = self._attempts
+        while self._running and self._settled < target and self._last_failed <= begun:
             written = self._written
             self._wake.set()
             self._hurry.set()
@@ -163,6 +174,7 @@ class ExecutionLedger:
                 self._hurry = anyio.Event()
                 if not await self._write_queued():
                     await anyio.sleep(RETRY_SECONDS)
+                    self._wake.set()  # what failed is still queued: try again
         finally:
             self._running = False
             with anyio.CancelScope(shield=True):
@@ -176,7 +188,8 @@ class ExecutionLedger:
     async def _write_queued(self) -> bool:
         records, self._records = self._records, []
         increments, self._increments = self._increments, Counter()
-        taken = self._queued
+        self._attempts += 1
+        attempt = self._attempts
         try:
             counts = await self._write(records, increments)
         except Exception:
@@ -184,9 +197,11 @@ class ExecutionLedger:
             # Put them back in front of anything queued meanwhile, in order.
             self._records = records + self._records
             self._increments.update(increments)
+            self._last_failed = attempt
             return False
+        else:
+            self._settled += len(records) + sum(increments.values())
         finally:
-            self._attempted = taken
             written, self._written = self._written, anyio.Event()
             written.set()
         now = self._clock()
