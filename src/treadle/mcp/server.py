@@ -13,6 +13,7 @@ import json
 import logging
 import warnings
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 import anyio
@@ -40,6 +41,7 @@ from mcp.types import (
     SubscriptionsListenResult,
     TextContent,
 )
+from mcp.types import methods as spec_methods
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from treadle import __version__
@@ -57,11 +59,17 @@ from treadle.mcp.approval_pause import ApprovalPause
 from treadle.mcp.binding import Binding
 from treadle.mcp.results import error_result, to_result
 from treadle.mcp.resync import ResyncHub, listening
-from treadle.mcp.toolset import ToolsetCache, undeclared_keys
+from treadle.mcp.toolset import ToolSet, ToolsetCache, undeclared_keys
 
 log = logging.getLogger(__name__)
 
+# tools/list pages hold at most PAGE_SIZE tools and PAGE_BYTES of tool JSON. The SDK client
+# refuses an SSE event over 1 MiB (`DEFAULT_MAX_SSE_EVENT_SIZE`, and the whole list of a
+# large workspace is several MiB), so a page stays within half that, leaving room for the
+# envelope and for clients with smaller buffers. Cuts depend only on the list and these caps
+# (see `toolset.cut_pages`).
 PAGE_SIZE = 100
+PAGE_BYTES = 512 * 1024
 LIST_TTL_MS = 30_000
 PROGRESS_INTERVAL_SECONDS = 1.0
 
@@ -88,6 +96,13 @@ class _Server(Server[Any]):
             experimental_capabilities,
             extensions,
         )
+
+
+# The tool set and page a tools/list request is being served from, pinned by the page cache
+# for the handler it falls through to (so the page it keeps is the one it looked up).
+_pinned_page: ContextVar[tuple[ToolSet, int, int] | None] = ContextVar(
+    "treadle_pinned_page", default=None
+)
 
 
 def encode_cursor(offset: int) -> str:
@@ -218,6 +233,7 @@ class McpFace:
         resolve: BindingResolver,
         *,
         page_size: int = PAGE_SIZE,
+        page_bytes: int = PAGE_BYTES,
         progress_seconds: float = PROGRESS_INTERVAL_SECONDS,
         schema_lookup: SchemaLookup | None = None,
         approvals: ApprovalDesk | None = None,
@@ -229,6 +245,7 @@ class McpFace:
         self._hub = hub
         self._resolve = resolve
         self._page_size = page_size
+        self._page_bytes = page_bytes
         self._progress_seconds = progress_seconds
         self._listen = ListenHandler(hub.bus)
         # logging/setLevel floors per handshake-era connection (actions log via ctx.client).
@@ -246,6 +263,8 @@ class McpFace:
             else RequestStateSecurity.ephemeral()
         )
         self.server.middleware.append(RequestStateBoundary(security, default_audience="treadle"))
+        # Innermost: everything above still runs for every tools/list request.
+        self.server.middleware.append(self._serve_shaped_page)
 
     def _build(self, schema_lookup: SchemaLookup | None) -> _Server:
         return _Server(
@@ -290,16 +309,64 @@ class McpFace:
                 await self._hub.remember(binding)
         return await call_next(ctx)
 
+    async def _serve_shaped_page(
+        self, ctx: ServerRequestContext[Any, Any], call_next: Callable[..., Awaitable[Any]]
+    ) -> Any:
+        """Answer tools/list from pages the SDK has already serialised.
+
+        The SDK validates and re-serialises every result against the protocol version's
+        schema on each request, whatever the handler returns (a model or a dict), which for
+        a large list costs far more than the request itself; and it has no way to take
+        pre-serialised JSON. A tool set is immutable, so the first request for a page goes
+        through the SDK as usual (the handler below, the cache hints, the schema sieve, the
+        serverInfo stamp) and its wire result is kept on the tool set's pages; later
+        requests for that page and protocol version get that same result back. Anything
+        the SDK itself would answer differently (malformed params, a handshake-era request
+        before `initialize`) falls through to it. Every face of a process shapes lists the
+        same way (`_build` takes no per-face settings but the page caps, which key the
+        pages), so faces sharing a tool set cache share the kept pages.
+        """
+        if ctx.method != "tools/list" or ctx.request_id is None:
+            return await call_next(ctx)
+        version = ctx.protocol_version
+        try:
+            spec_methods.validate_client_request("tools/list", version, ctx.params)
+            params = PaginatedRequestParams.model_validate(ctx.params or {}, by_name=False)
+        except (ValueError, KeyError):  # pydantic's ValidationError is a ValueError
+            return await call_next(ctx)
+        if version in HANDSHAKE_PROTOCOL_VERSIONS and ctx.session.client_params is None:
+            return await call_next(ctx)
+        binding = await self._resolve(ctx)
+        toolset = await self._toolsets.get(binding)
+        pages = toolset.pages(self._page_size, self._page_bytes)
+        start, end = pages.span(decode_cursor(params.cursor))
+        shaped = pages.shaped.get((start, version))
+        if shaped is None:
+            token = _pinned_page.set((toolset, start, end))
+            try:
+                result = await call_next(ctx)
+            finally:
+                _pinned_page.reset(token)
+            if not isinstance(result, dict):
+                return result
+            pages.keep(start, version, result)
+            shaped = result
+        # The runner copies what it is given too; nothing downstream mutates nested values.
+        return dict(shaped)
+
     async def list_tools(
         self, ctx: ServerRequestContext[Any, Any], params: PaginatedRequestParams | None
     ) -> ListToolsResult:
-        binding = await self._resolve(ctx)
-        toolset = await self._toolsets.get(binding)
-        start = decode_cursor(params.cursor if params else None)
-        page = toolset.tools[start : start + self._page_size]
-        end = start + len(page)
+        pinned = _pinned_page.get()
+        if pinned is None:
+            binding = await self._resolve(ctx)
+            toolset = await self._toolsets.get(binding)
+            pages = toolset.pages(self._page_size, self._page_bytes)
+            start, end = pages.span(decode_cursor(params.cursor if params else None))
+        else:
+            toolset, start, end = pinned
         return ListToolsResult(
-            tools=list(page),
+            tools=list(toolset.tools[start:end]),
             next_cursor=encode_cursor(end) if end < len(toolset.tools) else None,
         )
 

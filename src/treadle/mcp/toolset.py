@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,19 +47,89 @@ class ToolTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class Pages:
+    """A tool set cut into `tools/list` pages.
+
+    `cuts` are the first index of every page, then the number of tools. They depend only on
+    the tool set and the caps, so a list always pages the same way. `shaped` holds each page's
+    result as the SDK serialised it, per (first index, protocol version): the MCP face fills
+    it on the first request for a page and answers later ones from it, for as long as this
+    tool set is current (a change builds a new tool set, and new pages with it).
+    """
+
+    cuts: tuple[int, ...]
+    shaped: dict[tuple[int, str], dict[str, Any]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def span(self, start: int) -> tuple[int, int]:
+        """The tools `[start, end)` a page starting at `start` holds.
+
+        A start that is not a cut (a cursor issued for an earlier version of the list, or
+        under other caps) gets the tools up to the next cut, so the listing continues from
+        that position and the next page is a regular one again. At or past the end: none.
+        """
+        after = bisect_right(self.cuts, start)
+        if after == len(self.cuts):
+            return start, start
+        return start, self.cuts[after]
+
+    def keep(self, start: int, version: str, result: dict[str, Any]) -> None:
+        """Remember a page's serialised result; versions whose tools come out the same
+        share one list of them (a 10,000-tool list is ~16 MB of dicts per copy)."""
+        tools = result.get("tools")
+        for (other_start, _), other in self.shaped.items():
+            if other_start == start and other.get("tools") == tools:
+                result = {**result, "tools": other["tools"]}
+                break
+        self.shaped[(start, version)] = result
+
+
+def cut_pages(sizes: Sequence[int], max_tools: int, max_bytes: int) -> Pages:
+    """Greedy cuts: a page takes tools in order while it stays within `max_tools` tools and
+    `max_bytes` bytes of tool JSON (each tool's size plus a separator). A page always holds
+    at least one tool, so a single tool over the byte cap still gets a page of its own."""
+    cuts = [0]
+    count = used = 0
+    for index, size in enumerate(sizes):
+        cost = size + 1
+        if count and (count >= max_tools or used + cost > max_bytes):
+            cuts.append(index)
+            count = used = 0
+        count += 1
+        used += cost
+    if sizes:
+        cuts.append(len(sizes))
+    return Pages(tuple(cuts))
+
+
+@dataclass(frozen=True, slots=True)
 class ToolSet:
     tools: tuple[Tool, ...]
     targets: dict[str, ToolTarget]
     fingerprint: str
+    # Bytes of each tool's compact JSON, ASCII-escaped: what the 2026-07-28 transport sends
+    # (json.dumps) and an upper bound of the handshake transport's UTF-8.
+    sizes: tuple[int, ...]
     by_name: dict[str, Tool] = field(init=False, compare=False, repr=False)
+    _pages: dict[tuple[int, int], Pages] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Looked up on every call (the SDK validates arguments against it): O(1), not a scan.
         object.__setattr__(self, "by_name", {tool.name: tool for tool in self.tools})
+        object.__setattr__(self, "_pages", {})
 
     def input_schema(self, name: str) -> dict[str, Any] | None:
         tool = self.by_name.get(name)
         return None if tool is None else tool.input_schema
+
+    def pages(self, max_tools: int, max_bytes: int) -> Pages:
+        """This list's pages under the given caps, cut once."""
+        key = (max_tools, max_bytes)
+        found = self._pages.get(key)
+        if found is None:
+            found = self._pages[key] = cut_pages(self.sizes, max_tools, max_bytes)
+        return found
 
 
 def _leaves_extra_keys_open(schema: dict[str, Any]) -> bool:
@@ -172,7 +243,7 @@ def build_toolset(
                 )
                 tools.append(_tool(target, chosen, shared, description, gated))
     tools.sort(key=lambda tool: tool.name)
-    return ToolSet(tuple(tools), targets, _fingerprint(tools))
+    return _toolset(tools, targets)
 
 
 def _tool(
@@ -209,12 +280,22 @@ def _tool(
     )
 
 
-def _fingerprint(tools: list[Tool]) -> str:
-    dumped = [tool.model_dump(mode="json", by_alias=True, exclude_none=True) for tool in tools]
-    return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()
+def _toolset(tools: list[Tool], targets: dict[str, ToolTarget]) -> ToolSet:
+    # One JSON encoding per tool gives both the fingerprint (key order does not count) and
+    # its size on the wire (sorting keys does not change the length).
+    encoded = [
+        json.dumps(
+            tool.model_dump(mode="json", by_alias=True, exclude_none=True),
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        for tool in tools
+    ]
+    fingerprint = hashlib.sha256("\n".join(encoded).encode()).hexdigest()
+    return ToolSet(tuple(tools), targets, fingerprint, tuple(len(text) for text in encoded))
 
 
-_EMPTY = ToolSet((), {}, _fingerprint([]))
+_EMPTY = _toolset([], {})
 
 
 @dataclass(frozen=True, slots=True)
