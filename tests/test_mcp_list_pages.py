@@ -301,7 +301,7 @@ class RawMcp:
 async def test_a_large_workspace_lists_in_pages_under_the_byte_cap_over_http(
     mcp_env: McpEnv, transport: str
 ) -> None:
-    aliases = [f"kv{i:03d}" for i in range(140)]
+    aliases = [f"kv{i:03d}" for i in range(220)]  # ~870 KB of tools: two pages
 
     async def configure(chunk: list[str]) -> None:
         for alias in chunk:
@@ -330,7 +330,7 @@ async def test_a_large_workspace_lists_in_pages_under_the_byte_cap_over_http(
     for era, (first, second) in listings.items():
         tools = [tool for result, _ in first for tool in result["tools"]]
         names = [tool["name"] for tool in tools]
-        assert len(tools) == 140 * 6, era
+        assert len(tools) == 220 * 6, era
         assert names == sorted(set(names)), era
         assert len(first) >= 2, era
         for result, size in first:
