@@ -137,6 +137,25 @@ class McpEnv:
         created: dict[str, Any] = response.json()["partial"]
         return created
 
+    async def activity(self, **query: str) -> list[dict[str, Any]]:
+        """This workspace's execution records, asked of the process that served the calls.
+
+        A running gateway writes execution records behind the calls and its activity API
+        writes its own queue first; over HTTP the calls ran in `treadle serve`, so ask it
+        (over memory they ran here; a stdio server drained its queue when it exited)."""
+        params = {"workspaceId": self.workspace_id, "type": "action_execution", **query}
+        if self.serve is None:
+            response = await self.rest.get("/api/v1/activity", params=params)
+        else:
+            async with httpx2.AsyncClient(
+                base_url=self.serve.base_url,
+                headers={"Authorization": f"Bearer {self.api_key}"},
+            ) as serve_rest:
+                response = await serve_rest.get("/api/v1/activity", params=params)
+        assert response.status_code == 200, response.text
+        entries: list[dict[str, Any]] = response.json()["activity"]
+        return entries
+
     async def create_server(self, **fields: Any) -> str:
         body = {"workspaceId": self.workspace_id, "name": "test server", **fields}
         response = await self.rest.post("/api/v1/mcp/servers", json=body)

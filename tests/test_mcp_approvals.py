@@ -52,11 +52,7 @@ async def decide(mcp_env: McpEnv, approval_id: str, decision: str) -> None:
 
 
 async def runs(mcp_env: McpEnv) -> list[str]:
-    found = await mcp_env.rest.get(
-        "/api/v1/activity",
-        params={"workspaceId": mcp_env.workspace_id, "type": "action_execution"},
-    )
-    return [entry["status"] for entry in found.json()["activity"]]
+    return [entry["status"] for entry in await mcp_env.activity()]
 
 
 def approval_id_of(url: str) -> str:

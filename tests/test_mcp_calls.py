@@ -55,13 +55,7 @@ def _code(result: CallToolResult) -> str:
 
 
 async def _activity(mcp_env: McpEnv, **query: str) -> list[dict[str, Any]]:
-    response = await mcp_env.rest.get(
-        "/api/v1/activity",
-        params={"workspaceId": mcp_env.workspace_id, "type": "action_execution", **query},
-    )
-    assert response.status_code == 200, response.text
-    entries: list[dict[str, Any]] = response.json()["activity"]
-    return entries
+    return await mcp_env.activity(**query)
 
 
 async def _end_user_with_key(mcp_env: McpEnv, external_id: str, connection: str) -> None:
