@@ -86,7 +86,9 @@ class Treadle:
     _log_offset: int = 0
 
     @classmethod
-    def start(cls) -> Treadle:
+    def start(cls, patches: tuple[str, ...] = ()) -> Treadle:
+        """`patches`: parts of the request path to switch off (`bench/patched.py`, for
+        `python -m bench.ablate` only)."""
         data_dir = Path(tempfile.mkdtemp(prefix="treadle-bench-"))
         env = child_env(data_dir)
         cli = [sys.executable, "-m", "treadle"]
@@ -117,10 +119,14 @@ class Treadle:
         )
         port = free_port()
         log_path = data_dir / "serve.log"
+        serve_env = dict(env)
+        if patches:
+            cli = [sys.executable, "-m", "bench.patched"]
+            serve_env["TREADLE_BENCH_PATCHES"] = ",".join(patches)
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 [*cli, "serve", "--port", str(port), "--data-dir", str(data_dir)],
-                env=env,
+                env=serve_env,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
             )
