@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import anyio
 from mcp.server.stdio import stdio_server
 
@@ -13,6 +15,10 @@ from treadle.mcp.runtime import McpRuntime
 async def serve_stdio(gateway: Gateway, binding: Binding) -> None:
     runtime = McpRuntime(gateway)
     face = runtime.bound_face(binding)
+    # As in `treadle serve`: the start-up heap lives as long as the process, keep full
+    # collections off it.
+    gc.collect()
+    gc.freeze()
     async with anyio.create_task_group() as tg:
         # Watches the database, so changes made by `treadle serve` or the CLI reach us too.
         tg.start_soon(runtime.hub.run)

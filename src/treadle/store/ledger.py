@@ -13,7 +13,7 @@ What that trades, and what it keeps:
 - Read-your-writes holds in this process: the activity API calls `flush()` first.
 - A graceful stop (SIGINT/SIGTERM, `Gateway.close`) writes everything queued. A process
   killed outright loses the records of the group being gathered or written (the last
-  ~25 ms of calls); their quota counts are lost with them, in the org's favour.
+  ~100 ms of calls); their quota counts are lost with them, in the org's favour.
 - Quotas stay exact within one process. The count is re-read when it is older than
   `STALE_SECONDS` (and after every group this process commits), and within `EXACT_MARGIN`
   executions of the limit every reservation is a synchronous database write, as before. So
@@ -43,7 +43,7 @@ from treadle.store.state import UsageCounters
 log = logging.getLogger(__name__)
 
 STALE_SECONDS = 0.5
-LINGER_SECONDS = 0.025
+LINGER_SECONDS = 0.1
 MAX_GROUP = 500
 EXACT_MARGIN = 256
 RETRY_SECONDS = 0.5
