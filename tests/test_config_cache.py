@@ -192,7 +192,8 @@ async def test_undoing_a_change_in_another_gateway_applies_at_once_too(pair: Pai
     assert (await echo(pair.a)).status_code == 200
 
 
-async def test_a_partials_enforced_value_changed_elsewhere_is_used_at_once(pair: Pair) -> None:
+async def _enforced_recipient(pair: Pair) -> httpx2.Response:
+    """B creates a default partial enforcing `to: first` on the probe integration."""
     created = await pair.b.post(
         "/partials",
         {
@@ -205,6 +206,11 @@ async def test_a_partials_enforced_value_changed_elsewhere_is_used_at_once(pair:
         },
     )
     assert created.status_code == 201, created.text
+    return created
+
+
+async def test_a_partials_enforced_value_changed_elsewhere_is_used_at_once(pair: Pair) -> None:
+    created = await _enforced_recipient(pair)
     partial_id = created.json()["partial"]["id"]
     first = await echo(pair.a)
     assert first.status_code == 200, first.text
@@ -352,18 +358,7 @@ async def test_a_tool_call_reflects_a_partial_changed_by_another_gateway(
     mcp_pair: McpPair,
 ) -> None:
     pair = mcp_pair.pair
-    created = await pair.b.post(
-        "/partials",
-        {
-            "workspaceId": pair.b.workspace_id,
-            "integrationName": "probe",
-            "name": "recipient",
-            "values": {"to": "first"},
-            "enforcedKeys": ["to"],
-            "isDefault": True,
-        },
-    )
-    assert created.status_code == 201, created.text
+    created = await _enforced_recipient(pair)
     binding = await bind_server(mcp_pair.runtime.gateway.store, mcp_pair.server_id, None)
     face = mcp_pair.runtime.bound_face(binding)
     async with Client(face.server, mode=LEGACY) as client:
