@@ -7,7 +7,7 @@ another process (say `treadle stdio` beside `treadle serve`) waits its turn via 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,13 +87,22 @@ async def bump_version(conn: AsyncConnection, scope: str) -> None:
 
 
 async def insert_activity(conn: AsyncConnection, **values: Any) -> str:
-    table = schema.activity
-    seq = (await conn.execute(sa.select(sa.func.coalesce(sa.func.max(table.c.seq), 0)))).scalar()
     entry_id = new_uuid()
-    await conn.execute(
-        table.insert().values(id=entry_id, seq=int(seq or 0) + 1, created_at=now_iso(), **values)
-    )
+    await insert_activity_rows(conn, [{"id": entry_id, "created_at": now_iso(), **values}])
     return entry_id
+
+
+async def insert_activity_rows(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """Append `activity` rows (each with its id and created_at), numbered in order."""
+    table = schema.activity
+    top = await conn.execute(sa.select(sa.func.coalesce(sa.func.max(table.c.seq), 0)))
+    first = int(top.scalar() or 0) + 1
+    # executemany needs the same keys in every row.
+    columns = [c.name for c in table.c if c.name != "seq"]
+    await conn.execute(
+        table.insert(),
+        [{**{c: row.get(c) for c in columns}, "seq": first + i} for i, row in enumerate(rows)],
+    )
 
 
 class Database:

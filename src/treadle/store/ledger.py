@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from treadle.clock import now_iso
 from treadle.ids import new_uuid
 from treadle.store import schema
-from treadle.store.database import Database, insert_activity
+from treadle.store.database import Database, insert_activity, insert_activity_rows
 from treadle.store.state import UsageCounters
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,6 @@ class ExecutionLedger:
         if not records and not increments:
             return counts
         usage = schema.usage_counters
-        activity = schema.activity
         async with self._db.write("system") as txn:
             conn = txn.conn
             for (org_id, period), added in increments.items():
@@ -235,15 +234,5 @@ class ExecutionLedger:
                 found = await conn.execute(sa.select(usage.c.count).where(mine))
                 counts[(org_id, period)] = int(found.scalar() or 0)
             if records:
-                top = await conn.execute(
-                    sa.select(sa.func.coalesce(sa.func.max(activity.c.seq), 0))
-                )
-                first = int(top.scalar() or 0) + 1
-                # executemany needs the same keys in every row.
-                columns = [c.name for c in activity.c if c.name != "seq"]
-                rows = [
-                    {**{c: r.get(c) for c in columns}, "seq": first + i}
-                    for i, r in enumerate(records)
-                ]
-                await conn.execute(activity.insert(), rows)
+                await insert_activity_rows(conn, records)
         return counts
