@@ -40,8 +40,9 @@ def assign_names(
 
     `chosen` holds names a server's tool overrides set explicitly; they are taken first, and
     every generated name steers clear of them."""
-    unique = sorted(set(pairs))
-    names: dict[tuple[str, str], str] = {p: n for p, n in (chosen or {}).items() if p in unique}
+    present = set(pairs)
+    unique = sorted(present)
+    names: dict[tuple[str, str], str] = {p: n for p, n in (chosen or {}).items() if p in present}
     taken: set[str] = set(names.values())
     exact = {
         natural_name(a, b): (a, b)

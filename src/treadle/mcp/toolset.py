@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 from bisect import bisect_right
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -183,17 +184,13 @@ def build_toolset(
 ) -> ToolSet:
     known = [(wi, catalog.get(wi.integration_name)) for wi in configured]
     pairs = [(wi.alias, a.name) for wi, i in known if i is not None for a in i.actions]
-    renamed = {
-        (o.integration_alias, o.action_name): o.name
-        for o in (server.tool_overrides if server is not None else ())
-        if o.name is not None
-    }
+    given = server.tool_overrides if server is not None else ()
+    renamed = {(o.integration_alias, o.action_name): o.name for o in given if o.name is not None}
     names = assign_names(pairs, renamed)
-    aliases_per_integration: dict[str, int] = {}
-    for wi in configured:
-        aliases_per_integration[wi.integration_name] = (
-            aliases_per_integration.get(wi.integration_name, 0) + 1
-        )
+    # Looked up once per action: a dict, not `McpServer.override_for`'s scan of every override
+    # (reversed, so the first override of a pair wins as it does there).
+    overrides = {(o.integration_alias, o.action_name): o for o in reversed(given)}
+    aliases_per_integration = Counter(wi.integration_name for wi in configured)
     tools: list[Tool] = []
     targets: dict[str, ToolTarget] = {}
     for wi, integration in known:
@@ -203,7 +200,7 @@ def build_toolset(
         shared = aliases_per_integration[wi.integration_name] > 1
         for action in integration.actions:
             name = names[(wi.alias, action.name)]
-            override = server.override_for(wi.alias, action.name) if server else None
+            override = overrides.get((wi.alias, action.name))
             enabled = override.enabled if override is not None else True
             ids = _usable_ids(
                 override.partial_ids if override is not None else None, partials, wi, action.name
