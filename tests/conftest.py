@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 
 from treadle.app import Gateway
 from treadle.bootstrap import initialise
+from treadle.catalog import Catalog
 from treadle.http_app import build_http_app
 from treadle.mcp.runtime import McpRuntime
 from treadle.settings import Settings, sqlite_url
@@ -86,17 +88,42 @@ class Api:
         return created
 
 
-@pytest.fixture
-async def api(gateway: Gateway) -> AsyncIterator[Api]:
+BASE_URL = "http://treadle.test"
+
+
+def client_for(gateway: Gateway, token: str, base_url: str = BASE_URL) -> httpx2.AsyncClient:
+    """A client of `gateway`'s HTTP app, in process, that sends `token` as its bearer."""
+    return httpx2.AsyncClient(
+        transport=httpx2.ASGITransport(app=build_http_app(gateway)),
+        base_url=base_url,
+        headers={"Authorization": f"Bearer {token}"},
+    )
+
+
+@asynccontextmanager
+async def api_on(gateway: Gateway, base_url: str = BASE_URL) -> AsyncIterator[Api]:
+    """Initialise `gateway` (opened and closed by the caller) and drive it with its API key."""
     result = await initialise(gateway.store, gateway.settings.data_dir)
     assert result.api_key is not None
-    transport = httpx2.ASGITransport(app=build_http_app(gateway))
-    async with httpx2.AsyncClient(
-        transport=transport,
-        base_url="http://treadle.test",
-        headers={"Authorization": f"Bearer {result.api_key}"},
-    ) as client:
+    async with client_for(gateway, result.api_key, base_url) as client:
         yield Api(client, gateway, result.org_id, result.workspace_id, result.api_key)
+
+
+@asynccontextmanager
+async def open_api(settings: Settings, catalog: Catalog) -> AsyncIterator[Api]:
+    """`api_on` a gateway of its own that serves only `catalog`."""
+    gateway = await Gateway.open(settings, catalog=catalog)
+    try:
+        async with api_on(gateway) as api:
+            yield api
+    finally:
+        await gateway.close()
+
+
+@pytest.fixture
+async def api(gateway: Gateway) -> AsyncIterator[Api]:
+    async with api_on(gateway) as opened:
+        yield opened
 
 
 # -- MCP: one test body over memory, stdio and HTTP, in both protocol eras -------------------

@@ -36,7 +36,7 @@ from treadle.settings import Settings
 from treadle.store import Database
 from treadle.store.version_probe import VersionProbe
 
-from conftest import Api
+from conftest import Api, client_for
 
 pytestmark = pytest.mark.anyio
 
@@ -68,14 +68,6 @@ PROBE = Integration(
     auth_kind=AuthKind.NONE,
     actions=(_action("echo"), _action("other")),
 )
-
-
-def client_for(gateway: Gateway, token: str) -> httpx2.AsyncClient:
-    return httpx2.AsyncClient(
-        transport=httpx2.ASGITransport(app=build_http_app(gateway)),
-        base_url="http://treadle.test",
-        headers={"Authorization": f"Bearer {token}"},
-    )
 
 
 @dataclass

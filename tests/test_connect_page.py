@@ -11,12 +11,10 @@ import pytest
 
 from emulators.oauth_stage import local
 from treadle.app import Gateway
-from treadle.bootstrap import initialise
-from treadle.http_app import build_http_app
 from treadle.settings import Settings
 
 import mcp_harness
-from conftest import Api
+from conftest import Api, api_on
 
 pytestmark = pytest.mark.anyio
 
@@ -28,14 +26,7 @@ async def kit(settings: Settings) -> AsyncIterator[Api]:
     """The `keyed` test integration (API key auth), per_user, and end user alice."""
     gateway = await Gateway.open(settings, catalog=mcp_harness.test_catalog())
     try:
-        init = await initialise(gateway.store, settings.data_dir)
-        assert init.api_key is not None
-        async with httpx2.AsyncClient(
-            transport=httpx2.ASGITransport(app=build_http_app(gateway)),
-            base_url="http://127.0.0.1:8400",
-            headers={"Authorization": f"Bearer {init.api_key}"},
-        ) as client:
-            api = Api(client, gateway, init.org_id, init.workspace_id, init.api_key)
+        async with api_on(gateway, "http://127.0.0.1:8400") as api:
             await api.configure("keyed", connectionStrategy="per_user", integrationAlias="keyed")
             created = await api.post(
                 "/end-users", {"workspaceId": api.workspace_id, "externalId": "alice"}

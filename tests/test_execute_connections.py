@@ -9,14 +9,11 @@ from typing import Any
 import httpx2
 import pytest
 
-from treadle.app import Gateway
-from treadle.bootstrap import initialise
 from treadle.catalog import Action, ActionContext, AuthKind, Catalog, Integration
 from treadle.catalog.model import JSONObject
-from treadle.http_app import build_http_app
 from treadle.settings import Settings
 
-from conftest import Api
+from conftest import Api, open_api
 
 pytestmark = pytest.mark.anyio
 
@@ -67,24 +64,13 @@ OPEN = _integration("open", AuthKind.NONE)
 
 @pytest.fixture
 async def api(settings: Settings) -> AsyncIterator[Api]:
-    gateway = await Gateway.open(settings, catalog=Catalog([KEYED, OTHER, OPEN]))
-    try:
-        init = await initialise(gateway.store, settings.data_dir)
-        assert init.api_key is not None
-        async with httpx2.AsyncClient(
-            transport=httpx2.ASGITransport(app=build_http_app(gateway)),
-            base_url="http://treadle.test",
-            headers={"Authorization": f"Bearer {init.api_key}"},
-        ) as client:
-            configured = Api(client, gateway, init.org_id, init.workspace_id, init.api_key)
-            for user in ("alice", "bob", "carol"):
-                created = await configured.post(
-                    "/end-users", {"workspaceId": init.workspace_id, "externalId": user}
-                )
-                assert created.status_code == 201, created.text
-            yield configured
-    finally:
-        await gateway.close()
+    async with open_api(settings, Catalog([KEYED, OTHER, OPEN])) as configured:
+        for user in ("alice", "bob", "carol"):
+            created = await configured.post(
+                "/end-users", {"workspaceId": configured.workspace_id, "externalId": user}
+            )
+            assert created.status_code == 201, created.text
+        yield configured
 
 
 async def connect(

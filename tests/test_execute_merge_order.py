@@ -10,17 +10,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx2
 import pytest
 
-from treadle.app import Gateway
-from treadle.bootstrap import initialise
 from treadle.catalog import Action, ActionContext, AuthKind, Catalog, Integration
 from treadle.catalog.model import JSONObject
-from treadle.http_app import build_http_app
 from treadle.settings import Settings
 
-from conftest import Api
+from conftest import Api, open_api
 
 pytestmark = pytest.mark.anyio
 
@@ -69,21 +65,10 @@ OTHER_INTEGRATION = Integration(
 
 @pytest.fixture
 async def api(settings: Settings) -> AsyncIterator[Api]:
-    gateway = await Gateway.open(settings, catalog=Catalog([PROBE, OTHER_INTEGRATION]))
-    try:
-        init = await initialise(gateway.store, settings.data_dir)
-        assert init.api_key is not None
-        async with httpx2.AsyncClient(
-            transport=httpx2.ASGITransport(app=build_http_app(gateway)),
-            base_url="http://treadle.test",
-            headers={"Authorization": f"Bearer {init.api_key}"},
-        ) as client:
-            configured = Api(client, gateway, init.org_id, init.workspace_id, init.api_key)
-            await configured.configure("probe", integrationAlias=MAIN)
-            await configured.configure("probe", integrationAlias=OTHER)
-            yield configured
-    finally:
-        await gateway.close()
+    async with open_api(settings, Catalog([PROBE, OTHER_INTEGRATION])) as configured:
+        await configured.configure("probe", integrationAlias=MAIN)
+        await configured.configure("probe", integrationAlias=OTHER)
+        yield configured
 
 
 async def partial(

@@ -12,16 +12,14 @@ import httpx2
 import pytest
 
 from treadle.app import Gateway
-from treadle.bootstrap import initialise
 from treadle.catalog import Action, ActionContext, AuthKind, Catalog, Integration
 from treadle.catalog.model import JSONObject
 from treadle.engine import Executor
 from treadle.engine.limits import MonthlyQuota, SlidingWindowRateLimiter
 from treadle.errors import ActionRuntimeError, ConnectionCredentialsError, UpstreamError
-from treadle.http_app import build_http_app
 from treadle.settings import Settings
 
-from conftest import Api
+from conftest import Api, api_on
 
 pytestmark = pytest.mark.anyio
 
@@ -120,14 +118,7 @@ async def api(settings: Settings) -> AsyncIterator[Api]:
         action_timeout=ACTION_TIMEOUT,
     )
     try:
-        init = await initialise(gateway.store, settings.data_dir)
-        assert init.api_key is not None
-        async with httpx2.AsyncClient(
-            transport=httpx2.ASGITransport(app=build_http_app(gateway)),
-            base_url="http://treadle.test",
-            headers={"Authorization": f"Bearer {init.api_key}"},
-        ) as client:
-            configured = Api(client, gateway, init.org_id, init.workspace_id, init.api_key)
+        async with api_on(gateway) as configured:
             created = await configured.post(
                 "/connections",
                 {
@@ -136,7 +127,7 @@ async def api(settings: Settings) -> AsyncIterator[Api]:
                     "displayName": "Probe key",
                     "externalId": "conn_probe",
                     "values": {"api_key": SECRET},
-                    "workspaceId": init.workspace_id,
+                    "workspaceId": configured.workspace_id,
                 },
             )
             assert created.status_code == 201, created.text

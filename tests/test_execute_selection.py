@@ -8,15 +8,12 @@ from typing import Any
 import httpx2
 import pytest
 
-from treadle.app import Gateway
-from treadle.bootstrap import initialise
 from treadle.catalog import Action, ActionContext, AuthKind, Catalog, Integration
 from treadle.catalog.builtin import kv_store
 from treadle.catalog.model import JSONObject
-from treadle.http_app import build_http_app
 from treadle.settings import Settings
 
-from conftest import Api
+from conftest import Api, open_api
 
 pytestmark = pytest.mark.anyio
 
@@ -66,19 +63,8 @@ KEYED = Integration(
 
 @pytest.fixture
 async def api(settings: Settings) -> AsyncIterator[Api]:
-    catalog = Catalog([PROBE, KEYED, kv_store.integration])
-    gateway = await Gateway.open(settings, catalog=catalog)
-    try:
-        init = await initialise(gateway.store, settings.data_dir)
-        assert init.api_key is not None
-        async with httpx2.AsyncClient(
-            transport=httpx2.ASGITransport(app=build_http_app(gateway)),
-            base_url="http://treadle.test",
-            headers={"Authorization": f"Bearer {init.api_key}"},
-        ) as client:
-            yield Api(client, gateway, init.org_id, init.workspace_id, init.api_key)
-    finally:
-        await gateway.close()
+    async with open_api(settings, Catalog([PROBE, KEYED, kv_store.integration])) as opened:
+        yield opened
 
 
 def refused(response: httpx2.Response, status: int, code: str) -> dict[str, Any]:

@@ -30,13 +30,12 @@ from treadle.catalog import Action, ActionContext, AuthKind, Catalog, Integratio
 from treadle.catalog.model import JSONObject
 from treadle.engine import Executor
 from treadle.engine.limits import MonthlyQuota, SlidingWindowRateLimiter
-from treadle.http_app import build_http_app
 from treadle.settings import Settings
 from treadle.store import Database, ExecutionLedger
 from treadle.store.activity import Activity
 from treadle.store.state import UsageCounters
 
-from conftest import Api
+from conftest import Api, client_for
 
 pytestmark = pytest.mark.anyio
 
@@ -123,14 +122,6 @@ def use_ledger(gateway: Gateway, **tuning: Any) -> ExecutionLedger:
         MonthlyQuota(ledger),
     )
     return ledger
-
-
-def client_for(gateway: Gateway, token: str) -> httpx2.AsyncClient:
-    return httpx2.AsyncClient(
-        transport=httpx2.ASGITransport(app=build_http_app(gateway)),
-        base_url="http://treadle.test",
-        headers={"Authorization": f"Bearer {token}"},
-    )
 
 
 @asynccontextmanager

@@ -11,16 +11,14 @@ import httpx2
 import pytest
 
 from treadle.app import Gateway
-from treadle.bootstrap import initialise
 from treadle.catalog import Action, ActionContext, AuthKind, Catalog, Integration
 from treadle.catalog.model import JSONObject
 from treadle.engine import Executor, RateStatus
 from treadle.engine.limits import MonthlyQuota, SlidingWindowRateLimiter
 from treadle.errors import ActionRuntimeError, UpstreamError
-from treadle.http_app import build_http_app
 from treadle.settings import Settings
 
-from conftest import Api
+from conftest import Api, api_on
 
 pytestmark = pytest.mark.anyio
 
@@ -111,14 +109,7 @@ async def api(settings: Settings, clock: FakeClock) -> AsyncIterator[Api]:
         action_timeout=0.05,
     )
     try:
-        init = await initialise(gateway.store, settings.data_dir)
-        assert init.api_key is not None
-        async with httpx2.AsyncClient(
-            transport=httpx2.ASGITransport(app=build_http_app(gateway)),
-            base_url="http://treadle.test",
-            headers={"Authorization": f"Bearer {init.api_key}"},
-        ) as client:
-            configured = Api(client, gateway, init.org_id, init.workspace_id, init.api_key)
+        async with api_on(gateway) as configured:
             await configured.configure("probe", allowedActions=[a.name for a in PROBE.actions[:-1]])
             await configured.configure("keyed", connectionStrategy="per_user")
             yield configured
