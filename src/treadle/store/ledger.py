@@ -32,11 +32,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import sqlalchemy as sa
 
 from treadle.clock import now_iso
 from treadle.ids import new_uuid
-from treadle.store import schema
 from treadle.store.database import Database, insert_activity, insert_activity_rows
 from treadle.store.state import UsageCounters
 
@@ -219,20 +217,10 @@ class ExecutionLedger:
         counts: dict[_Period, int] = {}
         if not records and not increments:
             return counts
-        usage = schema.usage_counters
         async with self._db.write("system") as txn:
-            conn = txn.conn
             for (org_id, period), added in increments.items():
-                mine = sa.and_(usage.c.org_id == org_id, usage.c.period == period)
-                updated = await conn.execute(
-                    usage.update().where(mine).values(count=usage.c.count + added)
-                )
-                if updated.rowcount == 0:
-                    await conn.execute(
-                        usage.insert().values(org_id=org_id, period=period, count=added)
-                    )
-                found = await conn.execute(sa.select(usage.c.count).where(mine))
-                counts[(org_id, period)] = int(found.scalar() or 0)
+                await self._usage.add(txn, org_id, period, added)
+                counts[(org_id, period)] = await self._usage.count_in(txn.conn, org_id, period)
             if records:
-                await insert_activity_rows(conn, records)
+                await insert_activity_rows(txn.conn, records)
         return counts

@@ -6,10 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from treadle.clock import now_iso
 from treadle.store import schema
-from treadle.store.database import Database
+from treadle.store.database import Database, WriteTxn
 
 
 class KeyValueNamespace:
@@ -95,26 +96,34 @@ class UsageCounters:
 
     async def reserve(self, org_id: str, period: str, limit: int) -> tuple[bool, int]:
         """Count one execution if under `limit`. Returns (counted, count before this call)."""
-        table = schema.usage_counters
-        mine = sa.and_(table.c.org_id == org_id, table.c.period == period)
         async with self._db.write("system") as txn:
-            current = (await txn.conn.execute(sa.select(table.c.count).where(mine))).scalar()
-            if current is None:
-                current = 0
-                if limit > 0:
-                    await txn.conn.execute(
-                        table.insert().values(org_id=org_id, period=period, count=1)
-                    )
-                    return True, 0
+            current = await self.count_in(txn.conn, org_id, period)
             if current >= limit:
-                return False, int(current)
-            await txn.conn.execute(table.update().where(mine).values(count=table.c.count + 1))
-            return True, int(current)
+                return False, current
+            await self.add(txn, org_id, period, 1)
+            return True, current
+
+    async def add(self, txn: WriteTxn, org_id: str, period: str, added: int) -> None:
+        """Count `added` more executions, with no limit (the caller has checked)."""
+        table = schema.usage_counters
+        updated = await txn.conn.execute(
+            table.update().where(_period(org_id, period)).values(count=table.c.count + added)
+        )
+        if updated.rowcount == 0:
+            await txn.conn.execute(table.insert().values(org_id=org_id, period=period, count=added))
 
     async def current(self, org_id: str, period: str) -> int:
-        table = schema.usage_counters
         async with self._db.read() as conn:
-            query = sa.select(table.c.count).where(
-                table.c.org_id == org_id, table.c.period == period
-            )
-            return int((await conn.execute(query)).scalar() or 0)
+            return await self.count_in(conn, org_id, period)
+
+    @staticmethod
+    async def count_in(conn: AsyncConnection, org_id: str, period: str) -> int:
+        found = await conn.execute(
+            sa.select(schema.usage_counters.c.count).where(_period(org_id, period))
+        )
+        return int(found.scalar() or 0)
+
+
+def _period(org_id: str, period: str) -> sa.ColumnElement[bool]:
+    table = schema.usage_counters
+    return sa.and_(table.c.org_id == org_id, table.c.period == period)
