@@ -29,6 +29,21 @@ def _sdk_listing(found: dict[str, Any]) -> str:
     return f"{_ms(found['ms'])} ms, {found['tools']} tools in {found['pages']} pages"
 
 
+def _versus(label: str, row: dict[str, Any]) -> list[str]:
+    """The columns the tools/call and REST tables share: treadle against the bare baseline."""
+    t, b = row["treadle"], row["bare"]
+    return [
+        label,
+        f"{_ms(t['p50'])} / {_ms(t['p99'])}",
+        f"{_ms(b['p50'])} / {_ms(b['p99'])}",
+        _x(row["ratioP50"]),
+        f"{_server(t)} / {_server(b)}",
+        f"{t['perSecond']:.0f} / {b['perSecond']:.0f}",
+        _x(row["throughputRatio"]),
+        f"{t['serverCpuMsPerCall']:.2f} / {b['serverCpuMsPerCall']:.2f}",
+    ]
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -116,20 +131,8 @@ def render(results: dict[str, Any]) -> str:
     if "calls" in cases and "error" not in cases["calls"]:
         rows = []
         for label, row in cases["calls"].items():
-            t, b = row["treadle"], row["bare"]
-            rows.append(
-                [
-                    label,
-                    f"{_ms(t['p50'])} / {_ms(t['p99'])}",
-                    f"{_ms(b['p50'])} / {_ms(b['p99'])}",
-                    _x(row["ratioP50"]),
-                    f"{_server(t)} / {_server(b)}",
-                    f"{t['perSecond']:.0f} / {b['perSecond']:.0f}",
-                    _x(row["throughputRatio"]),
-                    f"{t['serverCpuMsPerCall']:.2f} / {b['serverCpuMsPerCall']:.2f}",
-                    str(t["errors"] + b["errors"]),
-                ]
-            )
+            errors = row["treadle"]["errors"] + row["bare"]["errors"]
+            rows.append([*_versus(label, row), str(errors)])
         parts.append(
             "### 1. tools/call overhead (treadle / bare SDK)\n\n"
             + _table(
@@ -300,19 +303,7 @@ def render(results: dict[str, Any]) -> str:
     if rest and "error" not in rest:
         rows = []
         for label, row in rest.items():
-            t, b = row["treadle"], row["bare"]
-            rows.append(
-                [
-                    label,
-                    f"{_ms(t['p50'])} / {_ms(t['p99'])}",
-                    f"{_ms(b['p50'])} / {_ms(b['p99'])}",
-                    _x(row["ratioP50"]),
-                    f"{_server(t)} / {_server(b)}",
-                    f"{t['perSecond']:.0f} / {b['perSecond']:.0f}",
-                    _x(row["throughputRatio"]),
-                    f"{t['serverCpuMsPerCall']:.2f} / {b['serverCpuMsPerCall']:.2f}",
-                ]
-            )
+            rows.append(_versus(label, row))
         parts.append(
             "### 4. REST execute (treadle) vs a bare Starlette JSON route\n\n"
             + _table(
