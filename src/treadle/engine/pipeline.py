@@ -62,6 +62,8 @@ class _Trace:
     """What is known so far about a call, for the activity record."""
 
     configured: WorkspaceIntegration | None = None
+    # The merged input, redacted; None if the call was refused before merging (then the
+    # record holds the request's input, redacted when it is written).
     recorded_input: dict[str, Any] | None = None
     rate: RateStatus | None = None
 
@@ -128,7 +130,6 @@ class Executor:
             alias=request.integration_alias,
         )
         trace.configured = configured
-        trace.recorded_input = redact(request.input)
         if not configured.allows(action.name):
             raise Refusal(
                 ErrorCode.ACTION_NOT_ALLOWED,
@@ -368,7 +369,7 @@ class Executor:
             end_user_id=request.end_user_id,
             duration_ms=round((time.perf_counter() - started) * 1000),
             error_code=code,
-            input=trace.recorded_input,
+            input=redact(request.input) if trace.recorded_input is None else trace.recorded_input,
         )
 
 
