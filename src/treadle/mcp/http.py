@@ -28,7 +28,6 @@ from treadle.app import Gateway
 from treadle.ids import hash_token
 from treadle.mcp.binding import Binding
 from treadle.mcp.runtime import McpRuntime
-from treadle.mcp.server import McpFace
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_ADMISSIONS = 10_000
@@ -88,17 +87,7 @@ class McpEndpoint:
         self._gateway = gateway
         self._runtime = runtime
         self._admissions: dict[tuple[str, str, str | None], tuple[int, _Admission]] = {}
-        self.face = McpFace(
-            gateway.executor,
-            runtime.toolsets,
-            runtime.hub,
-            self._resolve,
-            page_size=runtime.page_size,
-            progress_seconds=runtime.progress_seconds,
-            schema_lookup=self._schema,
-            approvals=gateway.approvals,
-            request_state_key=runtime.request_state_key,
-        )
+        self.face = runtime.face(self._resolve, self._schema)
         self.manager = StreamableHTTPSessionManager(
             app=self.face.server,
             security_settings=security or transport_security(),

@@ -23,7 +23,7 @@ from mcp.server.session import ServerSession
 from mcp.server.subscriptions import ServerEvent, ToolsListChanged
 
 from treadle.mcp.binding import Binding
-from treadle.mcp.toolset import ToolSet, ToolsetCache
+from treadle.mcp.toolset import ToolsetCache
 from treadle.store import ChangeEvent, Store
 
 log = logging.getLogger(__name__)
@@ -135,12 +135,9 @@ class ResyncHub:
         entry = self._entry(binding)
         if entry.fingerprint is not None:
             return
-        known = self._toolsets.latest(binding.cache_key) or await self._build(binding)
+        known = self._toolsets.latest(binding.cache_key) or await self._toolsets.get(binding)
         if entry.fingerprint is None:
             entry.fingerprint = known.fingerprint
-
-    async def _build(self, binding: Binding) -> ToolSet:
-        return await self._toolsets.get(binding)
 
     # -- when to tell them -----------------------------------------------------------------
 

@@ -9,7 +9,13 @@ from mcp.server import ServerRequestContext
 from treadle.app import Gateway
 from treadle.mcp.binding import Binding
 from treadle.mcp.resync import ResyncHub
-from treadle.mcp.server import PAGE_SIZE, PROGRESS_INTERVAL_SECONDS, McpFace
+from treadle.mcp.server import (
+    PAGE_SIZE,
+    PROGRESS_INTERVAL_SECONDS,
+    BindingResolver,
+    McpFace,
+    SchemaLookup,
+)
 from treadle.mcp.toolset import ToolsetCache
 
 
@@ -29,6 +35,20 @@ class McpRuntime:
         self.toolsets = ToolsetCache(gateway.store, gateway.catalog)
         self.hub = ResyncHub(gateway.store, self.toolsets, poll_seconds=poll_seconds)
 
+    def face(self, resolve: BindingResolver, schema_lookup: SchemaLookup) -> McpFace:
+        """A server over this runtime's tool sets and hub, its bindings found by `resolve`."""
+        return McpFace(
+            self.gateway.executor,
+            self.toolsets,
+            self.hub,
+            resolve,
+            page_size=self.page_size,
+            progress_seconds=self.progress_seconds,
+            schema_lookup=schema_lookup,
+            approvals=self.gateway.approvals,
+            request_state_key=self.request_state_key,
+        )
+
     def bound_face(self, binding: Binding) -> McpFace:
         """A server for one binding: stdio, in-memory clients, agent frameworks in-process."""
 
@@ -38,14 +58,4 @@ class McpRuntime:
         def schema(name: str) -> dict[str, Any] | None:
             return self.toolsets.cached_schema(binding.cache_key, name)
 
-        return McpFace(
-            self.gateway.executor,
-            self.toolsets,
-            self.hub,
-            resolve,
-            page_size=self.page_size,
-            progress_seconds=self.progress_seconds,
-            schema_lookup=schema,
-            approvals=self.gateway.approvals,
-            request_state_key=self.request_state_key,
-        )
+        return self.face(resolve, schema)
