@@ -112,24 +112,45 @@ def _allows(allowed: tuple[str, ...] | None, value: str | None) -> bool:
     return allowed is None or (value is not None and value in allowed)
 
 
+def _filters_allow(
+    policy: ApprovalPolicy,
+    *,
+    source: str,
+    workspace_id: str,
+    integration_name: str,
+    alias: str,
+    action_name: str,
+    connection_strategy: str,
+    mcp_server_id: str | None,
+) -> bool:
+    """The policy is on and its filters (all but end users and rules) admit this call."""
+    return (
+        policy.enabled
+        and policy.workspace_id in (None, workspace_id)
+        and _allows(policy.sources, source)
+        and _allows(policy.integration_names, integration_name)
+        and _allows(policy.integration_aliases, alias)
+        and _allows(policy.action_names, action_name)
+        and _allows(policy.connection_strategies, connection_strategy)
+        and _allows(policy.mcp_server_ids, mcp_server_id)
+    )
+
+
 def matches(policy: ApprovalPolicy, facts: CallFacts) -> bool:
-    if not policy.enabled:
-        return False
-    if policy.workspace_id is not None and policy.workspace_id != facts.workspace_id:
-        return False
     if policy.end_user_mode == "end_user_present" and facts.end_user_id is None:
         return False
     if policy.end_user_mode == "no_end_user" and facts.end_user_id is not None:
         return False
-    return (
-        _allows(policy.sources, facts.source)
-        and _allows(policy.integration_names, facts.integration_name)
-        and _allows(policy.integration_aliases, facts.integration_alias)
-        and _allows(policy.action_names, facts.action_name)
-        and _allows(policy.connection_strategies, facts.connection_strategy)
-        and _allows(policy.mcp_server_ids, facts.mcp_server_id)
-        and rules_hold(policy.rules, facts.input)
-    )
+    return _filters_allow(
+        policy,
+        source=facts.source,
+        workspace_id=facts.workspace_id,
+        integration_name=facts.integration_name,
+        alias=facts.integration_alias,
+        action_name=facts.action_name,
+        connection_strategy=facts.connection_strategy,
+        mcp_server_id=facts.mcp_server_id,
+    ) and rules_hold(policy.rules, facts.input)
 
 
 def governing_policy(policies: Iterable[ApprovalPolicy], facts: CallFacts) -> ApprovalPolicy | None:
@@ -152,14 +173,13 @@ def may_pause(
 ) -> bool:
     """Could this policy make an MCP call to this tool wait for approval? Judged on what is
     known before any call (rules and end users decide per call, so they count as "maybe")."""
-    return (
-        policy.enabled
-        and policy.decision == "require_approval"
-        and policy.workspace_id in (None, workspace_id)
-        and _allows(policy.sources, "mcp_tools")
-        and _allows(policy.integration_names, integration_name)
-        and _allows(policy.integration_aliases, alias)
-        and _allows(policy.action_names, action_name)
-        and _allows(policy.connection_strategies, connection_strategy)
-        and (policy.mcp_server_ids is None or mcp_server_id in policy.mcp_server_ids)
+    return policy.decision == "require_approval" and _filters_allow(
+        policy,
+        source="mcp_tools",
+        workspace_id=workspace_id,
+        integration_name=integration_name,
+        alias=alias,
+        action_name=action_name,
+        connection_strategy=connection_strategy,
+        mcp_server_id=mcp_server_id,
     )
