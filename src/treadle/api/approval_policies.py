@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from treadle.api.auth import Principal, accessible_workspace
+from treadle.api.auth import Principal, accessible_workspace, workspace_query
 from treadle.api.bodies import Body, read_body
 from treadle.api.context import caller, path_param
 from treadle.api.fields import ActionName, Description, Identifier, Name, Slug
@@ -168,9 +168,7 @@ async def create_policy(request: Request) -> Response:
 
 async def list_policies(request: Request) -> Response:
     gw, principal = await caller(request)
-    workspace_id = request.query_params.get("workspaceId")
-    if workspace_id is not None:
-        await accessible_workspace(gw.store, principal, workspace_id)
+    workspace_id = await workspace_query(gw.store, principal, request)
     scope = {workspace_id} if workspace_id else principal.workspace_ids
     found = await gw.store.approval_policies.list(principal.org_id, scope)
     return ok({"policies": [p.to_json() for p in found], "total": len(found)})

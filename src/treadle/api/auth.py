@@ -68,3 +68,12 @@ async def accessible_workspace(store: Store, principal: Principal, workspace_id:
         raise NotFound("Workspace")
     principal.check_workspace(config.workspace.id)
     return config.workspace
+
+
+async def workspace_query(store: Store, principal: Principal, request: Request) -> str | None:
+    """The `workspaceId` filter of a list endpoint, checked as `accessible_workspace` does;
+    None when the caller gave none."""
+    workspace_id = request.query_params.get("workspaceId")
+    if workspace_id is not None:
+        await accessible_workspace(store, principal, workspace_id)
+    return workspace_id

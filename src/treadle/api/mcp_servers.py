@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from treadle.api.auth import Principal, accessible_workspace
+from treadle.api.auth import Principal, accessible_workspace, workspace_query
 from treadle.api.bodies import Body, read_body
 from treadle.api.context import caller, path_param
 from treadle.api.fields import ActionName, ExternalId, Identifier, Name, Slug
@@ -111,9 +111,7 @@ async def create_server(request: Request) -> Response:
 
 async def list_servers(request: Request) -> Response:
     gw, principal = await caller(request)
-    workspace_id = request.query_params.get("workspaceId")
-    if workspace_id is not None:
-        await accessible_workspace(gw.store, principal, workspace_id)
+    workspace_id = await workspace_query(gw.store, principal, request)
     found = await gw.store.mcp_servers.list(
         principal.org_id, {workspace_id} if workspace_id else principal.workspace_ids
     )
