@@ -19,7 +19,14 @@ from treadle.catalog.model import Action, ActionContext, AuthKind, Integration, 
 from treadle.catalog.providers import retry
 from treadle.catalog.providers.annotations import CREATE, READ, UPDATE
 from treadle.catalog.providers.failures import http_failure, invalid_response, status_code_name
-from treadle.catalog.providers.rest import Provider, RateLimit, RestClient, read_json, segment
+from treadle.catalog.providers.rest import (
+    Provider,
+    RateLimit,
+    RestClient,
+    pick,
+    read_json,
+    segment,
+)
 from treadle.catalog.providers.schema import SETTINGS_SCHEMA, choice, object_schema
 
 API_VERSION = "2022-11-28"
@@ -85,10 +92,6 @@ def _issue(data: JSONObject) -> str:
     return f"{_repo(data)}/issues/{segment(data['issue_number'])}"
 
 
-def _fields(data: JSONObject, *names: str) -> JSONObject:
-    return {name: data[name] for name in names if name in data}
-
-
 async def _list(ctx: ActionContext, path: str, params: JSONObject, key: str) -> JSONObject:
     response = await RestClient(ctx, GITHUB).send("GET", path, params=params)
     items = read_json(GITHUB, response)
@@ -110,7 +113,7 @@ def _paging(data: JSONObject) -> JSONObject:
 
 
 async def create_issue(ctx: ActionContext, data: JSONObject) -> JSONObject:
-    body = _fields(data, "title", "body", "labels", "assignees", "milestone")
+    body = pick(data, "title", "body", "labels", "assignees", "milestone")
     return await RestClient(ctx, GITHUB).json_object("POST", f"{_repo(data)}/issues", body=body)
 
 
@@ -120,7 +123,7 @@ async def get_issue(ctx: ActionContext, data: JSONObject) -> JSONObject:
 
 async def list_issues(ctx: ActionContext, data: JSONObject) -> JSONObject:
     params = {
-        **_fields(data, "state", "assignee", "creator", "since", "sort", "direction"),
+        **pick(data, "state", "assignee", "creator", "since", "sort", "direction"),
         **_paging(data),
     }
     if "labels" in data:
@@ -129,9 +132,7 @@ async def list_issues(ctx: ActionContext, data: JSONObject) -> JSONObject:
 
 
 async def update_issue(ctx: ActionContext, data: JSONObject) -> JSONObject:
-    body = _fields(data, "title", "body", "state", "state_reason", "labels", "assignees")
-    if "milestone" in data:
-        body["milestone"] = data["milestone"]
+    body = pick(data, "title", "body", "state", "state_reason", "labels", "assignees", "milestone")
     return await RestClient(ctx, GITHUB).json_object("PATCH", _issue(data), body=body)
 
 
@@ -141,14 +142,14 @@ async def create_issue_comment(ctx: ActionContext, data: JSONObject) -> JSONObje
 
 
 async def list_repos(ctx: ActionContext, data: JSONObject) -> JSONObject:
-    params = {**_fields(data, "visibility", "sort", "direction"), **_paging(data)}
+    params = {**pick(data, "visibility", "sort", "direction"), **_paging(data)}
     if "affiliation" in data:
         params["affiliation"] = ",".join(data["affiliation"])
     return await _list(ctx, "/user/repos", params, "repositories")
 
 
 async def create_pull_request(ctx: ActionContext, data: JSONObject) -> JSONObject:
-    body = _fields(data, "title", "head", "base", "body", "draft", "maintainer_can_modify")
+    body = pick(data, "title", "head", "base", "body", "draft", "maintainer_can_modify")
     return await RestClient(ctx, GITHUB).json_object("POST", f"{_repo(data)}/pulls", body=body)
 
 

@@ -18,7 +18,7 @@ from treadle.catalog.builtin import gmail_mime
 from treadle.catalog.model import Action, ActionContext, AuthKind, Integration, JSONObject
 from treadle.catalog.providers.annotations import CREATE, READ
 from treadle.catalog.providers.google import google_provider
-from treadle.catalog.providers.pagination import Page, collect
+from treadle.catalog.providers.pagination import Page, collect, page_of
 from treadle.catalog.providers.rest import RestClient, segment
 from treadle.catalog.providers.schema import SETTINGS_SCHEMA, object_schema
 from treadle.errors import TreadleError
@@ -130,9 +130,7 @@ async def search_messages(ctx: ActionContext, data: JSONObject) -> JSONObject:
             },
         )
         estimate = answer.get("resultSizeEstimate", estimate)
-        found = answer.get("messages")
-        token = answer.get("nextPageToken")
-        return Page(found if isinstance(found, list) else [], token if token else None)
+        return page_of(answer.get("messages"), answer.get("nextPageToken"))
 
     page = await collect(
         fetch,

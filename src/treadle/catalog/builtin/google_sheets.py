@@ -16,7 +16,7 @@ from typing import Any
 from treadle.catalog.model import Action, ActionContext, AuthKind, Integration, JSONObject
 from treadle.catalog.providers.annotations import CREATE, READ, UPDATE
 from treadle.catalog.providers.google import google_provider
-from treadle.catalog.providers.pagination import Page, collect
+from treadle.catalog.providers.pagination import Page, collect, page_of
 from treadle.catalog.providers.rest import RestClient, segment
 from treadle.catalog.providers.schema import SETTINGS_SCHEMA, choice, object_schema
 from treadle.errors import ActionRuntimeError, ValidationFailed
@@ -217,9 +217,7 @@ async def list_spreadsheets(ctx: ActionContext, data: JSONObject) -> JSONObject:
                 "includeItemsFromAllDrives": True,
             },
         )
-        files = answer.get("files")
-        token = answer.get("nextPageToken")
-        return Page(files if isinstance(files, list) else [], token if token else None)
+        return page_of(answer.get("files"), answer.get("nextPageToken"))
 
     page = await collect(
         fetch,

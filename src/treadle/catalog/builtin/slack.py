@@ -22,8 +22,8 @@ from treadle.catalog.providers.failures import (
     reauthenticate,
     status_code_name,
 )
-from treadle.catalog.providers.pagination import Page, collect
-from treadle.catalog.providers.rest import Provider, RateLimit, RestClient
+from treadle.catalog.providers.pagination import Page, collect, page_of
+from treadle.catalog.providers.rest import Provider, RateLimit, RestClient, pick
 from treadle.catalog.providers.schema import SETTINGS_SCHEMA, choice, object_schema
 from treadle.errors import UpstreamError
 
@@ -135,21 +135,15 @@ async def _paged(
         metadata = last.get("response_metadata")
         found = metadata.get("next_cursor") if isinstance(metadata, dict) else None
         items = last.get(key)
-        return Page(items if isinstance(items, list) else [], found if found else None)
+        return page_of(items, found)
 
     limit = data.get("limit", default_limit)
     page = await collect(fetch, limit=limit, page_size=PAGE_SIZE, cursor=data.get("cursor"))
     return {**last, key: page.items, "response_metadata": {"next_cursor": page.next_cursor or ""}}
 
 
-def _message_fields(data: JSONObject, *names: str) -> JSONObject:
-    return {name: data[name] for name in names if name in data}
-
-
 async def send_channel_message(ctx: ActionContext, data: JSONObject) -> JSONObject:
-    body = _message_fields(
-        data, "channel", "text", "blocks", "thread_ts", "reply_broadcast", "unfurl_links"
-    )
+    body = pick(data, "channel", "text", "blocks", "thread_ts", "reply_broadcast", "unfurl_links")
     return await _post(ctx, "chat.postMessage", body)
 
 
@@ -160,12 +154,12 @@ async def send_direct_message(ctx: ActionContext, data: JSONObject) -> JSONObjec
         raise UpstreamError(
             "invalid_response", {"message": "Slack opened no direct-message channel"}
         )
-    body = {"channel": channel["id"], **_message_fields(data, "text", "blocks", "unfurl_links")}
+    body = {"channel": channel["id"], **pick(data, "text", "blocks", "unfurl_links")}
     return await _post(ctx, "chat.postMessage", body)
 
 
 async def update_message(ctx: ActionContext, data: JSONObject) -> JSONObject:
-    return await _post(ctx, "chat.update", _message_fields(data, "channel", "ts", "text", "blocks"))
+    return await _post(ctx, "chat.update", pick(data, "channel", "ts", "text", "blocks"))
 
 
 async def add_reaction(ctx: ActionContext, data: JSONObject) -> JSONObject:
@@ -186,7 +180,7 @@ async def list_users(ctx: ActionContext, data: JSONObject) -> JSONObject:
 
 
 async def get_channel_history(ctx: ActionContext, data: JSONObject) -> JSONObject:
-    params = _message_fields(data, "channel", "oldest", "latest", "inclusive")
+    params = pick(data, "channel", "oldest", "latest", "inclusive")
     answer = await _paged(ctx, "conversations.history", "messages", params, data, 50)
     # The last page's `has_more` says nothing about pages left unread after `limit`.
     answer["has_more"] = bool(answer["response_metadata"]["next_cursor"])

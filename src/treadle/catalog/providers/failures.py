@@ -79,11 +79,7 @@ def transport_failures(provider: str, host: str) -> Iterator[None]:
     """Network-level failures as action failures; the guard's refusals pass through as they are."""
     try:
         yield
-    except TimeoutError as exc:
-        raise ActionRuntimeError(
-            f"{provider} did not answer in time", reason="timeout", host=host
-        ) from exc
-    except httpx2.TimeoutException as exc:
+    except (TimeoutError, httpx2.TimeoutException) as exc:
         raise ActionRuntimeError(
             f"{provider} did not answer in time", reason="timeout", host=host
         ) from exc

@@ -21,6 +21,12 @@ class Page:
     next_cursor: str | None
 
 
+def page_of(items: Any, cursor: Any) -> Page:
+    """A page read from a provider's answer: anything but a list holds no items, and an
+    empty or missing cursor means there is no next page."""
+    return Page(items if isinstance(items, list) else [], cursor if cursor else None)
+
+
 # Fetches the page at `cursor` (None: the first) holding at most `size` items.
 FetchPage = Callable[[str | None, int], Awaitable[Page]]
 

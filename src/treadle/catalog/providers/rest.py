@@ -60,6 +60,11 @@ def segment(value: str | int) -> str:
     return quote(str(value), safe="")
 
 
+def pick(data: Mapping[str, Any], *names: str) -> JSONObject:
+    """The inputs among `names` the caller gave, in that order: a request's body or query."""
+    return {name: data[name] for name in names if name in data}
+
+
 def read_json(provider: Provider, response: httpx2.Response) -> Any:
     try:
         return response.json()
