@@ -8,12 +8,10 @@ the token) is never sent.
 
 from __future__ import annotations
 
-import hmac
 import html
 import json
 import secrets
 from typing import cast
-from urllib.parse import parse_qs, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,7 +19,7 @@ from starlette.routing import Route
 
 from treadle.app import Gateway
 from treadle.store.gates import Approval
-from treadle.web.layout import render_page, security_headers
+from treadle.web.layout import render_page, security_headers, verified_form
 
 CSRF_COOKIE = "treadle_csrf"
 MAX_FORM_BYTES = 16 * 1024
@@ -114,31 +112,12 @@ async def show(request: Request) -> Response:
     return _page("Approval request", body, cookie=csrf)
 
 
-def _own_origins(request: Request) -> set[str]:
-    """The origin the request reached, and the public URL's (behind a TLS-terminating proxy
-    the browser's origin is the public one)."""
-    gateway = cast("Gateway", request.app.state.gateway)
-    public = urlsplit(gateway.settings.public_url)
-    return {f"{request.url.scheme}://{request.url.netloc}", f"{public.scheme}://{public.netloc}"}
-
-
 async def decide(request: Request) -> Response:
-    if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
-        return _refused("The form is too large.", 413)
-    raw = await request.body()
-    if len(raw) > MAX_FORM_BYTES:
-        return _refused("The form is too large.", 413)
-    form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
-    origin = request.headers.get("origin")
-    cookie = request.cookies.get(CSRF_COOKIE, "")
-    sent = form.get("csrf", "")
-    if (
-        (origin not in (None, "null") and origin not in _own_origins(request))
-        or not cookie
-        # Bytes: compare_digest refuses str with non-ASCII characters (a forged field may).
-        or not hmac.compare_digest(cookie.encode(), sent.encode())
-    ):
-        return _refused("The form could not be verified. Open the link again.")
+    form = await verified_form(
+        request, csrf_cookie=CSRF_COOKIE, max_bytes=MAX_FORM_BYTES, refused=_refused
+    )
+    if isinstance(form, Response):
+        return form
     opened = await _open(request, form.get("token", ""))
     if isinstance(opened, Response):
         return opened

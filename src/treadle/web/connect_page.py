@@ -10,11 +10,9 @@ send no referrer (the URL carries the token).
 
 from __future__ import annotations
 
-import hmac
 import html
 import secrets
 from typing import cast
-from urllib.parse import parse_qs, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -25,7 +23,7 @@ from treadle.catalog.model import AuthKind
 from treadle.errors import Refusal
 from treadle.oauth.connect_links import ConnectClaims
 from treadle.store.records import ConnectionStrategy, EndUser, WorkspaceIntegration
-from treadle.web.layout import render_page, security_headers
+from treadle.web.layout import render_page, security_headers, verified_form
 
 CSRF_COOKIE = "treadle_connect_csrf"
 MAX_FORM_BYTES = 32 * 1024
@@ -146,28 +144,14 @@ async def _section(
     return f"<section><h2>{html.escape(title)}</h2>{state}{''.join(forms)}</section>"
 
 
-def _own_origins(request: Request) -> set[str]:
-    public = urlsplit(_gateway(request).settings.public_url)
-    return {f"{request.url.scheme}://{request.url.netloc}", f"{public.scheme}://{public.netloc}"}
-
-
 async def _verified_form(
     request: Request,
 ) -> tuple[dict[str, str], ConnectClaims, EndUser, WorkspaceIntegration] | Response:
-    if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
-        return _refused("The form is too large.", 413)
-    raw = await request.body()
-    if len(raw) > MAX_FORM_BYTES:
-        return _refused("The form is too large.", 413)
-    form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
-    origin = request.headers.get("origin")
-    cookie = request.cookies.get(CSRF_COOKIE, "")
-    if (
-        (origin not in (None, "null") and origin not in _own_origins(request))
-        or not cookie
-        or not hmac.compare_digest(cookie.encode(), form.get("csrf", "").encode())
-    ):
-        return _refused("The form could not be verified. Open the link again.")
+    form = await verified_form(
+        request, csrf_cookie=CSRF_COOKIE, max_bytes=MAX_FORM_BYTES, refused=_refused
+    )
+    if isinstance(form, Response):
+        return form
     gateway = _gateway(request)
     opened = await _open(gateway, form.get("token", ""))
     if isinstance(opened, Response):

@@ -6,9 +6,15 @@ framed, and never send the referrer (their URLs carry single-purpose tokens).
 
 from __future__ import annotations
 
+import hmac
 import html
+from collections.abc import Callable
+from urllib.parse import parse_qs, urlsplit
 
+from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
+
+from treadle.api.context import gateway
 
 BASE_STYLE = """
 body{font-family:system-ui,-apple-system,sans-serif;margin:0;padding:1rem;background:#f6f7f9;
@@ -56,3 +62,37 @@ def render_page(
         name, value, path = csrf_cookie
         response.set_cookie(name, value, httponly=True, samesite="strict", path=path)
     return response
+
+
+def _own_origins(request: Request) -> set[str]:
+    """The origin the request reached, and the public URL's (behind a TLS-terminating proxy
+    the browser's origin is the public one)."""
+    public = urlsplit(gateway(request).settings.public_url)
+    return {f"{request.url.scheme}://{request.url.netloc}", f"{public.scheme}://{public.netloc}"}
+
+
+async def verified_form(
+    request: Request,
+    *,
+    csrf_cookie: str,
+    max_bytes: int,
+    refused: Callable[[str, int], Response],
+) -> dict[str, str] | Response:
+    """A posted form of at most `max_bytes`, from one of our own origins and carrying the
+    double-submit `csrf` value of `csrf_cookie`; otherwise the page's refusal."""
+    if int(request.headers.get("content-length") or 0) > max_bytes:
+        return refused("The form is too large.", 413)
+    raw = await request.body()
+    if len(raw) > max_bytes:
+        return refused("The form is too large.", 413)
+    form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
+    origin = request.headers.get("origin")
+    cookie = request.cookies.get(csrf_cookie, "")
+    if (
+        (origin not in (None, "null") and origin not in _own_origins(request))
+        or not cookie
+        # Bytes: compare_digest refuses str with non-ASCII characters (a forged field may).
+        or not hmac.compare_digest(cookie.encode(), form.get("csrf", "").encode())
+    ):
+        return refused("The form could not be verified. Open the link again.", 403)
+    return form
