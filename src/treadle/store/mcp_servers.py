@@ -8,7 +8,7 @@ other configuration change.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -235,16 +235,9 @@ class McpServers:
             if not any(partial_id in (o.partial_ids or ()) for o in server.tool_overrides):
                 continue
             cleaned = tuple(
-                ToolOverride(
-                    o.integration_alias,
-                    o.action_name,
-                    None
-                    if o.partial_ids is None
-                    else tuple(p for p in o.partial_ids if p != partial_id),
-                    o.description,
-                    o.enabled,
-                    o.name,
-                )
+                o
+                if o.partial_ids is None
+                else replace(o, partial_ids=tuple(p for p in o.partial_ids if p != partial_id))
                 for o in server.tool_overrides
             )
             await txn.conn.execute(
