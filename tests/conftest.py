@@ -28,8 +28,9 @@ from treadle.settings import Settings, sqlite_url
 from mcp_harness import McpEnv, ServeProcess, subprocess_env, test_catalog
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def anyio_backend() -> str:
+    """Session-wide, so module-scoped async fixtures (the emulator stages) may use it too."""
     return "asyncio"
 
 

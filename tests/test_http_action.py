@@ -28,11 +28,6 @@ SECRET = "sk-live-0123456789abcdef"
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @dataclass
 class Upstream:
     port: int = 0

@@ -19,11 +19,6 @@ REPO = "acme/backend"
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 async def stage(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Stage[GitHubEmulator]]:

@@ -21,11 +21,6 @@ PDF = b"%PDF-1.4 not really a pdf"
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 async def stage(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Stage[GoogleEmulator]]:

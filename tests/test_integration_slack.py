@@ -19,11 +19,6 @@ TOKEN = "xoxb-1111-2222-s3cr3tSlackT0ken"
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 async def stage(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stage[SlackEmulator]]:
     data_dir = tmp_path_factory.mktemp("slack")
     async with open_stage(

@@ -28,11 +28,6 @@ from treadle.net import (
 from loopback import serve
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def echo(request: Request) -> Response:
     assert request.client is not None
     return JSONResponse(
