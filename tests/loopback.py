@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import uvicorn
@@ -24,10 +25,13 @@ class _Server(uvicorn.Server):
 
 
 @asynccontextmanager
-async def serve(app: ASGIApp) -> AsyncIterator[int]:
-    """Runs `app` on 127.0.0.1 at an ephemeral port and yields the port."""
+async def serve(app: ASGIApp, **options: Any) -> AsyncIterator[int]:
+    """Runs `app` on 127.0.0.1 at an ephemeral port and yields the port.
+
+    `options` are more `uvicorn.Config` settings.
+    """
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, lifespan="off", log_config=None, http="h11"
+        app, host="127.0.0.1", port=0, lifespan="off", log_config=None, http="h11", **options
     )
     server = _Server(config)
     async with anyio.create_task_group() as tasks:
