@@ -479,10 +479,6 @@ def _calls(outer: str, inner: Sequence[str]) -> Rule:
     return rule
 
 
-def _leaf_in(*parts: str) -> Rule:
-    return lambda frames: any(p in frames[-1] for p in parts)
-
-
 def _outside_tasks(frames: list[str]) -> bool:
     """Loop-thread work that runs no task or callback: _run_once, select, timers."""
     return any("run_forever" in f for f in frames) and not any("Handle._run" in f for f in frames)
