@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import httpx2
 import pytest
@@ -253,6 +253,27 @@ async def test_an_oversized_form_is_refused(gates: Gates) -> None:
         response = await client.post(f"/approve/{approval['id']}", data=data)
     assert response.status_code == 413
     assert (await gates.approval(approval["id"]))["status"] == "pending"
+
+
+@pytest.mark.parametrize("declared", ["abc", "-1", "9" * 40])
+async def test_a_garbage_content_length_is_no_crash(gates: Gates, declared: str) -> None:
+    await gates.policy()
+    approval = await ask(gates)
+    async with browser(gates) as client:
+        csrf = await opened(client, approval)
+        response = await client.post(
+            f"/approve/{approval['id']}",
+            content=urlencode(form(approval, csrf)),
+            headers={
+                "content-type": "application/x-www-form-urlencoded",
+                "content-length": declared,
+            },
+        )
+    # The declared length is ignored when it is not a length; a huge one is refused unread.
+    too_large = declared.isdigit()
+    assert response.status_code == (413 if too_large else 200)
+    expected = "pending" if too_large else "approved"
+    assert (await gates.approval(approval["id"]))["status"] == expected
 
 
 # -- CSRF -----------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ MAX_DEPTH = 64
 
 
 async def read_json_object(request: Request) -> dict[str, Any]:
-    if _declared_length(request) > MAX_BODY_BYTES:
+    if declared_length(request, MAX_BODY_BYTES) > MAX_BODY_BYTES:
         raise _too_large()
     chunks: list[bytes] = []
     size = 0
@@ -50,12 +50,14 @@ async def read_json_object(request: Request) -> dict[str, Any]:
     return parsed
 
 
-def _declared_length(request: Request) -> int:
+def declared_length(request: Request, limit: int) -> int:
+    """The Content-Length a request declares, for refusing an oversized body before reading
+    it: 0 when absent or garbage (the streamed size is checked anyway), over `limit` when it
+    is a string of digits too long to be worth converting."""
     declared = request.headers.get("content-length", "")
     if not (declared.isascii() and declared.isdigit()):
-        return 0  # absent or garbage: the streamed size is checked anyway
-    # A string of digits this long is over the limit without converting it.
-    return MAX_BODY_BYTES + 1 if len(declared) > 12 else int(declared)
+        return 0
+    return limit + 1 if len(declared) > 12 else int(declared)
 
 
 def _refuse_constant(name: str) -> Any:

@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
+from treadle.api.bodies import declared_length
 from treadle.api.context import gateway
 
 BASE_STYLE = """
@@ -80,7 +81,7 @@ async def verified_form(
 ) -> dict[str, str] | Response:
     """A posted form of at most `max_bytes`, from one of our own origins and carrying the
     double-submit `csrf` value of `csrf_cookie`; otherwise the page's refusal."""
-    if int(request.headers.get("content-length") or 0) > max_bytes:
+    if declared_length(request, max_bytes) > max_bytes:
         return refused("The form is too large.", 413)
     raw = await request.body()
     if len(raw) > max_bytes:
