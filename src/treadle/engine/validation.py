@@ -14,11 +14,10 @@ _validators: dict[int, Validator] = {}
 
 
 def _validator(schema: dict[str, Any]) -> Validator:
-    # Action schemas are long-lived objects: compile each once. The validator holds the
-    # schema, so its id cannot be reused by another dict while the entry exists; the identity
-    # check is what makes that true for the lookup too.
+    # Action schemas are long-lived objects: compile each once. Keying by id is safe: the
+    # validator holds its schema, so that id cannot go to another dict while the entry lives.
     found = _validators.get(id(schema))
-    if found is None or found.schema is not schema:
+    if found is None:
         found = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
         _validators[id(schema)] = found
     return found

@@ -11,12 +11,12 @@ from __future__ import annotations
 import html
 import json
 import secrets
-from typing import cast
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from treadle.api.context import gateway as gateway_of
 from treadle.app import Gateway
 from treadle.store.gates import Approval
 from treadle.web.layout import render_page, security_headers, verified_form
@@ -73,7 +73,7 @@ async def _details(gateway: Gateway, approval: Approval) -> str:
 
 
 async def _open(request: Request, token: str) -> tuple[Gateway, Approval] | Response:
-    gateway = cast("Gateway", request.app.state.gateway)
+    gateway = gateway_of(request)
     approval_id = request.path_params.get("approval_id", "")
     if not isinstance(approval_id, str) or not gateway.approvals.verify_link(token, approval_id):
         return _refused("This link is not valid, or it has expired.")

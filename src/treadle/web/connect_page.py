@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import html
 import secrets
-from typing import cast
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from treadle.api.context import gateway as gateway_of
 from treadle.app import Gateway
 from treadle.catalog.model import AuthKind
 from treadle.errors import Refusal
@@ -60,10 +60,6 @@ def _refused(message: str, status: int = 403) -> Response:
     return page("Not available", f"<h1>Not available</h1><p>{html.escape(message)}</p>", status)
 
 
-def _gateway(request: Request) -> Gateway:
-    return cast("Gateway", request.app.state.gateway)
-
-
 async def _open(gateway: Gateway, token: str) -> tuple[ConnectClaims, EndUser] | Response:
     claims = gateway.oauth.links.verify(token)
     if claims is None:
@@ -80,7 +76,7 @@ async def _choices(gateway: Gateway, user: EndUser) -> list[WorkspaceIntegration
 
 
 async def show(request: Request) -> Response:
-    gateway = _gateway(request)
+    gateway = gateway_of(request)
     token = request.query_params.get("token", "")
     opened = await _open(gateway, token)
     if isinstance(opened, Response):
@@ -152,7 +148,7 @@ async def _verified_form(
     )
     if isinstance(form, Response):
         return form
-    gateway = _gateway(request)
+    gateway = gateway_of(request)
     opened = await _open(gateway, form.get("token", ""))
     if isinstance(opened, Response):
         return opened
@@ -170,7 +166,7 @@ async def save_key(request: Request) -> Response:
     if isinstance(verified, Response):
         return verified
     form, claims, user, configured = verified
-    gateway = _gateway(request)
+    gateway = gateway_of(request)
     integration = gateway.catalog.get(configured.integration_name)
     if integration is None or integration.auth_kind not in _KEY_KINDS:
         return _refused("This integration does not take a key.", 400)
@@ -231,7 +227,7 @@ async def start_oauth(request: Request) -> Response:
     if isinstance(verified, Response):
         return verified
     _form, claims, user, configured = verified
-    gateway = _gateway(request)
+    gateway = gateway_of(request)
     try:
         location = await gateway.oauth.flow.start(
             org_id=claims.org_id,

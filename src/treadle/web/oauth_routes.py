@@ -9,15 +9,14 @@ unknown, replayed or expired state is a 400 page.
 from __future__ import annotations
 
 import html
-from typing import cast
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from treadle.api.auth import accessible_workspace, authenticate
+from treadle.api.context import gateway as gateway_of
 from treadle.api.responses import refusal
-from treadle.app import Gateway
 from treadle.errors import NotFound, Refusal, ValidationFailed
 from treadle.oauth.flow import FlowFailed
 from treadle.web.connect_page import HEADERS, page
@@ -39,7 +38,7 @@ def _param(request: Request, name: str, *, required: bool = False) -> str | None
 
 
 async def start(request: Request) -> Response:
-    gateway = cast("Gateway", request.app.state.gateway)
+    gateway = gateway_of(request)
     try:
         principal = await authenticate(gateway.store, request)
         workspace_id = _param(request, "workspaceId", required=True) or ""
@@ -76,7 +75,7 @@ async def start(request: Request) -> Response:
 
 
 async def callback(request: Request) -> Response:
-    gateway = cast("Gateway", request.app.state.gateway)
+    gateway = gateway_of(request)
     state = request.query_params.get("state", "")
     if request.query_params.get("error"):
         # The person declined (or the provider failed): the state is spent either way.
