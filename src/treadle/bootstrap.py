@@ -45,6 +45,18 @@ async def initialise(store: Store, data_dir: Path) -> InitResult:
     return InitResult(org.id, workspace.id, api_key, created)
 
 
+async def create_org(store: Store, name: str) -> InitResult:
+    """Another org beside the first, with its own `default` workspace and org-wide API key.
+
+    The key is returned once and not kept in the data dir: `api-key` stays the first org's.
+    """
+    async with store.db.write("cli") as txn:
+        org = await store.orgs.create(txn, name)
+        workspace = await store.workspaces.create(txn, org.id, DEFAULT_WORKSPACE)
+        _key, api_key = await store.api_keys.create(txn, org.id, name="initial key")
+    return InitResult(org.id, workspace.id, api_key, created=True)
+
+
 def _write_private(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

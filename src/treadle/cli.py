@@ -13,7 +13,7 @@ import anyio
 
 from treadle import __version__
 from treadle.app import Gateway
-from treadle.bootstrap import initialise
+from treadle.bootstrap import InitResult, create_org, initialise
 from treadle.settings import Settings
 
 Command = Callable[[argparse.Namespace], Awaitable[int]]
@@ -40,6 +40,15 @@ async def cmd_init(args: argparse.Namespace) -> int:
         result = await initialise(gateway.store, gateway.settings.data_dir)
     finally:
         await gateway.close()
+    if not _print_machine_readable(args, result):
+        state = "initialised" if result.created else "already initialised"
+        print(f"treadle data dir {gateway.settings.data_dir} {state}")
+        _print_org(result)
+    return 0
+
+
+def _print_machine_readable(args: argparse.Namespace, result: InitResult) -> bool:
+    """`--json` or `--shell` output of an org's IDs and key; False when neither was asked."""
     if args.json:
         print(
             json.dumps(
@@ -53,13 +62,13 @@ async def cmd_init(args: argparse.Namespace) -> int:
     elif args.shell:
         print(f"export TREADLE_API_KEY={shlex.quote(result.api_key or '')}")
         print(f"export TREADLE_WORKSPACE_ID={shlex.quote(result.workspace_id)}")
-    else:
-        state = "initialised" if result.created else "already initialised"
-        print(f"treadle data dir {gateway.settings.data_dir} {state}")
-        print(f"  org:        {result.org_id}")
-        print(f"  workspace:  {result.workspace_id} (default)")
-        print(f"  API key:    {result.api_key or '(not kept; create one: treadle keys create)'}")
-    return 0
+    return bool(args.json or args.shell)
+
+
+def _print_org(result: InitResult) -> None:
+    print(f"  org:        {result.org_id}")
+    print(f"  workspace:  {result.workspace_id} (default)")
+    print(f"  API key:    {result.api_key or '(not kept; create one: treadle keys create)'}")
 
 
 async def cmd_keys_create(args: argparse.Namespace) -> int:
@@ -111,6 +120,24 @@ async def cmd_org_limits(args: argparse.Namespace) -> int:
             }
         )
     )
+    return 0
+
+
+async def cmd_org_create(args: argparse.Namespace) -> int:
+    name = args.name.strip()
+    if not name or len(name) > 255 or not name.isprintable():
+        print("error: --name must be 1 to 255 printable characters", file=sys.stderr)
+        return 2
+    gateway = await _open(args)
+    try:
+        # The first org stays the one `treadle init` shows, even when this runs first.
+        await initialise(gateway.store, gateway.settings.data_dir)
+        result = await create_org(gateway.store, name)
+    finally:
+        await gateway.close()
+    if not _print_machine_readable(args, result):
+        print(f"created org {name!r} (its API key is shown only now)")
+        _print_org(result)
     return 0
 
 
@@ -222,6 +249,17 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--rate-limit", type=_positive)
     limits.add_argument("--rate-window", type=_positive, help="seconds")
     limits.set_defaults(handler=cmd_org_limits)
+    org_create = org.add_parser(
+        "create", help="create another org with a default workspace and an API key (shown once)"
+    )
+    org_create.add_argument("--data-dir")
+    org_create.add_argument("--name", required=True, help="the new org's name")
+    org_output = org_create.add_mutually_exclusive_group()
+    org_output.add_argument(
+        "--json", action="store_true", help='print {"orgId","workspaceId","apiKey"}'
+    )
+    org_output.add_argument("--shell", action="store_true", help="print export lines for a shell")
+    org_create.set_defaults(handler=cmd_org_create)
 
     serve = command("serve", cmd_serve, "serve the REST API and MCP endpoints")
     serve.add_argument("--host", default="127.0.0.1")
