@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ from treadle.errors import ActionRuntimeError
 from treadle.net import AddressPredicate, build_http_client
 
 from loopback import serve
+from offline_net import FakeDNS, SocketRecorder, recording_sockets
 
 PRIVATE = {"allowPrivateNetwork": True}
 SECRET = "sk-live-0123456789abcdef"
@@ -104,6 +105,33 @@ async def hang_url(upstream: Upstream) -> AsyncIterator[str]:
     """A URL whose handler never answers while the test runs."""
     yield upstream.url("/hang")
     upstream.release_hung_requests()
+
+
+@pytest.fixture(autouse=True)
+def dns(monkeypatch: pytest.MonkeyPatch) -> FakeDNS:
+    """The guard's lookups answered from a table: no query leaves the machine."""
+    fake = FakeDNS(
+        table={
+            "localhost": ["127.0.0.1", "::1"],
+            "localhost.": ["127.0.0.1", "::1"],
+            "metadata.google.internal": ["169.254.169.254"],
+            "internal.test": ["10.0.0.5"],
+            "localtest.me": ["127.0.0.1"],
+            "mixed.test": ["93.184.216.34", "10.0.0.5"],
+            "mapped.test": ["::ffff:169.254.169.254"],
+            "v6-internal.test": ["fd12:3456::1"],
+        }
+    )
+    monkeypatch.setattr(anyio, "getaddrinfo", fake.getaddrinfo)
+    return fake
+
+
+@pytest.fixture(autouse=True)
+def sockets() -> Iterator[SocketRecorder]:
+    """Every socket a test opens, kept on loopback: a test that would leave it fails."""
+    with recording_sockets() as recorder:
+        yield recorder
+    assert recorder.refused == []
 
 
 @pytest.fixture
@@ -304,6 +332,18 @@ async def test_redirect_to_non_allowed_address_refused(upstream: Upstream) -> No
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("port", [0, 65536, 99999999999])
+async def test_redirect_to_an_impossible_port_is_an_invalid_url(
+    client: httpx2.AsyncClient, upstream: Upstream, port: int
+) -> None:
+    url = httpx2.URL(upstream.url("/redirect")).copy_merge_params(
+        {"to": f"http://127.0.0.1:{port}/echo"}
+    )
+    error = await failure(client, {"url": str(url)}, PRIVATE)
+    assert error.details["reason"] == "invalid_url"
+
+
+@pytest.mark.anyio
 async def test_redirect_loop(client: httpx2.AsyncClient, upstream: Upstream) -> None:
     error = await failure(client, {"url": upstream.url("/loop")}, PRIVATE)
     assert error.details["reason"] == "too_many_redirects"
@@ -367,6 +407,9 @@ async def test_cross_origin_redirect_drops_credentials(
         ({"url": "not a url"}, "invalid_url"),
         ({"url": "http://"}, "invalid_url"),
         ({"url": "http://[::1/"}, "invalid_url"),
+        ({"url": "http://127.0.0.1:0/"}, "invalid_url"),
+        ({"url": "http://127.0.0.1:65536/"}, "invalid_url"),
+        ({"url": "http://127.0.0.1:99999999999/"}, "invalid_url"),
     ],
 )
 async def test_invalid_input(client: httpx2.AsyncClient, args: JSONObject, reason: str) -> None:
@@ -409,3 +452,116 @@ async def test_errors_never_quote_header_or_query_values(
     assert SECRET not in str(error)
     assert SECRET not in error.message
     assert SECRET not in repr(error.details)
+
+
+# -- SSRF: every form of an internal destination, refused before any socket is opened ---------
+
+SSRF_URLS = [
+    ("http://127.0.0.1/", "destination_not_allowed"),
+    ("HTTP://127.0.0.1:6379/", "destination_not_allowed"),
+    ("https://127.0.0.1/", "destination_not_allowed"),
+    ("http://127.1/", "destination_not_allowed"),
+    ("http://0x7f.1/", "destination_not_allowed"),
+    ("http://0x7f.0x0.0x0.0x1/", "destination_not_allowed"),
+    ("http://2130706433/", "destination_not_allowed"),
+    ("http://017700000001/", "destination_not_allowed"),
+    ("http://0/", "destination_not_allowed"),
+    ("http://0.0.0.0:8400/", "destination_not_allowed"),
+    ("http://10.0.0.1/", "destination_not_allowed"),
+    ("http://10.1/", "destination_not_allowed"),
+    ("http://172.16.0.1/", "destination_not_allowed"),
+    ("http://192.168.1.1/", "destination_not_allowed"),
+    ("http://100.64.0.1/", "destination_not_allowed"),
+    ("http://169.254.169.254/latest/meta-data/", "destination_not_allowed"),
+    ("http://0xa9fea9fe/", "destination_not_allowed"),
+    ("http://2852039166/", "destination_not_allowed"),
+    ("http://224.0.0.1/", "destination_not_allowed"),
+    ("http://255.255.255.255/", "destination_not_allowed"),
+    ("http://198.18.0.1/", "destination_not_allowed"),
+    ("http://[::1]/", "destination_not_allowed"),
+    ("http://[::1]:8400/", "destination_not_allowed"),
+    ("http://[0:0:0:0:0:0:0:1]/", "destination_not_allowed"),
+    ("http://[::]/", "destination_not_allowed"),
+    ("http://[::ffff:127.0.0.1]/", "destination_not_allowed"),
+    ("http://[::ffff:7f00:1]/", "destination_not_allowed"),
+    ("http://[0:0:0:0:0:ffff:127.0.0.1]/", "destination_not_allowed"),
+    ("http://[::ffff:a9fe:a9fe]/", "destination_not_allowed"),
+    ("http://[::127.0.0.1]/", "destination_not_allowed"),
+    ("http://[64:ff9b::a9fe:a9fe]/", "destination_not_allowed"),
+    ("http://[2002:a9fe:a9fe::]/", "destination_not_allowed"),
+    ("http://[fe80::1]/", "destination_not_allowed"),
+    ("http://[fe80::1%25eth0]/", "destination_not_allowed"),
+    ("http://[fd00:ec2::254]/", "destination_not_allowed"),
+    ("http://localhost/", "destination_not_allowed"),
+    ("http://LOCALHOST:22/", "destination_not_allowed"),
+    ("http://localhost./", "destination_not_allowed"),
+    ("http://localtest.me/", "destination_not_allowed"),
+    ("http://metadata.google.internal/computeMetadata/v1/", "destination_not_allowed"),
+    ("http://internal.test/", "destination_not_allowed"),
+    ("http://mixed.test/", "destination_not_allowed"),
+    ("http://mapped.test/", "destination_not_allowed"),
+    ("http://v6-internal.test/", "destination_not_allowed"),
+    ("http://user:pass@127.0.0.1/", "destination_not_allowed"),
+    ("http://public.test@127.0.0.1/", "destination_not_allowed"),
+    ("http://127.0.0.1#@public.test/", "destination_not_allowed"),
+    ("http://127.0.0.1?@public.test/", "destination_not_allowed"),
+    # The host here is the unresolvable name after the `@`: nothing to connect to.
+    ("http://127.0.0.1:80@unknown.test/", "connect_failed"),
+    ("http://%31%32%37.0.0.1/", "connect_failed"),
+    ("http://0177.0.0.1/", "invalid_url"),
+    ("http://127.000.000.001/", "invalid_url"),
+    ("http://①②⑦.0.0.1/", "invalid_url"),
+    ("http://ⓛⓞⓒⓐⓛⓗⓞⓢⓣ/", "invalid_url"),
+    ("http://127.0.0.1:65536/", "invalid_url"),
+    ("http:///127.0.0.1/", "invalid_url"),
+    ("http:\\\\127.0.0.1\\", "invalid_url"),
+    ("//127.0.0.1/", "invalid_url"),
+    ("file:///etc/passwd", "invalid_url"),
+    ("gopher://127.0.0.1:70/_stats", "invalid_url"),
+    ("dict://127.0.0.1:11211/stats", "invalid_url"),
+    ("ftp://127.0.0.1/", "invalid_url"),
+    ("ws://127.0.0.1/", "invalid_url"),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("url", "reason"), SSRF_URLS)
+async def test_internal_destinations_are_refused_without_opening_a_socket(
+    client: httpx2.AsyncClient, sockets: SocketRecorder, url: str, reason: str
+) -> None:
+    error = await failure(client, {"url": url}, {})
+    assert error.details["reason"] == reason, error.details
+    assert sockets.connects == []
+
+
+REDIRECT_TARGETS = [
+    "http://127.0.0.2/",
+    "http://10.0.0.1/",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://0x7f.2/",
+    "http://[::1]/",
+    "http://[::ffff:169.254.169.254]/",
+    "http://localhost/",
+    "http://metadata.google.internal/",
+    "http://mixed.test/",
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize("target", REDIRECT_TARGETS)
+async def test_redirects_to_internal_destinations_are_refused_at_each_hop(
+    upstream: Upstream, sockets: SocketRecorder, status: int, target: str
+) -> None:
+    """The upstream itself counts as public here; only where it redirects to is internal."""
+
+    def only_upstream(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return ip == ipaddress.IPv4Address("127.0.0.1")
+
+    async with build_http_client(is_allowed_address=only_upstream) as client:
+        url = httpx2.URL(upstream.url("/redirect")).copy_merge_params(
+            {"to": target, "status": str(status)}
+        )
+        error = await failure(client, {"url": str(url)}, {})
+    assert error.details["reason"] == "destination_not_allowed", error.details
+    assert set(sockets.connects) == {"127.0.0.1"}

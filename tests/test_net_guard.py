@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass, field
 
 import anyio
+import httpcore2
 import httpx2
 import pytest
 from starlette.applications import Starlette
@@ -19,6 +19,7 @@ from starlette.routing import Route
 from treadle.errors import TreadleError
 from treadle.net import (
     BlockedDestination,
+    GuardedNetworkBackend,
     allow_private_network,
     build_http_client,
     is_public_address,
@@ -26,6 +27,7 @@ from treadle.net import (
 )
 
 from loopback import serve
+from offline_net import FakeDNS, SocketRecorder, recording_sockets
 
 
 async def echo(request: Request) -> Response:
@@ -75,33 +77,20 @@ def only_127_0_0_1(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return ip == ipaddress.IPv4Address("127.0.0.1")
 
 
-@dataclass
-class FakeDNS:
-    table: dict[str, Sequence[str]]
-    lookups: list[str]
-
-    async def getaddrinfo(self, host: str, port: int, **_: Any) -> list[Any]:
-        self.lookups.append(host)
-        if host not in self.table:
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        return [
-            (
-                socket.AF_INET6 if ":" in ip else socket.AF_INET,
-                socket.SOCK_STREAM,
-                6,
-                "",
-                (ip, port),
-            )
-            for ip in self.table[host]
-        ]
-
-
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def dns(monkeypatch: pytest.MonkeyPatch) -> FakeDNS:
     """Answers the guard's lookups from a table, so no query leaves the machine."""
-    fake = FakeDNS(table={}, lookups=[])
+    fake = FakeDNS(table={"localhost": ["127.0.0.1", "::1"]})
     monkeypatch.setattr(anyio, "getaddrinfo", fake.getaddrinfo)
     return fake
+
+
+@pytest.fixture(autouse=True)
+def sockets() -> Iterator[SocketRecorder]:
+    """Every socket a test opens, kept on loopback: a test that would leave it fails."""
+    with recording_sockets() as recorder:
+        yield recorder
+    assert recorder.refused == []
 
 
 @pytest.mark.parametrize(
@@ -263,3 +252,131 @@ async def test_shared_client_does_not_follow_redirects(
     with allow_private_network(True):
         response = await client.get(f"http://127.0.0.1:{port}/redirect")
     assert response.status_code == 302
+
+
+# -- The guard's own decisions, below any socket: a recording backend stands in for the network
+
+
+@dataclass
+class RecordingBackend(httpcore2.AsyncNetworkBackend):
+    """Records where the guard would connect and refuses, so no socket is ever opened."""
+
+    calls: list[str] = field(default_factory=list)
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - the httpcore2 interface
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        self.calls.append(host)
+        raise httpcore2.ConnectError("recorded, not connected")
+
+    async def sleep(self, seconds: float) -> None:
+        raise AssertionError("the guard never sleeps")
+
+
+PUBLIC = "93.184.216.34"
+
+# Every spelling of an internal address the C resolver accepts, and names that resolve to one.
+INTERNAL_HOSTS = [
+    "127.0.0.1",
+    "127.1",
+    "127.0.1",
+    "0x7f.1",
+    "0x7f.0x0.0x0.0x1",
+    "0x7f000001",
+    "2130706433",
+    "017700000001",
+    "0",
+    "0.0.0.0",
+    "10.1",
+    "0xa9fea9fe",  # 169.254.169.254
+    "2852039166",  # 169.254.169.254
+    "169.254.169.254",
+    "::1",
+    "0:0:0:0:0:0:0:1",
+    "::",
+    "::ffff:127.0.0.1",
+    "::ffff:7f00:1",
+    "0:0:0:0:0:ffff:127.0.0.1",
+    "::ffff:a9fe:a9fe",
+    "::127.0.0.1",
+    "64:ff9b::7f00:1",
+    "2002:7f00:1::",
+    "fe80::1%25eth0",
+    "fd00:ec2::254",
+    "localhost",
+    "metadata.google.internal",
+    "mixed.test",
+    "mapped.test",
+    "v6-internal.test",
+]
+NAMES = {
+    "metadata.google.internal": ["169.254.169.254"],
+    "mixed.test": [PUBLIC, "10.0.0.5"],  # one internal answer taints the name
+    "mapped.test": ["::ffff:10.0.0.5"],
+    "v6-internal.test": ["fd12:3456::1"],
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("host", INTERNAL_HOSTS)
+async def test_guard_refuses_every_spelling_of_an_internal_address_before_connecting(
+    dns: FakeDNS, host: str
+) -> None:
+    dns.table.update(NAMES)
+    inner = RecordingBackend()
+    backend = GuardedNetworkBackend(inner=inner)
+    with pytest.raises(BlockedDestination) as refused:
+        await backend.connect_tcp(host, 80, timeout=5)
+    assert refused.value.host == host
+    assert inner.calls == []
+
+
+@pytest.mark.anyio
+async def test_guard_connects_to_the_literal_it_checked_while_the_name_rebinds(
+    dns: FakeDNS,
+) -> None:
+    dns.rebinding["rebind.test"] = iter([[PUBLIC], ["127.0.0.1"], [PUBLIC]])
+    inner = RecordingBackend()
+    backend = GuardedNetworkBackend(inner=inner)
+    with pytest.raises(httpcore2.ConnectError):
+        await backend.connect_tcp("rebind.test", 443, timeout=5)
+    with pytest.raises(BlockedDestination):
+        await backend.connect_tcp("rebind.test", 443, timeout=5)
+    # One lookup per connect, and the connect goes to the address that lookup returned:
+    # never the name, which the resolver could answer differently a second time.
+    assert dns.lookups == ["rebind.test", "rebind.test"]
+    assert inner.calls == [PUBLIC]
+
+
+@pytest.mark.anyio
+async def test_guard_tries_each_checked_address_in_resolver_order(dns: FakeDNS) -> None:
+    dns.table["multi.test"] = [PUBLIC, "2606:4700::1111"]
+    inner = RecordingBackend()
+    with pytest.raises(httpcore2.ConnectError):
+        await GuardedNetworkBackend(inner=inner).connect_tcp("multi.test", 443, timeout=5)
+    assert inner.calls == [PUBLIC, "2606:4700::1111"]
+
+
+@pytest.mark.anyio
+async def test_allowing_private_networks_still_connects_to_the_checked_literal(
+    dns: FakeDNS,
+) -> None:
+    dns.table["internal.test"] = ["10.0.0.5"]
+    inner = RecordingBackend()
+    with allow_private_network(True), pytest.raises(httpcore2.ConnectError):
+        await GuardedNetworkBackend(inner=inner).connect_tcp("internal.test", 80, timeout=5)
+    assert inner.calls == ["10.0.0.5"]
+
+
+def test_socket_recorder_refuses_a_connect_that_would_leave_loopback() -> None:
+    with recording_sockets() as recorder, socket.socket() as sock:
+        with pytest.raises(OSError, match="test refused"):
+            sock.connect((PUBLIC, 9))
+        with pytest.raises(socket.gaierror):
+            socket.getaddrinfo("example.invalid", 80)
+    assert recorder.refused == [f"connect {PUBLIC}", "getaddrinfo example.invalid"]

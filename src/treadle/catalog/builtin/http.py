@@ -292,7 +292,7 @@ def _first_hop(args: JSONObject) -> _Hop:
         raise ActionRuntimeError(
             "url is not a valid URL", reason="invalid_url", field="url"
         ) from None
-    if url.scheme not in ("http", "https") or not url.host:
+    if not _is_http_target(url):
         raise ActionRuntimeError(
             "url must be an absolute http or https URL", reason="invalid_url", field="url"
         )
@@ -322,7 +322,7 @@ def _redirected(hop: _Hop, status: int, location: str) -> _Hop:
         raise ActionRuntimeError(
             f"{hop.url.host} redirected to an invalid URL", reason="invalid_url", host=hop.url.host
         ) from None
-    if url.scheme not in ("http", "https") or not url.host:
+    if not _is_http_target(url):
         raise ActionRuntimeError(
             f"{hop.url.host} redirected to a non-HTTP URL", reason="invalid_url", host=hop.url.host
         )
@@ -338,6 +338,12 @@ def _redirected(hop: _Hop, status: int, location: str) -> _Hop:
         for name in _CREDENTIAL_HEADERS:
             headers.pop(name, None)
     return _Hop(method, url, headers, content)
+
+
+def _is_http_target(url: httpx2.URL) -> bool:
+    # The URL parser accepts any port number; the socket layer would crash on one over 65535.
+    port_ok = url.port is None or 0 < url.port <= 65535
+    return url.scheme in ("http", "https") and bool(url.host) and port_ok
 
 
 def _origin(url: httpx2.URL) -> tuple[str, str, int | None]:
