@@ -6,6 +6,9 @@ PKCE verifier, the redirect URI and the client secret) and `refresh_token` (rota
 refresh token dies). Tests can make refreshes fail (`fail_refresh = "invalid_grant"`), hold
 the token endpoint until an event is set (`hold`, with `entered` set on arrival), count
 refreshes, and learn each new access token (`on_token`, e.g. to update a resource emulator).
+A failure may echo what the client sent, as careless providers do: `fail_refresh` and
+`fail_exchange` are formatted with the request's form (`"invalid_grant {refresh_token}"`),
+and `errors_sent` keeps every error string answered.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ class OAuthServer:
     access_lifetime: int = 3600
     on_token: Callable[[str], None] | None = None
     fail_refresh: str | None = None
+    fail_exchange: str | None = None
+    errors_sent: list[str] = field(default_factory=list)
     hold: anyio.Event | None = None
     entered: anyio.Event = field(default_factory=anyio.Event)
     refresh_calls: int = 0
@@ -78,6 +83,12 @@ class OAuthServer:
         target = urlencode({"code": code, "state": query.get("state", "")})
         return RedirectResponse(f"{self.redirect_uri}?{target}", status_code=302)
 
+    def _fail(self, template: str, form: object) -> Response:
+        assert hasattr(form, "items")
+        error = template.format(**{key: str(value) for key, value in form.items()})
+        self.errors_sent.append(error)
+        return _error(error)
+
     async def _token(self, request: Request) -> Response:
         form = await request.form()
         if self.hold is not None:
@@ -96,6 +107,8 @@ class OAuthServer:
 
     def _exchange(self, form: object) -> Response:
         assert hasattr(form, "get")
+        if self.fail_exchange is not None:
+            return self._fail(self.fail_exchange, form)
         code = self._codes.pop(str(form.get("code", "")), None)
         if code is None or form.get("redirect_uri") != code.redirect_uri:
             return _error("invalid_grant")
@@ -110,7 +123,7 @@ class OAuthServer:
         assert hasattr(form, "get")
         self.refresh_calls += 1
         if self.fail_refresh is not None:
-            return _error(self.fail_refresh)
+            return self._fail(self.fail_refresh, form)
         token = str(form.get("refresh_token", ""))
         if token not in self._refresh_tokens:
             return _error("invalid_grant")

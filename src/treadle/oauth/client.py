@@ -2,13 +2,16 @@
 
 Client authentication is `client_secret_post` (Slack, GitHub and Google all accept it). The
 answer may be RFC 6749 JSON, Slack's `{"ok": false, "error": …}` or GitHub's 200 with an
-`error`; all of them come out as `TokenGrant` or `GrantRefused`. Tokens never reach a log.
+`error`; all of them come out as `TokenGrant` or `GrantRefused`. Tokens never reach a log:
+a provider's `error` is free text that may quote what it was sent (the refresh token, the
+code), so only a recognised error code is ever carried further.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,11 +26,45 @@ from treadle.oauth.records import OAuthApp
 
 TOKEN_TIMEOUT = 30.0
 
+# RFC 6749 §5.2 (token endpoint) and §4.1.2.1 (server_error, temporarily_unavailable), plus the
+# codes Slack and GitHub answer instead, for the providers treadle ships integrations for.
+KNOWN_ERRORS = frozenset(
+    {
+        "invalid_request",
+        "invalid_client",
+        "invalid_grant",
+        "unauthorized_client",
+        "unsupported_grant_type",
+        "invalid_scope",
+        "access_denied",
+        "server_error",
+        "temporarily_unavailable",
+        # Slack (oauth.v2.access)
+        "invalid_client_id",
+        "bad_client_secret",
+        "invalid_code",
+        "code_already_used",
+        "invalid_grant_type",
+        "invalid_refresh_token",
+        "bad_redirect_uri",
+        "ratelimited",
+        # GitHub (login/oauth/access_token)
+        "bad_verification_code",
+        "incorrect_client_credentials",
+        "redirect_uri_mismatch",
+        "bad_refresh_token",
+        "unverified_user_email",
+    }
+)
+UNRECOGNISED_ERROR = "unrecognised_error"
+_LEADING_CODE = re.compile(r"[A-Za-z_]+")
+
 
 class GrantRefused(TreadleError):
     """The provider refused the grant (`invalid_grant`, …) or answered with no token.
 
-    `error` is the provider's short code, never a token or the response body.
+    `error` is one of `KNOWN_ERRORS` or treadle's own (`unrecognised_error`, `http_502`,
+    `no_access_token`, a transport error's class name): never the provider's text.
     """
 
     def __init__(self, error: str, *, unreachable: bool = False) -> None:
@@ -114,8 +151,7 @@ class TokenClient:
             raise GrantRefused(f"http_{response.status_code}", unreachable=response.is_server_error)
         error = body.get("error")
         if response.is_error or error or body.get("ok") is False:
-            code = error if isinstance(error, str) and len(error) < 100 else "invalid_response"
-            raise GrantRefused(code, unreachable=response.is_server_error)
+            raise GrantRefused(error_code(error), unreachable=response.is_server_error)
         access = body.get("access_token")
         if not isinstance(access, str) or not access:
             raise GrantRefused("no_access_token")
@@ -127,3 +163,17 @@ class TokenClient:
             else None
         )
         return TokenGrant(access, refresh if isinstance(refresh, str) else None, expires_at)
+
+
+def error_code(error: object) -> str:
+    """The recognised OAuth error code `error` starts with, or `unrecognised_error`.
+
+    `{"error": "invalid_grant <the refresh token>"}` gives `invalid_grant`: the code survives,
+    whatever text the provider put after it does not.
+    """
+    if not isinstance(error, str):
+        return "invalid_response" if error is None else UNRECOGNISED_ERROR
+    leading = _LEADING_CODE.match(error.strip())
+    if leading is not None and leading.group() in KNOWN_ERRORS:
+        return leading.group()
+    return UNRECOGNISED_ERROR

@@ -122,6 +122,8 @@ class TokenRefresher:
             try:
                 grant = await self._tokens.refresh(app, secret, refresh_token)
             except GrantRefused as refused:
+                # `refused.error` is a recognised OAuth code or treadle's own, never the
+                # provider's text (which may quote the refresh token it was sent).
                 log.warning("refreshing connection %s failed: %s", now.id, refused.error)
                 if refused.unreachable:
                     raise Refusal(
@@ -129,8 +131,11 @@ class TokenRefresher:
                         f"Connection '{now.external_id}' could not be refreshed: the provider "
                         "did not answer; try again later",
                         connectionId=now.id,
+                        providerError=refused.error,
                     ) from None
-                raise await self._failed(now, "the provider refused to refresh its token") from None
+                raise await self._failed(
+                    now, "the provider refused to refresh its token", provider_error=refused.error
+                ) from None
             values = {**stored, **grant.values(refresh_token)}
             if grant.expires_at is None:
                 values.pop("expiresAt", None)
@@ -144,13 +149,23 @@ class TokenRefresher:
                 base_url=current.base_url,
             )
 
-    async def _failed(self, connection: Connection, why: str, *, mark: bool = True) -> Refusal:
+    async def _failed(
+        self,
+        connection: Connection,
+        why: str,
+        *,
+        mark: bool = True,
+        provider_error: str | None = None,
+    ) -> Refusal:
         """CONNECTION_ERROR asking for a re-authentication (with the connect link when the
-        connection belongs to an end user); `mark` sets the connection to needs_reauth."""
+        connection belongs to an end user, and the provider's OAuth error code when it gave
+        one); `mark` sets the connection to needs_reauth."""
         if mark:
             async with self._store.db.write("oauth_refresh") as txn:
                 await self._store.connections.set_status(txn, connection, NEEDS_REAUTH)
         extra: dict[str, str] = {"connectionId": connection.id}
+        if provider_error is not None:
+            extra["providerError"] = provider_error
         url = await self._links.url_for_id(connection.org_id, connection.end_user_id)
         if url is not None:
             extra["connectUrl"] = url
