@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -14,9 +15,13 @@ from emulators.oauth import OAuthServer
 from emulators.oauth_stage import CLIENT_ID, CLIENT_SECRET, authorize, local, put_app, start
 from emulators.server import serve
 from test_oauth_refresh import Connected, connected, list_repos
+from treadle.engine.redaction import REDACTED
 from treadle.oauth.client import GrantRefused, TokenClient
+from treadle.settings import Settings
 
-from conftest import Api
+import mcp_harness
+from conftest import Api, open_api
+from mcp_harness import ERAS, McpEnv
 
 pytestmark = pytest.mark.anyio
 
@@ -111,3 +116,121 @@ async def test_the_token_client_keeps_only_a_recognised_code(api: Api) -> None:
     assert "code-1234567" not in str(refused.value)
     assert "v-7654321" not in str(refused.value)
     assert json.dumps(oauth.errors_sent).count("code-1234567") == 1
+
+
+# -- a successful answer ----------------------------------------------------------------------
+
+KEY = "sk-echo-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
+
+
+@pytest.fixture
+async def keyed_api(settings: Settings) -> AsyncIterator[Api]:
+    """A gateway serving the test integrations, with `keyed` configured on a connection whose
+    key is KEY."""
+    async with open_api(settings, mcp_harness.test_catalog()) as opened:
+        created = await opened.post(
+            "/connections",
+            {
+                "integrationName": "keyed",
+                "type": "api_key",
+                "displayName": "Echoed",
+                "externalId": "echoed",
+                "values": {"apiKey": KEY},
+                "workspaceId": opened.workspace_id,
+            },
+        )
+        assert created.status_code == 201, created.text
+        await opened.configure("keyed", integrationAlias="keys", connectionId="echoed")
+        yield opened
+
+
+async def test_a_key_echoed_in_a_successful_rest_answer_is_scrubbed(keyed_api: Api) -> None:
+    ran = await keyed_api.execute(
+        integrationName="keyed", actionName="echo_key", input={"note": f"mine is {KEY}"}
+    )
+
+    assert ran.status_code == 200, ran.text
+    assert KEY not in ran.text
+    body = ran.json()
+    assert body["success"] is True
+    output = body["output"]
+    assert output["headers"] == {"Authorization": f"Bearer {REDACTED}"}
+    assert output["seen"] == [{"token": REDACTED}, REDACTED]
+    assert output[REDACTED] == "the key as a key"  # keys are scrubbed too
+    activity = await keyed_api.get("/activity", params={"type": "action_execution"})
+    [entry] = activity.json()["activity"]
+    assert entry["status"] == "succeeded"
+    assert KEY not in activity.text
+
+
+async def test_basic_credentials_echoed_as_a_header_are_scrubbed_but_not_the_username(
+    keyed_api: Api,
+) -> None:
+    created = await keyed_api.post(
+        "/connections",
+        {
+            "integrationName": "keyed",
+            "type": "basic",
+            "displayName": "Basic",
+            "externalId": "basic",
+            "values": {"username": "octocat", "password": KEY},
+            "workspaceId": keyed_api.workspace_id,
+        },
+    )
+    assert created.status_code == 201, created.text
+    await keyed_api.configure("keyed", integrationAlias="basic", connectionId="basic")
+
+    ran = await keyed_api.execute(
+        integrationName="keyed", integrationAlias="basic", actionName="echo_key"
+    )
+
+    assert ran.status_code == 200, ran.text
+    output = ran.json()["output"]
+    assert output["headers"] == {"Authorization": f"Basic {REDACTED}"}
+    assert output["seen"] == [{"token": REDACTED}, REDACTED]
+    assert output["login"] == "octocat"  # a name, not a secret: real data stays intact
+    assert KEY not in ran.text
+
+
+async def test_a_replayed_idempotent_answer_is_scrubbed_too(keyed_api: Api) -> None:
+    first = await keyed_api.execute(
+        integrationName="keyed", actionName="echo_key", idempotencyKey="echo-once"
+    )
+    replayed = await keyed_api.execute(
+        integrationName="keyed", actionName="echo_key", idempotencyKey="echo-once"
+    )
+
+    assert first.status_code == replayed.status_code == 200, replayed.text
+    assert replayed.json()["output"] == first.json()["output"]
+    assert KEY not in first.text
+    assert KEY not in replayed.text
+
+
+@pytest.mark.parametrize("transport", ["memory", "http"])
+@pytest.mark.parametrize("era", ERAS)
+async def test_a_key_echoed_in_a_successful_mcp_answer_is_scrubbed(
+    mcp_env: McpEnv, transport: str, era: str
+) -> None:
+    created = await mcp_env.rest.post(
+        "/api/v1/connections",
+        json={
+            "integrationName": "keyed",
+            "type": "api_key",
+            "displayName": "Echoed",
+            "externalId": "echoed",
+            "values": {"apiKey": KEY},
+            "workspaceId": mcp_env.workspace_id,
+        },
+    )
+    assert created.status_code == 201, created.text
+    await mcp_env.configure("keyed", integrationAlias="keys", connectionId="echoed")
+    async with mcp_env.connect(transport, era) as client:
+        result = await client.call_tool("keys__echo_key", {"note": f"mine is {KEY}"})
+
+    assert not result.is_error, result
+    assert result.structured_content is not None
+    assert result.structured_content["seen"] == [{"token": REDACTED}, REDACTED]
+    assert KEY not in result.model_dump_json()
+    entries = await mcp_env.activity(source="mcp_tools")
+    assert [e["status"] for e in entries] == ["succeeded"]
+    assert KEY not in json.dumps(entries)

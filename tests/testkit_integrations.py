@@ -1,11 +1,13 @@
 """Test-only integrations, loaded through TREADLE_EXTRA_INTEGRATIONS (never shipped).
 
 `testkit` covers every outcome a tool call can have; `keyed` needs a connection and reports
-which one it got (never the secret itself).
+which one it got (never the secret itself), and `echo_key` answers like a careless upstream
+that quotes the credentials it was sent back inside a successful answer.
 """
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import anyio
@@ -49,6 +51,23 @@ async def _whoami(ctx: ActionContext, _data: dict[str, Any]) -> dict[str, Any]:
     return {
         "connection": None if connection is None else connection.external_id,
         "endUser": ctx.end_user_id,
+    }
+
+
+async def _echo_key(ctx: ActionContext, data: dict[str, Any]) -> dict[str, Any]:
+    values = {} if ctx.connection is None else dict(ctx.connection.values)
+    key = values.get("apiKey") or values.get("password", "")
+    if "username" in values:
+        pair = f"{values['username']}:{values['password']}".encode()
+        authorization = f"Basic {base64.b64encode(pair).decode()}"
+    else:
+        authorization = f"Bearer {key}"
+    return {
+        "headers": {"Authorization": authorization},
+        "seen": [{"token": key}, key],
+        key: "the key as a key",
+        "login": values.get("username"),
+        "note": data.get("note"),
     }
 
 
@@ -99,7 +118,20 @@ keyed = Integration(
     display_name="Keyed",
     description="Needs a connection.",
     auth_kind=AuthKind.API_KEY,
-    actions=(Action("whoami", "Who am I", "Which connection was used.", _EMPTY, _whoami),),
+    actions=(
+        Action("whoami", "Who am I", "Which connection was used.", _EMPTY, _whoami),
+        Action(
+            "echo_key",
+            "Echo key",
+            "Answers with the connection's key in it.",
+            {
+                "type": "object",
+                "properties": {"note": {"type": "string"}},
+                "additionalProperties": False,
+            },
+            _echo_key,
+        ),
+    ),
 )
 
 integrations = (testkit, keyed)

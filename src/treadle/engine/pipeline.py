@@ -149,6 +149,10 @@ class Executor:
         validate_input(action.input_schema, merged)
         state = self._state_for(integration, configured, request)
         connection = await self._connections.resolve(request, integration, configured)
+        if connection is not None:
+            # Neither the record nor an approval's preview may quote the connection's secrets,
+            # whichever field of the input carried them.
+            trace.recorded_input = scrub(trace.recorded_input, secret_values(connection.values))
         approved = await self._gate(request, configured, config.policies, merged, trace)
         allowed, trace.rate = await self._rate_limiter.hit(
             org.id, org.rate_limit, org.rate_window_seconds
@@ -389,7 +393,9 @@ def _outward(action: Action, outcome: Outcome, secrets: tuple[str, ...]) -> Outc
     match outcome:
         case Succeeded():
             if _is_json(outcome.output):
-                return outcome
+                # An upstream may echo the credentials it was sent (a debug endpoint, a
+                # request echo) inside a perfectly good answer.
+                return replace(outcome, output=scrub(outcome.output, secrets))
             log.error("action %s returned output that is not JSON", action.name)
             return Refused(
                 ErrorCode.ACTION_FAILED,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -35,17 +36,36 @@ def _walk(value: Any) -> Any:
     return value
 
 
+# Connection values that name rather than unlock (`catalog.credentials`): scrubbing a basic
+# connection's username or an oauth2 expiry from every answer would mangle real data (a
+# GitHub `login`, a timestamp) and protect nothing.
+_NOT_SECRET = frozenset({"username", "expiresAt"})
+
+
 def secret_values(values: Mapping[str, str]) -> tuple[str, ...]:
-    """A connection's values to scrub from what leaves the pipeline, longest first."""
-    found = {value for value in values.values() if len(value) >= MIN_SECRET_LENGTH}
+    """A connection's values to scrub from what leaves the pipeline, longest first.
+
+    Besides each value as stored, the form it takes on the wire when an upstream echoes the
+    request back: a basic connection's `Authorization: Basic` credentials.
+    """
+    found = {
+        value
+        for key, value in values.items()
+        if key not in _NOT_SECRET and len(value) >= MIN_SECRET_LENGTH
+    }
+    username, password = values.get("username"), values.get("password")
+    if username is not None and password:
+        found.add(base64.b64encode(f"{username}:{password}".encode()).decode())
     return tuple(sorted(found, key=len, reverse=True))
 
 
 def scrub(value: Any, secrets: Sequence[str]) -> Any:
-    """`value` with every occurrence of a secret replaced, in strings at any depth.
+    """`value` with every occurrence of a secret replaced, in strings at any depth (object
+    keys included).
 
-    For what an action reports back (errors, third-party details, crash logs): those may quote
-    the credentials the action was given, e.g. "Incorrect API key provided: sk-...".
+    For what an action reports back, success or not (outputs, errors, third-party details,
+    crash logs): those may quote the credentials the action was given, e.g. "Incorrect API
+    key provided: sk-..." or an echo of the request's headers.
     """
     if not secrets:
         return value
