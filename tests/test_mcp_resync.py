@@ -519,6 +519,75 @@ async def test_a_burst_of_twenty_changes_sends_few_notifications_and_ends_on_the
             assert hub.notifications_sent - before == count + 1
 
 
+@asynccontextmanager
+async def listening_first(
+    env: McpEnv, transport: str, era: str
+) -> AsyncIterator[tuple[Client, Watch]]:
+    """A client that starts listening before it lists, as 2026-07-28 clients re-listen and then
+    refetch (a handshake client is registered by its first messages, before it lists too)."""
+    watch = Watch(era)
+    async with open_client(env, transport, era, env.server_id, env.server_token, watch) as client:
+        if era == LEGACY:
+            yield client, watch
+        else:
+            async with (
+                client.listen(tools_list_changed=True) as sub,
+                anyio.create_task_group() as tg,
+            ):
+                tg.start_soon(watch.drain, sub)
+                yield client, watch
+                tg.cancel_scope.cancel()
+    assert watch.faults == []
+
+
+@pytest.mark.parametrize(
+    ("transport", "era", "where"),
+    [
+        pytest.param("http", LEGACY, "serve", id="http-handshake"),
+        pytest.param("http", MODERN, "serve", id="http-listen"),
+        pytest.param("memory", LEGACY, "test", id="memory-handshake"),
+        pytest.param("memory", MODERN, "test", id="memory-listen"),
+    ],
+)
+async def test_a_client_is_told_when_the_list_goes_back_to_one_it_never_saw(
+    mcp_env: McpEnv, transport: str, era: str, where: str
+) -> None:
+    """L1 is told to a client; L2 lands while nobody is connected; a new client lists L2; the
+    list goes back to L1. The tool-set cache still held L1 from before L2 (nobody listed in
+    between), so a hub that takes the cache's latest list as what a new client holds sees
+    L1 → L1 and stays silent, and the client keeps L2."""
+    kit = await mcp_env.configure(
+        "testkit", integrationAlias="kit", allowedActions=["echo", "crash"]
+    )
+    await mcp_env.create_server()
+    other = await elsewhere(mcp_env)
+    path = integration_path(mcp_env, kit)
+    async with (
+        changer(mcp_env, where) as rest,
+        watching(mcp_env, transport, LEGACY, other.server) as (_, witness),
+    ):
+        async with watching(mcp_env, transport, era) as (first, told_first):
+            await patch(rest, path, {"allowedActions": ["echo"]})
+            await told_first.wait(1)
+            assert await tool_names(first) == {"kit__echo"}
+
+        await patch(rest, path, {"allowedActions": ["crash"]})
+        # Witness in another workspace: the hub handles changes in order, so once it is told,
+        # the change to L2 has been handled too (with nobody connected to this server).
+        await patch(rest, other.kit_path, {"allowedActions": ["echo"]})
+        await witness.wait(1)
+
+        async with listening_first(mcp_env, transport, era) as (client, watch):
+            assert await tool_names(client) == {"kit__crash"}
+            await patch(rest, path, {"allowedActions": ["echo"]})
+            await watch.wait(1)
+            assert await tool_names(client) == {"kit__echo"}
+            # Closing witness: nothing else was sent for this server.
+            await patch(rest, other.kit_path, {"allowedActions": ["crash"]})
+            await witness.wait(2)
+            assert len(watch.seen) == 1
+
+
 @pytest.mark.parametrize("transport", ["http"])
 async def test_one_change_reaches_every_session_of_every_affected_server_in_every_process(
     mcp_env: McpEnv, transport: str

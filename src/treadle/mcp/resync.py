@@ -8,7 +8,20 @@ When to tell them: configuration writes bump a version row in the same transacti
 wakes on this process's commits at once and polls the version row every 50 ms for other
 processes' commits (`treadle stdio` beside `treadle serve`; on SQLite the poll is a
 synchronous one-row read, no transaction or thread hop), waits a short moment so a burst coalesces,
-then rebuilds the tool set of each affected server and notifies only if its fingerprint moved.
+then rebuilds the tool set of each affected server and notifies when it differs from a list
+one of its clients may hold.
+
+What a client may hold: every pass leaves each server with one baseline, the list of the
+configuration version the pass compared (its clients either listed it or were just told to
+list again). A client that connects takes the list current at that moment: when no pass is
+pending, that *is* the baseline's version, so it is exact, and it must not be the cache's
+latest list instead, which may be older (built before changes made while nobody was
+connected: a change back to that older list would then look like no change, and the client
+would keep what it listed in between). Only while a change is in flight as the client
+connects is it unclear which of the two lists it was shown, so both count and the pending
+pass tells it if either differs. This costs one cached tool-set lookup per connection and
+nothing per pass beyond the comparison the hub always made; tracking what every session
+listed would need a hook on every tools/list for the same answer.
 """
 
 from __future__ import annotations
@@ -41,7 +54,9 @@ class _Server:
     binding: Binding
     sessions: dict[int, ServerSession] = field(default_factory=dict)
     listeners: dict[object, Listener] = field(default_factory=dict)
-    fingerprint: str | None = None
+    # Fingerprints of the lists these clients may hold. Empty: unknown, so the next pass tells
+    # them (a connection whose registration did not finish).
+    held: set[str] = field(default_factory=set)
 
     @property
     def idle(self) -> bool:
@@ -84,6 +99,9 @@ class ResyncHub:
         self._poll = poll_seconds
         self._wake = anyio.Event()
         self._catalog_changed = False
+        # The configuration version the last pass compared lists at (None: not known yet, or
+        # a read failed since). A connection made while the database is past it races a pass.
+        self._compared: int | None = None
         self.servers: dict[str, _Server] = {}
         self.bus = RoutingBus(self)
         self.notifications_sent = 0
@@ -127,17 +145,23 @@ class ResyncHub:
         return unsubscribe
 
     async def remember(self, binding: Binding) -> None:
-        """Record the list a newly connected client sees, to compare later changes with.
+        """Record the list a newly connected client holds, to compare later changes with.
 
-        The latest list served from the cache is what this client was shown (or older), so a
-        change that lands while it registers is still notified; only when nothing was served
-        yet is a list built here."""
-        entry = self._entry(binding)
-        if entry.fingerprint is not None:
-            return
-        known = self._toolsets.latest(binding.cache_key) or await self._toolsets.get(binding)
-        if entry.fingerprint is None:
-            entry.fingerprint = known.fingerprint
+        Called right after `add_session`, or right before the listen stream subscribes (no
+        await in between, so the entry created here is not idle when a pass looks at it)."""
+        shown = self._toolsets.latest(binding.cache_key)
+        before = await self._version()
+        current = await self._toolsets.get(binding)
+        settled = (
+            before == self._compared
+            and not self._catalog_changed
+            and await self._version() == before
+        )
+        held = {current.fingerprint}
+        if shown is not None and not settled:
+            # A change is in flight: the client may have been shown the list built before it.
+            held.add(shown.fingerprint)
+        self._entry(binding).held |= held
 
     # -- when to tell them -----------------------------------------------------------------
 
@@ -174,6 +198,7 @@ class ResyncHub:
                     log.exception("could not check for configuration changes; will retry")
                     # Unknown now: compare tool lists again once the database answers.
                     seen = -1
+                    self._compared = None
                 with anyio.move_on_after(self._poll):
                     await self._wake.wait()
                 self._wake = anyio.Event()
@@ -185,8 +210,13 @@ class ResyncHub:
         """Resync if the version moved past `seen` (None: first look, just note it)."""
         current = await self._version()
         if seen is None or current == seen:
+            if seen is None:
+                self._compared = current
             return current
         seen = await self._quiet(current)
+        # Before the lists are built: a client connecting during the pass already gets them
+        # (at this version or later, which the next pass compares again).
+        self._compared = seen
         await self.resync()
         return seen
 
@@ -206,14 +236,19 @@ class ResyncHub:
         """Notify every connected server whose tool list changed; returns how many."""
         changed = 0
         for key, entry in list(self.servers.items()):
+            if entry.idle:
+                # Registered without a connection (a listen stream refused after `remember`).
+                if self.servers.get(key) is entry:
+                    del self.servers[key]
+                continue
             try:
                 toolset = await self._toolsets.get(entry.binding)
             except Exception:
                 log.exception("could not rebuild the tool list of %s", key)
                 continue
-            if toolset.fingerprint == entry.fingerprint:
+            if entry.held == {toolset.fingerprint}:
                 continue
-            entry.fingerprint = toolset.fingerprint
+            entry.held = {toolset.fingerprint}
             changed += 1
             await self._notify(entry)
         return changed
