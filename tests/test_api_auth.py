@@ -498,7 +498,7 @@ async def test_workspace_restricted_key_cannot_create_or_delete_workspaces(api: 
     assert await snapshot(api) == before
 
 
-async def test_workspace_restricted_key_cannot_create_or_read_org_wide_connections(
+async def test_workspace_restricted_key_reads_but_cannot_create_or_delete_org_wide_connections(
     api: Api,
 ) -> None:
     org_wide = await api.post(
@@ -513,9 +513,12 @@ async def test_workspace_restricted_key_cannot_create_or_read_org_wide_connectio
     )
     assert org_wide.status_code == 201, org_wide.text
     headers = bearer(await add_key(api, workspace_id=api.workspace_id))
-    read = await api.get(f"/connections/{org_wide.json()['connection']['id']}", headers=headers)
-    assert_error(read, 403, "SCOPE_DENIED")
+    path = f"/connections/{org_wide.json()['connection']['id']}"
+    read = await api.get(path, headers=headers)
+    assert read.status_code == 200, read.text
+    assert SECRET not in read.text
     before = await snapshot(api)
+    assert_error(await api.delete(path, headers=headers), 403, "SCOPE_DENIED")
     created = await api.post(
         "/connections",
         {

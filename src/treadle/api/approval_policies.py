@@ -181,7 +181,7 @@ async def _policy(request: Request) -> tuple[Gateway, Principal, ApprovalPolicy]
     )
     if found is None:
         raise NotFound("Approval policy")
-    principal.check_scope(found.workspace_id)
+    principal.check_read(found.workspace_id)
     return gw, principal, found
 
 
@@ -192,6 +192,7 @@ async def get_policy(request: Request) -> Response:
 
 async def update_policy(request: Request) -> Response:
     gw, principal, current = await _policy(request)
+    principal.check_scope(current.workspace_id)
     body = await read_body(request, UpdatePolicy)
     if not body.model_fields_set:
         raise Refusal(ErrorCode.NO_UPDATES, "No fields provided to update")
@@ -209,6 +210,7 @@ async def update_policy(request: Request) -> Response:
 
 async def delete_policy(request: Request) -> Response:
     gw, principal, current = await _policy(request)
+    principal.check_scope(current.workspace_id)
     async with gw.store.db.write(principal.actor) as txn:
         await gw.store.approval_policies.delete(txn, current)
     return ok({"deleted": True, "id": current.id})

@@ -13,6 +13,19 @@ from treadle.store.records import ApiKey, Workspace
 
 @dataclass(frozen=True, slots=True)
 class Principal:
+    """An authenticated API key, and the one rule of what it reaches.
+
+    An org-wide key reaches everything of its org. A key restricted to a workspace:
+    - reads (lists and gets) its workspace's resources and the org-level ones, those of no
+      workspace (org-wide approval policies and connections, OAuth apps, org-level activity):
+      they govern or serve its workspace too (`may_read`, `check_read`);
+    - changes only its workspace's resources; org-level ones need an org-wide key
+      (`check_scope`);
+    - never sees another workspace's resources: lists leave them out, and by id they answer
+      403 SCOPE_DENIED.
+    A foreign org's resources answer like missing ones, whatever the key.
+    """
+
     key: ApiKey
 
     @property
@@ -25,15 +38,26 @@ class Principal:
 
     @property
     def workspace_ids(self) -> set[str] | None:
-        """None: every workspace of the org."""
+        """The list filter of `may_read`: None for every workspace of the org, else the key's
+        own, to which the stores add the org-level rows (those of no workspace)."""
         return None if self.key.workspace_id is None else {self.key.workspace_id}
+
+    def may_read(self, workspace_id: str | None) -> bool:
+        """Whether a resource of `workspace_id` (None: org-level) is visible to this key."""
+        return workspace_id is None or self.key.workspace_id in (None, workspace_id)
+
+    def check_read(self, workspace_id: str | None) -> None:
+        """Before answering a resource by id: another workspace's is 403 SCOPE_DENIED."""
+        if not self.may_read(workspace_id):
+            raise Refusal(ErrorCode.SCOPE_DENIED, "This API key is restricted to another workspace")
 
     def check_workspace(self, workspace_id: str) -> None:
         if self.key.workspace_id is not None and self.key.workspace_id != workspace_id:
             raise Refusal(ErrorCode.SCOPE_DENIED, "This API key is restricted to another workspace")
 
     def check_scope(self, workspace_id: str | None) -> None:
-        """A resource of one workspace needs access to it; an org-wide one an org-wide key."""
+        """Before changing a resource: one of a workspace needs access to it; an org-level one
+        (None) an org-wide key."""
         if workspace_id is None:
             self.check_org_wide()
         else:

@@ -88,7 +88,7 @@ async def _connection(request: Request) -> tuple[Gateway, Principal, Connection]
     )
     if found is None:
         raise NotFound("Connection")
-    principal.check_scope(found.workspace_id)
+    principal.check_read(found.workspace_id)
     return gw, principal, found
 
 
@@ -99,6 +99,7 @@ async def get_connection(request: Request) -> Response:
 
 async def delete_connection(request: Request) -> Response:
     gw, principal, found = await _connection(request)
+    principal.check_scope(found.workspace_id)
     async with gw.store.db.write(principal.actor) as txn:
         await gw.store.connections.delete(txn, found)
     return ok({"deleted": True, "id": found.id})

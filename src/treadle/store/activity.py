@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
+
 from treadle.store import schema
 from treadle.store.database import Database, WriteTxn, insert_activity
 from treadle.store.ledger import ExecutionLedger
@@ -40,7 +42,12 @@ class Activity:
         table = schema.activity
         query = table.select().where(table.c.org_id == where.org_id)
         if where.workspace_ids is not None:
-            query = query.where(table.c.workspace_id.in_(where.workspace_ids))
+            # A workspace-restricted reader sees its workspaces and the org-level entries.
+            query = query.where(
+                sa.or_(
+                    table.c.workspace_id.in_(where.workspace_ids), table.c.workspace_id.is_(None)
+                )
+            )
         for column, wanted in (
             (table.c.workspace_id, where.workspace_id),
             (table.c.type, where.type),

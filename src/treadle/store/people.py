@@ -258,12 +258,16 @@ class Connections:
     async def list(
         self, org_id: str, workspace_id: str | None, workspace_ids: set[str] | None
     ) -> list[Connection]:
+        """Connections of the org (of `workspace_id` only, when given); with workspace_ids,
+        those of these workspaces and the org-wide ones, which serve them too."""
         table = schema.connections
         query = _connection_query().where(table.c.org_id == org_id)
         if workspace_id is not None:
             query = query.where(table.c.workspace_id == workspace_id)
         if workspace_ids is not None:
-            query = query.where(table.c.workspace_id.in_(workspace_ids))
+            query = query.where(
+                sa.or_(table.c.workspace_id.in_(workspace_ids), table.c.workspace_id.is_(None))
+            )
         async with self._db.read() as conn:
             rows = await conn.execute(query.order_by(table.c.created_at, table.c.id))
             return [_connection(row) for row in rows]
