@@ -95,14 +95,15 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 class Delivered(list[tuple[str, int]]):
-    """The notifier's (event, final status) log, awaitable."""
+    """The (event, final status) of every delivery the notifier ended, awaitable."""
 
     def __init__(self) -> None:
         super().__init__()
         self._changed = anyio.Event()
 
-    def append(self, item: tuple[str, int]) -> None:
-        super().append(item)
+    def record(self, event: str, status: int) -> None:
+        """The notifier's `on_outcome`."""
+        self.append((event, status))
         self._changed.set()
         self._changed = anyio.Event()
 
@@ -112,13 +113,15 @@ class Delivered(list[tuple[str, int]]):
                 await self._changed.wait()
 
 
-def rewire(gates: Gates, *, allow_private: bool = True) -> WebhookNotifier:
+def rewire(gates: Gates, delivered: Delivered, *, allow_private: bool = True) -> WebhookNotifier:
     """A notifier with a short backoff, wired into the gateway as `Gateway.open` does."""
     gateway = gates.gateway
     notifier = WebhookNotifier(
-        gateway.http, backoff_seconds=BACKOFF, allow_private_network=allow_private
+        gateway.http,
+        backoff_seconds=BACKOFF,
+        allow_private_network=allow_private,
+        on_outcome=delivered.record,
     )
-    notifier.delivered = Delivered()
     vault = Vault.open(gateway.settings.data_dir, gateway.settings.secret_key)
     desk = ApprovalDesk(
         gateway.store,
@@ -138,12 +141,8 @@ class Hooks:
     gates: Gates
     receiver: Receiver
     notifier: WebhookNotifier
+    delivered: Delivered
     secrets: dict[str, str] = field(default_factory=dict)  # policy ID → webhook secret
-
-    @property
-    def delivered(self) -> Delivered:
-        assert isinstance(self.notifier.delivered, Delivered)
-        return self.notifier.delivered
 
     async def policy(self, **fields: Any) -> dict[str, Any]:
         created = await self.gates.policy(notifyWebhookUrl=self.receiver.url, **fields)
@@ -155,10 +154,11 @@ class Hooks:
 @asynccontextmanager
 async def hooked(settings: Settings, *, allow_private: bool = True) -> AsyncIterator[Hooks]:
     async with open_gates(settings) as gates, receiver() as hooks_receiver:
-        notifier = rewire(gates, allow_private=allow_private)
+        delivered = Delivered()
+        notifier = rewire(gates, delivered, allow_private=allow_private)
         async with anyio.create_task_group() as tg:
             tg.start_soon(notifier.run)
-            yield Hooks(gates, hooks_receiver, notifier)
+            yield Hooks(gates, hooks_receiver, notifier, delivered)
             tg.cancel_scope.cancel()
 
 

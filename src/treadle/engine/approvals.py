@@ -77,7 +77,10 @@ class ApprovalDesk:
         self._links = links
         self._webhooks = webhooks
         self._public_url = public_url.rstrip("/")
-        self._decided: dict[str, anyio.Event] = {}
+        # The calls waiting on each approval in this process, to wake at once on a decision.
+        # A waiter removes itself when it stops waiting, however it ends (decided, expired,
+        # out of time, cancelled), so this holds only approvals someone waits on right now.
+        self._waiters: dict[str, set[anyio.Event]] = {}
 
     # -- links ------------------------------------------------------------------------------
 
@@ -256,9 +259,22 @@ class ApprovalDesk:
         return decided
 
     def _wake(self, approval_id: str) -> None:
-        event = self._decided.pop(approval_id, None)
-        if event is not None:
+        for event in self._waiters.pop(approval_id, ()):
             event.set()
+
+    async def _wait_for_decision(self, approval_id: str, seconds: float) -> None:
+        """Until this process decides the approval, or `seconds` pass."""
+        event = anyio.Event()
+        waiters = self._waiters.setdefault(approval_id, set())
+        waiters.add(event)
+        try:
+            with anyio.move_on_after(seconds):
+                await event.wait()
+        finally:
+            waiters.discard(event)
+            # `_wake` may have taken this set away already, and a new one may be in its place.
+            if not waiters and self._waiters.get(approval_id) is waiters:
+                del self._waiters[approval_id]
 
     async def wait(self, approval: Approval, deadline: float) -> Approval:
         """Wait until the approval is decided or expires, or `deadline` (anyio time) passes.
@@ -271,9 +287,9 @@ class ApprovalDesk:
             remaining = deadline - anyio.current_time()
             if remaining <= 0:
                 return current
-            event = self._decided.setdefault(current.id, anyio.Event())
-            with anyio.move_on_after(min(POLL_SECONDS, remaining, max(expires_in, 0) + 0.01)):
-                await event.wait()
+            await self._wait_for_decision(
+                current.id, min(POLL_SECONDS, remaining, max(expires_in, 0) + 0.01)
+            )
             found = await self._store.approvals.get(current.id)
             current = await self.settle(found or current)
         return current

@@ -1,0 +1,179 @@
+"""Memory that per-call state may take stays bounded however many calls come and go.
+
+Each test drives many calls (or deliveries, or connections) through one structure that used to
+keep an entry per call, and checks the structure's size while they run and after they end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from test_gates_execute import Gates, open_gates, pending
+from test_gates_webhooks import Delivered, receiver
+from treadle.engine.approvals import ApprovalDesk
+from treadle.engine.webhooks import WebhookNotifier
+from treadle.mcp.binds import bind_server
+from treadle.net.guard import build_http_client
+from treadle.settings import Settings
+from treadle.store.gates import Approval
+
+from mcp_harness import McpEnv
+
+pytestmark = pytest.mark.anyio
+
+
+# -- approvals waited on ------------------------------------------------------------------
+
+
+@pytest.fixture
+async def gates(settings: Settings) -> AsyncIterator[Gates]:
+    async with open_gates(settings) as opened:
+        yield opened
+
+
+async def pending_approvals(gates: Gates, count: int) -> list[Approval]:
+    await gates.policy()
+    made: list[Approval] = []
+    for index in range(count):
+        approval = pending(await gates.send({"to": f"user{index}@example.com"}))
+        found = await gates.gateway.store.approvals.get(approval["id"])
+        assert found is not None
+        made.append(found)
+    return made
+
+
+def waited_on(desk: ApprovalDesk) -> int:
+    return len(desk._waiters)
+
+
+async def test_approvals_nobody_waits_for_any_more_are_forgotten(gates: Gates) -> None:
+    """Waits that end every way a wait can end: decided here, out of time, cancelled."""
+    desk = gates.gateway.approvals
+    approvals = await pending_approvals(gates, 30)
+    decided, timed_out, cancelled = approvals[:10], approvals[10:20], approvals[20:]
+    outcomes: dict[str, str] = {}
+
+    async def wait(approval: Approval, seconds: float) -> None:
+        ended = await desk.wait(approval, anyio.current_time() + seconds)
+        outcomes[approval.id] = ended.status
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for approval in decided:
+                tg.start_soon(wait, approval, 30)
+            for approval in timed_out:
+                tg.start_soon(wait, approval, 0.05)
+            async with anyio.create_task_group() as doomed:
+                for approval in cancelled:
+                    doomed.start_soon(wait, approval, 30)
+                # Every waiter registers before its first suspension.
+                await anyio.lowlevel.checkpoint()
+                assert waited_on(desk) == 30
+                doomed.cancel_scope.cancel()
+            for approval in decided:
+                answer = await gates.decide(approval.id, "approve")
+                assert answer.status_code == 200, answer.text
+    assert {outcomes[a.id] for a in decided} == {"approved"}
+    assert {outcomes[a.id] for a in timed_out} == {"pending"}
+    assert not any(a.id in outcomes for a in cancelled)
+    assert waited_on(desk) == 0
+
+
+async def test_several_calls_waiting_on_one_approval_are_all_woken_and_forgotten(
+    gates: Gates,
+) -> None:
+    desk = gates.gateway.approvals
+    (approval,) = await pending_approvals(gates, 1)
+    ended: list[str] = []
+
+    async def wait() -> None:
+        ended.append((await desk.wait(approval, anyio.current_time() + 30)).status)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(wait)
+            await anyio.lowlevel.checkpoint()
+            assert waited_on(desk) == 1
+            assert len(desk._waiters[approval.id]) == 5
+            assert (await gates.decide(approval.id, "reject")).status_code == 200
+    assert ended == ["rejected"] * 5
+    assert waited_on(desk) == 0
+
+
+# -- webhook deliveries -------------------------------------------------------------------
+
+IN_FLIGHT = 3
+QUEUED = 5
+
+
+async def test_webhooks_to_a_receiver_that_hangs_stay_within_their_bound() -> None:
+    """A receiver that answers nothing: at most IN_FLIGHT deliveries are under way, QUEUED
+    wait behind them, and later ones are dropped (counted) instead of piling up."""
+    delivered = Delivered()
+    async with receiver() as hooks, build_http_client() as http:
+        hooks.release = anyio.Event()  # every request waits until this is set
+        notifier = WebhookNotifier(
+            http,
+            backoff_seconds=0.01,
+            allow_private_network=True,
+            queue_size=QUEUED,
+            max_in_flight=IN_FLIGHT,
+            on_outcome=delivered.record,
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(notifier.run)
+            for index in range(IN_FLIGHT):
+                notifier.notify(hooks.url, "whsec_test", "approval.pending", {"n": index})
+            for _ in range(IN_FLIGHT):
+                await hooks.next()
+            for index in range(QUEUED):
+                notifier.notify(hooks.url, "whsec_test", "approval.pending", {"queued": index})
+            # Let the worker run: with every slot taken it must leave these in the queue.
+            for _ in range(10):
+                await anyio.lowlevel.checkpoint()
+            assert (notifier.in_flight, notifier.queued) == (IN_FLIGHT, QUEUED)
+            assert hooks.nothing_arrived()
+            # The queue is full: these are dropped at once, never held in memory.
+            for index in range(10):
+                notifier.notify(hooks.url, "whsec_test", "approval.pending", {"late": index})
+            assert notifier.dropped == 10
+            assert (notifier.in_flight, notifier.queued) == (IN_FLIGHT, QUEUED)
+
+            hooks.release.set()
+            await delivered.at_least(IN_FLIGHT + QUEUED)
+            tg.cancel_scope.cancel()
+    assert list(delivered) == [("approval.pending", 200)] * (IN_FLIGHT + QUEUED)
+    assert (notifier.in_flight, notifier.queued) == (0, 0)
+
+
+# -- resync registrations ------------------------------------------------------------------
+
+
+async def test_registrations_without_a_connection_do_not_stay_in_the_hub(
+    mcp_env: McpEnv,
+) -> None:
+    """A listen stream the SDK refuses after the hub recorded its list (too many streams, no
+    request id) never subscribes; the next pass forgets it instead of rebuilding its list
+    forever."""
+    hub = mcp_env.runtime.hub
+    store = mcp_env.runtime.gateway.store
+    await mcp_env.configure("testkit", integrationAlias="kit", allowedActions=["echo"])
+    keys: list[str] = []
+    for _ in range(20):
+        server_id = await mcp_env.create_server()
+        await hub.remember(await bind_server(store, server_id, None))
+        keys.append(server_id)
+    await hub.resync()
+    assert not any(key in hub.servers for key in keys)
+
+    # Clients that come and go leave nothing behind either.
+    for era in ("legacy", "2026-07-28"):
+        for _ in range(5):
+            async with mcp_env.connect("memory", era) as client:
+                await client.list_tools()
+    assert mcp_env.server_id not in hub.servers
