@@ -18,7 +18,9 @@ from treadle.engine.approvals import ApprovalDesk
 from treadle.engine.webhooks import WebhookNotifier
 from treadle.mcp.binds import bind_server
 from treadle.net.guard import build_http_client
+from treadle.oauth.refresh import _Locks
 from treadle.settings import Settings
+from treadle.store.config_cache import _VersionedMemo
 from treadle.store.gates import Approval
 
 from mcp_harness import McpEnv
@@ -177,3 +179,52 @@ async def test_registrations_without_a_connection_do_not_stay_in_the_hub(
             async with mcp_env.connect("memory", era) as client:
                 await client.list_tools()
     assert mcp_env.server_id not in hub.servers
+
+
+# -- structures that were bounded already: their bounds hold ------------------------------
+
+
+async def test_the_configuration_memo_keeps_at_most_its_cap() -> None:
+    memo: _VersionedMemo[str, str] = _VersionedMemo(max_entries=10)
+    for version in range(3):
+        for index in range(100):
+            key = f"key{index}"
+
+            async def load(key: str = key) -> str:
+                return key.upper()
+
+            assert await memo.get(key, version, load) == key.upper()
+            assert len(memo._entries) <= 10
+
+    async def gone() -> None:
+        return None
+
+    # Keys that load nothing (an unknown workspace, a wrong token) take no entry at all.
+    for index in range(100):
+        assert await memo.get(f"missing{index}", 3, gone) is None
+    assert len(memo._entries) <= 10
+    assert not any(key.startswith("missing") for key in memo._entries)
+
+
+async def test_refresh_locks_are_dropped_when_nobody_holds_or_waits_for_them() -> None:
+    locks = _Locks()
+    entered = 0
+
+    async def hold(key: str, release: anyio.Event) -> None:
+        nonlocal entered
+        async with locks.hold(key):
+            entered += 1
+            await release.wait()
+
+    release = anyio.Event()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for index in range(50):
+                # Two callers per connection: one holds the lock, one waits for it.
+                tg.start_soon(hold, f"conn{index}", release)
+                tg.start_soon(hold, f"conn{index}", release)
+            await anyio.lowlevel.checkpoint()
+            assert len(locks._locks) == 50
+            release.set()
+    assert entered == 100
+    assert locks._locks == {}
