@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from treadle.api.routes import EXCEPTION_HANDLERS, AccessLog, api_routes
 from treadle.app import Gateway
+from treadle.body_guard import BodyGuard
 from treadle.mcp.http import McpEndpoint
 from treadle.mcp.runtime import McpRuntime
 from treadle.web import approval_page, connect_page, oauth_routes
@@ -41,5 +42,6 @@ def build_http_app(gateway: Gateway, runtime: McpRuntime | None = None) -> Starl
     )
     app.state.gateway = gateway
     app.state.mcp = runtime
-    app.add_middleware(AccessLog)
+    app.add_middleware(BodyGuard)
+    app.add_middleware(AccessLog)  # added last: outermost, so it sees what BodyGuard raises
     return app

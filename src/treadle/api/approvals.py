@@ -69,24 +69,24 @@ async def list_approvals(request: Request) -> Response:
     return ok({"approvals": [a.to_json() for a in found], "nextCursor": next_cursor})
 
 
-async def _approval(request: Request) -> tuple[Gateway, Principal, Approval]:
-    gw, principal = await caller(request)
+async def _approval(request: Request, gw: Gateway, principal: Principal) -> Approval:
     found = await gw.store.approvals.get(path_param(request, "id", "Approval"), principal.org_id)
     if found is None:
         raise NotFound("Approval")
     principal.check_workspace(found.workspace_id)
-    return gw, principal, await gw.approvals.settle(found)
+    return await gw.approvals.settle(found)
 
 
 async def get_approval(request: Request) -> Response:
-    _gw, _principal, found = await _approval(request)
+    found = await _approval(request, *await caller(request))
     return ok({"approval": found.to_json()})
 
 
 async def _decide(request: Request, status: str) -> Response:
-    gw, principal, found = await _approval(request)
-    raw = await read_json_object(request) if await request.body() else {}
-    body = parse(Decision, raw)
+    gw, principal = await caller(request)
+    # Read (bounded) before the approval is looked up or settled: an oversized body costs no work.
+    body = parse(Decision, await read_json_object(request, optional=True))
+    found = await _approval(request, gw, principal)
     policy = await gw.store.approval_policies.get(found.org_id, found.policy_id)
     if policy is not None and policy.approval_access_mode == "hosted_link_only":
         raise Refusal(

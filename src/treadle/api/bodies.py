@@ -1,4 +1,4 @@
-"""Reading request bodies: a size cap, JSON objects only, typed models, documented errors."""
+"""Reading request bodies: one bounded reader, JSON objects only, typed models, clear errors."""
 
 from __future__ import annotations
 
@@ -26,17 +26,39 @@ class Body(BaseModel):
 MAX_DEPTH = 64
 
 
-async def read_json_object(request: Request) -> dict[str, Any]:
-    if declared_length(request, MAX_BODY_BYTES) > MAX_BODY_BYTES:
-        raise _too_large()
+class BodyTooLarge(Refusal):
+    """A body over its route's limit, refused as soon as the limit was passed."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"The request body is larger than {limit} bytes",
+            limit=limit,
+        )
+
+
+async def read_bounded(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The whole body, read by every route that reads one. Refused with BodyTooLarge as soon
+    as its declared length or the bytes streamed so far pass `limit`: at most `limit` bytes
+    (and one chunk) are ever held, chunked or not. The answer to a body left unread closes
+    the connection (treadle.body_guard), so the rest is never read either."""
+    if declared_length(request, limit) > limit:
+        raise BodyTooLarge(limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise _too_large()
+        if size > limit:
+            raise BodyTooLarge(limit)
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_json_object(request: Request, *, optional: bool = False) -> dict[str, Any]:
+    """The body as a JSON object; with `optional`, no body at all stands for `{}`."""
+    raw = await read_bounded(request)
+    if optional and not raw:
+        return {}
     if not raw.strip():
         raise ValidationFailed("The request body must be a JSON object")
     try:
@@ -87,14 +109,6 @@ def _check_text(text: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise ValidationFailed("The request body contains text that is not valid Unicode") from None
-
-
-def _too_large() -> Refusal:
-    return Refusal(
-        ErrorCode.PAYLOAD_TOO_LARGE,
-        f"The request body is larger than {MAX_BODY_BYTES} bytes",
-        limit=MAX_BODY_BYTES,
-    )
 
 
 def parse(model: type[Model], data: dict[str, Any]) -> Model:

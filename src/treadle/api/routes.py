@@ -8,7 +8,7 @@ import time
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -65,7 +65,7 @@ class AccessLog:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
+        status: int | str = 500
 
         async def observe(message: Message) -> None:
             nonlocal status
@@ -75,9 +75,12 @@ class AccessLog:
 
         try:
             await self.app(scope, receive, observe)
+        except ClientDisconnect:
+            # The client left mid-request: nothing to answer and nothing broke (no 500, no trace).
+            status = "client-disconnected"
         finally:
             log.info(
-                "%s %s %d %.1fms",
+                "%s %s %s %.1fms",
                 scope["method"],
                 _loggable(scope["path"][:200]),
                 status,

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from treadle.api.bodies import declared_length
+from treadle.api.bodies import BodyTooLarge, read_bounded
 from treadle.api.context import gateway
 
 BASE_STYLE = """
@@ -81,10 +81,9 @@ async def verified_form(
 ) -> dict[str, str] | Response:
     """A posted form of at most `max_bytes`, from one of our own origins and carrying the
     double-submit `csrf` value of `csrf_cookie`; otherwise the page's refusal."""
-    if declared_length(request, max_bytes) > max_bytes:
-        return refused("The form is too large.", 413)
-    raw = await request.body()
-    if len(raw) > max_bytes:
+    try:
+        raw = await read_bounded(request, max_bytes)
+    except BodyTooLarge:
         return refused("The form is too large.", 413)
     form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
     origin = request.headers.get("origin")
