@@ -14,6 +14,7 @@ import uvicorn
 from treadle.app import Gateway
 from treadle.bootstrap import initialise
 from treadle.http_app import build_http_app
+from treadle.read_deadlines import DeadlineProtocol, deadline_protocol
 from treadle.settings import Settings
 
 log = logging.getLogger("treadle")
@@ -40,6 +41,11 @@ async def _stop_on_signal(server: uvicorn.Server) -> None:
             server.should_exit = True
 
 
+def http_protocol(settings: Settings) -> type[DeadlineProtocol]:
+    """h11 whatever else is installed (httptools would bypass the deadlines), with them set."""
+    return deadline_protocol(headers=settings.header_timeout, body=settings.body_timeout)
+
+
 async def serve(settings: Settings, *, host: str, port: int) -> None:
     gateway = await Gateway.open(settings)
     try:
@@ -55,6 +61,7 @@ async def serve(settings: Settings, *, host: str, port: int) -> None:
             app,
             host=host,
             port=port,
+            http=http_protocol(settings),
             access_log=False,  # treadle.access logs one line per request, without query strings
             log_config=None,
             lifespan="on",

@@ -18,6 +18,9 @@ class Settings:
     # Base of links handed to people (hosted approval pages); TREADLE_PUBLIC_URL behind a proxy.
     public_url: str = "http://127.0.0.1:8400"
     webhooks_allow_private: bool = False
+    # Slow clients: the seconds a request's headers, then its body, may take to arrive.
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
 
     @classmethod
     def from_env(cls, data_dir: str | os.PathLike[str] | None = None) -> Settings:
@@ -31,7 +34,24 @@ class Settings:
             secret_key=os.environ.get("TREADLE_SECRET_KEY"),
             public_url=os.environ.get("TREADLE_PUBLIC_URL") or "http://127.0.0.1:8400",
             webhooks_allow_private=os.environ.get("TREADLE_WEBHOOKS_ALLOW_PRIVATE") == "1",
+            header_timeout=_seconds("TREADLE_HEADER_TIMEOUT", 10.0),
+            body_timeout=_seconds("TREADLE_BODY_TIMEOUT", 30.0),
         )
+
+
+def _seconds(name: str, default: float) -> float:
+    """A positive number of seconds from the environment, or `default` when unset. A wrong
+    value stops the command with a one-line error, not a traceback."""
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise SystemExit(f"error: {name} must be a positive number of seconds, got {raw!r}")
+    return value
 
 
 def sqlite_url(path: Path) -> str:
