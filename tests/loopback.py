@@ -28,11 +28,10 @@ class _Server(uvicorn.Server):
 async def serve(app: ASGIApp, **options: Any) -> AsyncIterator[int]:
     """Runs `app` on 127.0.0.1 at an ephemeral port and yields the port.
 
-    `options` are more `uvicorn.Config` settings.
+    `options` are more `uvicorn.Config` settings (`lifespan` and `http` included).
     """
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, lifespan="off", log_config=None, http="h11", **options
-    )
+    settings: dict[str, Any] = {"lifespan": "off", "log_config": None, "http": "h11", **options}
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, **settings)
     server = _Server(config)
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(server.serve)
