@@ -23,6 +23,7 @@ from mcp.types import (
 )
 
 from mcp_harness import ERAS, McpEnv
+from tool_errors import refusal_fields
 
 pytestmark = pytest.mark.anyio
 
@@ -95,9 +96,7 @@ async def test_a_rejection_while_waiting_is_an_error_result(mcp_env: McpEnv, era
     async with mcp_env.connect("memory", era, elicitation_callback=person) as client:
         with anyio.fail_after(15):
             result = await client.call_tool("kit__echo", ECHO)
-    assert result.is_error
-    assert result.structured_content is not None
-    assert result.structured_content["error"] == "APPROVAL_REJECTED"
+    assert refusal_fields(result)["error"] == "APPROVAL_REJECTED"
     assert "succeeded" not in await runs(mcp_env)
 
 
@@ -138,9 +137,7 @@ async def test_declining_the_form_rejects_the_request(mcp_env: McpEnv, era: str)
         async with mcp_env.connect("memory", era, elicitation_callback=person) as client:
             with anyio.fail_after(15):
                 result = await client.call_tool("kit__echo", ECHO)
-    assert result.is_error
-    assert result.structured_content is not None
-    assert result.structured_content["error"] == "APPROVAL_REJECTED"
+    assert refusal_fields(result)["error"] == "APPROVAL_REJECTED"
 
 
 def _form_only(_session: ClientSession, _version: str) -> ClientCapabilities:
@@ -228,6 +225,5 @@ async def test_a_blocked_tool_is_an_error_result_not_a_protocol_error(mcp_env: M
     )
     async with mcp_env.connect("memory", "legacy") as client:
         result = await client.call_tool("kit__echo", ECHO)
-    assert result.is_error
-    assert result.structured_content is not None
-    assert result.structured_content["error"] == "ACTION_BLOCKED"
+    # echo declares an outputSchema: the refusal's fields are in the text only.
+    assert refusal_fields(result)["error"] == "ACTION_BLOCKED"

@@ -15,7 +15,7 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
-from mcp.types import CallToolResult, TextContent
+from mcp.types import CallToolResult
 
 from treadle.app import Gateway
 from treadle.bootstrap import initialise
@@ -25,6 +25,7 @@ from treadle.settings import Settings, sqlite_url
 
 import mcp_harness
 from mcp_harness import ERAS, TRANSPORTS, McpEnv
+from tool_errors import refusal_fields, result_text
 
 pytestmark = pytest.mark.anyio
 
@@ -34,23 +35,14 @@ every_transport = [
 ]
 
 
-def _text(result: CallToolResult) -> str:
-    assert result.content, result
-    first = result.content[0]
-    assert isinstance(first, TextContent)
-    return first.text
-
-
-def _refusal(result: CallToolResult) -> dict[str, Any]:
-    assert result.is_error, result
-    assert result.structured_content is not None, result
-    return result.structured_content
+_text = result_text
+# Read from the text (what every client shows a model), checked against the structured
+# content where the tool has one (kit__echo declares an outputSchema, so its errors do not).
+_refusal = refusal_fields
 
 
 def _code(result: CallToolResult) -> str:
     code: str = _refusal(result)["error"]
-    # The text a model reads starts with the same code.
-    assert _text(result).startswith(code), _text(result)
     return code
 
 
@@ -126,6 +118,11 @@ async def test_failures_are_error_results_and_only_an_unknown_tool_is_a_protocol
     assert _refusal(missing)["field"] == "channel"
     assert _code(wrong_type) == "VALIDATION_ERROR"
     assert _refusal(wrong_type)["field"] == "count"
+    # kit__echo declares an outputSchema: no structured content that would not conform to it;
+    # the other tools declare none and keep the fields there for programs.
+    assert missing.structured_content is None
+    assert wrong_type.structured_content is None
+    assert crashed.structured_content is not None
     assert _code(not_allowed) == "ACTION_NOT_ALLOWED"
     assert _code(crashed) == "ACTION_FAILED"
     assert _code(unreachable) == "ACTION_FAILED"
@@ -192,7 +189,7 @@ async def test_an_argument_naming_an_enforced_key_is_refused_and_never_overrides
 
 
 @pytest.mark.parametrize("era", ERAS)
-async def test_an_argument_the_tool_schema_does_not_declare_is_refused(
+async def test_an_argument_the_action_does_not_declare_follows_the_action_rule_for_extra_keys(
     mcp_env: McpEnv, era: str
 ) -> None:
     await mcp_env.configure("testkit", integrationAlias="kit", allowedActions=["echo", "wait"])
@@ -201,11 +198,18 @@ async def test_an_argument_the_tool_schema_does_not_declare_is_refused(
         echo = await client.call_tool("kit__echo", {"text": "hi", "channel": "C1", "bogus": 1})
         wait = await client.call_tool("kit__wait", {"bogus": 1})
 
-    # The schema advertises additionalProperties false, so the call must hold to it.
-    assert tools["kit__echo"].input_schema["additionalProperties"] is False
-    assert _code(echo) == "VALIDATION_ERROR"
-    assert _refusal(echo)["field"] == "bogus"
+    # echo says nothing about extra keys (JSON Schema: allowed), wait closes its object: the
+    # tools advertise exactly that, and calls are held to it as REST calls are.
+    assert "additionalProperties" not in tools["kit__echo"].input_schema
+    assert tools["kit__wait"].input_schema["additionalProperties"] is False
+    assert not echo.is_error, echo
     assert _code(wait) == "VALIDATION_ERROR"
+    assert _refusal(wait)["field"] == "bogus"
+    entries = await _activity(mcp_env, source="mcp_tools")
+    assert sorted((e["actionName"], e["status"]) for e in entries) == [
+        ("echo", "succeeded"),
+        ("wait", "refused"),
+    ]
 
 
 @pytest.mark.parametrize("era", ERAS)

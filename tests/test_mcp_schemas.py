@@ -300,16 +300,18 @@ async def test_pruning_a_schema_leaves_the_action_schema_untouched(
     assert repr(echo.input_schema) == before
 
 
-async def test_additional_properties_is_closed_where_the_action_leaves_it_unspecified(
+async def test_a_tool_keeps_the_action_rule_for_extra_keys_and_adds_none(
     mcp_env: McpEnv, era: str
 ) -> None:
     mcp_env.runtime.gateway.catalog.add(OPEN_KIT)
-    await mcp_env.configure("testkit", integrationAlias="kit", allowedActions=["echo"])
+    await mcp_env.configure("testkit", integrationAlias="kit", allowedActions=["echo", "wait"])
     await mcp_env.configure("openkit", integrationAlias="open")
     async with mcp_env.connect("memory", era) as client:
         tools = await _tools(client)
 
-    assert tools["kit__echo"].input_schema["additionalProperties"] is False
+    # Unspecified stays unspecified (JSON Schema: extra keys allowed), as the pipeline reads it.
+    assert "additionalProperties" not in tools["kit__echo"].input_schema
+    assert tools["kit__wait"].input_schema["additionalProperties"] is False
     assert tools["open__open"].input_schema["additionalProperties"] is True
     assert tools["open__typed_extras"].input_schema["additionalProperties"] == {"type": "number"}
     assert "additionalProperties" not in tools["open__patterned"].input_schema

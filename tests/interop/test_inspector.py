@@ -32,7 +32,13 @@ pytestmark = [
 ]
 
 
-def inspector(home: Path, reach: list[str], *args: str) -> dict[str, Any]:
+# The Inspector's exit code for a tool result it accepted and printed that has isError: true.
+# A result it refuses (a protocol error, structured content that does not match the tool's
+# output schema) exits 1 with an error object instead.
+TOOL_ERROR_EXIT = 5
+
+
+def inspector(home: Path, reach: list[str], *args: str, exit_code: int = 0) -> dict[str, Any]:
     """Run `mcp-inspector --cli ARGS --format json -q REACH` and parse its one JSON object.
 
     REACH (the server's URL, or `--` and a command) comes last: after `--` all is the command.
@@ -47,7 +53,7 @@ def inspector(home: Path, reach: list[str], *args: str) -> dict[str, Any]:
         timeout=60,
         check=False,
     )
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    assert done.returncode == exit_code, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
     parsed: dict[str, Any] = json.loads(done.stdout)
     return parsed
 
@@ -121,3 +127,75 @@ def test_inspector_lists_and_calls_tools(
         assert server_info["name"] == "treadle"
     else:
         assert server_info is None
+
+
+# Tools that declare an output schema, with inputs that fail: refused before the action runs,
+# or failed while it ran (the outbound guard refuses a loopback address). Every such tool of
+# the workspace is listed here (asserted below), so a new one cannot be left out.
+FAILING: dict[str, tuple[dict[str, Any], str]] = {
+    "notes__get": ({}, "VALIDATION_ERROR"),
+    "notes__list_keys": ({"limit": 0}, "VALIDATION_ERROR"),
+    "web__send_request": ({"url": "http://127.0.0.1:9/"}, "ACTION_FAILED"),
+    "kit__echo": ({"text": "no channel"}, "VALIDATION_ERROR"),
+}
+
+
+@pytest.fixture(scope="module")
+def declaring(gateway: Gateway) -> Gateway:
+    """A workspace of its own whose tools with output schemas are those of FAILING."""
+    with gateway.stack.rest() as rest:
+        made = rest.post("/api/v1/workspaces", json={"name": "inspector-output-schemas"})
+        assert made.status_code == 201, made.text
+        workspace_id = made.json()["workspace"]["id"]
+        shared = {"persistence": {"scope": "workspace"}}
+        for integration, alias, fields in (
+            ("kv-store", "notes", {"settings": shared}),
+            ("http", "web", {}),
+            ("testkit", "kit", {"allowedActions": ["echo"]}),
+        ):
+            body = {
+                "integrationName": integration,
+                "integrationAlias": alias,
+                "connectionStrategy": "fixed",
+                **fields,
+            }
+            path = f"/api/v1/workspaces/{workspace_id}/integrations"
+            created = rest.post(path, json=body)
+            assert created.status_code == 201, created.text
+        server = rest.post(
+            "/api/v1/mcp/servers", json={"workspaceId": workspace_id, "name": "output schemas"}
+        )
+        assert server.status_code == 201, server.text
+    return Gateway(gateway.stack, server.json()["server"]["id"], server.json()["token"])
+
+
+# HTTP only: the result is the same object on every transport (test_mcp_calls.py checks the
+# transports with the SDK client), and each Inspector run costs seconds.
+@pytest.mark.parametrize("era", ERAS)
+def test_the_inspector_accepts_every_error_result_of_a_tool_with_an_output_schema(
+    declaring: Gateway, tmp_path: Path, era: str
+) -> None:
+    reach = target(declaring, "http")
+    listed = inspector(tmp_path, reach, "--protocol-era", era, "--method", "tools/list")
+    schemas = {t["name"] for t in listed["result"]["tools"] if t.get("outputSchema")}
+    assert schemas == set(FAILING)
+
+    for name, (arguments, code) in FAILING.items():
+        # The Inspector lists the tools before it calls one and validates the result against
+        # the listed output schema: a result it refuses exits 1, not 5.
+        called = inspector(
+            tmp_path,
+            reach,
+            "--protocol-era",
+            era,
+            "--method",
+            "tools/call",
+            "--tool-name",
+            name,
+            "--tool-args-json",
+            json.dumps(arguments),
+            exit_code=TOOL_ERROR_EXIT,
+        )["result"]
+        assert called["isError"] is True, (name, called)
+        assert "structuredContent" not in called, (name, called)
+        assert called["content"][0]["text"].startswith(f"{code}: "), (name, called)

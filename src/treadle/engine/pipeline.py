@@ -50,7 +50,7 @@ from treadle.net import allow_private_network
 from treadle.oauth import OAuth
 from treadle.store import Store
 from treadle.store.gates import Approval, ApprovalPolicy
-from treadle.store.records import Org, WorkspaceIntegration
+from treadle.store.records import Org, Partial, WorkspaceIntegration
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,38 @@ class _Trace:
     # record holds the request's input, redacted when it is written).
     recorded_input: dict[str, Any] | None = None
     rate: RateStatus | None = None
+
+
+def _chosen_partials(
+    candidates: Sequence[Partial],
+    integration: Integration,
+    configured: WorkspaceIntegration,
+    action: Action,
+    request: ExecuteRequest,
+) -> list[Partial]:
+    """The partials of this call: the MCP server override's ids when it sets some, else the
+    caller's. An id that does not apply is refused either way, never skipped: a partial an
+    admin chose may be the one that enforces a value."""
+    override = request.tool_override
+    server_ids = override.partial_ids if override is not None else None
+    ids = request.partial_ids if server_ids is None else server_ids
+    try:
+        return effective_partials(
+            [p for p in candidates if p.integration_name == integration.name],
+            integration_name=integration.name,
+            alias=configured.alias,
+            action_name=action.name,
+            partial_ids=ids,
+        )
+    except ValidationFailed as refused:
+        if server_ids is None:
+            raise
+        # The caller sent no partial ids: name the server's configuration, not an argument.
+        raise ValidationFailed(
+            f"The MCP server's override of this tool is misconfigured: {refused.message}",
+            field=f"toolOverrides.{refused.extra.get('field', 'partialIds')}",
+            reason="server_override",
+        ) from None
 
 
 class Executor:
@@ -137,13 +169,16 @@ class Executor:
                 integrationAlias=configured.alias,
                 actionName=action.name,
             )
-        partials = effective_partials(
-            [p for p in config.partials if p.integration_name == integration.name],
-            integration_name=integration.name,
-            alias=configured.alias,
-            action_name=action.name,
-            partial_ids=request.partial_ids,
-        )
+        override = request.tool_override
+        if override is not None and not override.enabled:
+            raise Refusal(
+                ErrorCode.ACTION_NOT_ALLOWED,
+                f"Action '{action.name}' of '{configured.alias}' is disabled on this MCP server",
+                integrationAlias=configured.alias,
+                actionName=action.name,
+                reason="disabled_by_server",
+            )
+        partials = _chosen_partials(config.partials, integration, configured, action, request)
         merged = merge_input(partials, request.input, refuse_enforced=request.refuse_enforced_keys)
         trace.recorded_input = redact(merged, enforced_values(partials))
         validate_input(action.input_schema, merged)

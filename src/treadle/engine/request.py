@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import Any
 
 from treadle.catalog.model import ClientInteraction
+from treadle.store.mcp_servers import ToolOverride
 
 
 class Source(StrEnum):
@@ -36,7 +37,13 @@ class ExecuteRequest:
     approval_key: str | None = None
     approval_reuse_window: bool = False
     mcp_server_id: str | None = None
-    # MCP refuses arguments naming enforced keys instead of silently overriding them.
+    # The MCP server's override of the called tool, as the face found it: the pipeline
+    # refuses a tool the server disabled, and the override's partial ids (checked like a
+    # caller's) choose the partials instead of `partial_ids`.
+    tool_override: ToolOverride | None = None
+    # An MCP tool's schema leaves out enforced keys, so an argument naming one is outside
+    # what the caller was shown and is refused; REST callers see the action's whole schema
+    # and the enforced value wins (the documented merge order).
     refuse_enforced_keys: bool = False
     # The MCP client of this call (progress, logging, elicitation, sampling); None elsewhere.
     client: ClientInteraction | None = None

@@ -1,4 +1,9 @@
-"""Validates merged input against an action's JSON Schema, naming the offending field."""
+"""Validates merged input against an action's JSON Schema, naming the offending field.
+
+The action's schema is the whole rule, whatever the face: a key it does not declare is
+accepted unless the schema says otherwise (`additionalProperties`, `patternProperties`), and
+an MCP tool advertises that same rule (minus enforced keys), never a stricter one.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,11 @@
 """Pipeline outcomes as MCP tool results: the one mapping for the MCP face.
 
-Refusals become `isError` results whose text starts with the documented code and says what a
-model can do about it; `structuredContent` carries the same fields for programs.
+Refusals become `isError` results whose text starts with the documented code, says what a
+model can do about it and ends with the refusal's fields, so a model that sees only the text
+has everything. `structuredContent` carries the same fields for programs, except on a tool
+that declares an `outputSchema`: clients (the TypeScript SDK, so the MCP Inspector) validate
+any `structuredContent` against that schema, error or not, and reject the whole result when
+it does not conform, so the model would never see the message.
 """
 
 from __future__ import annotations
@@ -44,6 +48,16 @@ _ADVICE: dict[ErrorCode, str] = {
 }
 
 
+# Where a refusal's reason calls for other advice than its code's.
+_REASON_ADVICE: dict[tuple[ErrorCode, str], str] = {
+    (ErrorCode.ACTION_NOT_ALLOWED, "disabled_by_server"): "This tool is turned off on this "
+    "MCP server; do not retry it, and tell the user if they need it enabled.",
+    (ErrorCode.VALIDATION_ERROR, "server_override"): "The MCP server's configuration of this "
+    "tool is broken, not the arguments; do not retry, tell the user to fix the server's "
+    "tool overrides.",
+}
+
+
 def render(value: Any) -> str:
     if isinstance(value, str):
         return value
@@ -51,22 +65,33 @@ def render(value: Any) -> str:
 
 
 def error_result(
-    code: ErrorCode, message: str, extra: dict[str, Any] | None = None
+    code: ErrorCode,
+    message: str,
+    extra: dict[str, Any] | None = None,
+    *,
+    declares_output: bool = False,
 ) -> CallToolResult:
+    """A refusal as an `isError` result; `declares_output`: the tool has an `outputSchema`,
+    so the result carries no `structuredContent` (the text holds every field)."""
     details = dict(extra or {})
-    advice = _ADVICE.get(code, "")
+    reason = details.get("reason")
+    advice = _REASON_ADVICE.get((code, reason), "") if isinstance(reason, str) else ""
+    advice = advice or _ADVICE.get(code, "")
     if code is ErrorCode.RATE_LIMITED:
         advice = f"Wait {details.get('retryAfter', 1)} seconds, then call the tool again."
     sentence = message if message.endswith((".", "!", "?")) else f"{message}."
     text = f"{code.value}: {sentence}" + (f" {advice}" if advice else "")
+    if details:
+        text += f"\nDetails: {json.dumps(details, ensure_ascii=False, default=str)}"
+    fields = None if declares_output else {"error": code.value, "message": message, **details}
     return CallToolResult(
-        content=[TextContent(type="text", text=text)],
-        structured_content={"error": code.value, "message": message, **details},
-        is_error=True,
+        content=[TextContent(type="text", text=text)], structured_content=fields, is_error=True
     )
 
 
-def to_result(outcome: Outcome) -> CallToolResult:
+def to_result(outcome: Outcome, *, declares_output: bool = False) -> CallToolResult:
+    """`declares_output`: the called tool's action has an `outputSchema` (see the module
+    docstring for why its error results carry no `structuredContent`)."""
     match outcome:
         case Succeeded(output=model.ToolContent() as content):
             return CallToolResult(
@@ -83,13 +108,14 @@ def to_result(outcome: Outcome) -> CallToolResult:
             text = f"The service reported an error: {error}"
             if detail is not None:
                 text += f"\nDetail: {render(detail)}"
+            fields = None if declares_output else {"error": error, "detail": detail}
             return CallToolResult(
                 content=[TextContent(type="text", text=text)],
-                structured_content={"error": error, "detail": detail},
+                structured_content=fields,
                 is_error=True,
             )
         case Refused(code=code, message=message, extra=extra):
-            return error_result(code, message, extra)
+            return error_result(code, message, extra, declares_output=declares_output)
         case ApprovalPending():
             return pending_result(outcome)
 

@@ -54,12 +54,11 @@ from treadle.catalog.model import (
 )
 from treadle.engine import ApprovalPending, ExecuteRequest, Executor, Source
 from treadle.engine.approvals import ApprovalDesk, canonical
-from treadle.errors import ErrorCode
 from treadle.mcp.approval_pause import ApprovalPause
 from treadle.mcp.binding import Binding
-from treadle.mcp.results import error_result, to_result
+from treadle.mcp.results import to_result
 from treadle.mcp.resync import ResyncHub, listening
-from treadle.mcp.toolset import ToolSet, ToolsetCache, undeclared_keys
+from treadle.mcp.toolset import ToolSet, ToolsetCache
 
 log = logging.getLogger(__name__)
 
@@ -384,15 +383,9 @@ class McpFace:
         target = toolset.targets.get(params.name)
         if target is None:
             raise MCPError(INVALID_PARAMS, f"Unknown tool: {params.name[:100]}")
-        if target.disabled_by_server:
-            return error_result(
-                ErrorCode.ACTION_NOT_ALLOWED,
-                f"Tool '{target.name}' is disabled on this MCP server",
-            )
         arguments = dict(params.arguments or {})
-        if target.listed and (undeclared := undeclared_keys(target, arguments)):
-            key = undeclared[0][:100]
-            return error_result(ErrorCode.VALIDATION_ERROR, f"Unknown field: {key}", {"field": key})
+        # Every refusal past this point is the pipeline's (so it is in the activity log, under
+        # the same rule as REST): the face only says what the server's override is.
         request = ExecuteRequest(
             org_id=binding.org_id,
             workspace_id=binding.workspace_id,
@@ -403,7 +396,7 @@ class McpFace:
             input=arguments,
             workspace_integration_id=target.configured.id,
             end_user_id=binding.end_user_id,
-            partial_ids=target.partial_ids,
+            tool_override=target.override,
             refuse_enforced_keys=True,
             # The same call again (server, end user, tool, arguments) finds its approval.
             approval_key=approval_key(binding, target.name, arguments),
@@ -421,7 +414,7 @@ class McpFace:
             return await self._pause.pause(
                 ctx, params, outcome, binding.actor, lambda: self._executor.execute(request)
             )
-        return to_result(outcome)
+        return to_result(outcome, declares_output=target.action.output_schema is not None)
 
     async def _report_progress(self, ctx: ServerRequestContext[Any, Any]) -> None:
         # A no-op unless the client sent a progress token; long calls show they are alive.

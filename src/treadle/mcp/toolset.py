@@ -12,7 +12,7 @@ import json
 import logging
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,7 @@ from treadle.mcp.binding import Binding
 from treadle.mcp.naming import assign_names
 from treadle.store import Store, WorkspaceConfig
 from treadle.store.gates import ApprovalPolicy
-from treadle.store.mcp_servers import McpServer
+from treadle.store.mcp_servers import McpServer, ToolOverride
 from treadle.store.records import Partial, WorkspaceIntegration
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,10 @@ class ToolTarget:
     integration: Integration
     action: Action
     configured: WorkspaceIntegration
-    partial_ids: tuple[str, ...] | None
+    # The server's override of this tool, handed to the pipeline, which refuses a disabled
+    # tool and applies (or refuses) the override's partial ids.
+    override: ToolOverride | None
     listed: bool
-    disabled_by_server: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,38 +134,15 @@ class ToolSet:
         return found
 
 
-def _leaves_extra_keys_open(schema: dict[str, Any]) -> bool:
-    return "additionalProperties" not in schema and "patternProperties" not in schema
-
-
-def _closed(schema: dict[str, Any]) -> dict[str, Any]:
-    # Close the object only where the action leaves extra keys unspecified; an action that
-    # declares additionalProperties or patternProperties keeps its own rule.
-    if not _leaves_extra_keys_open(schema):
-        return schema
-    return {**schema, "additionalProperties": False}
-
-
-def undeclared_keys(target: ToolTarget, arguments: Mapping[str, Any]) -> list[str]:
-    """Argument keys the tool's schema refuses although the action's own schema lets them in.
-
-    The pipeline validates against the action's schema; where the tool closed it, a call must
-    still hold to what the tool advertised. Enforced keys are declared by the action, so the
-    pipeline refuses those itself (as enforced).
-    """
-    schema = target.action.input_schema
-    if not _leaves_extra_keys_open(schema):
-        return []
-    declared = schema.get("properties", {})
-    return sorted(key for key in arguments if key not in declared)
-
-
-def _usable_ids(
+def _shaping_ids(
     ids: tuple[str, ...] | None,
     partials: list[Partial],
     configured: WorkspaceIntegration,
     action: str,
 ) -> tuple[str, ...] | None:
+    """The override's partial ids that shape the advertised schema: those that apply. A call
+    is still refused while any of them does not (the pipeline checks every id), so the tool
+    stays listed and the caller learns why instead of the tool vanishing."""
     if ids is None:
         return None
     applicable = {
@@ -202,20 +180,22 @@ def build_toolset(
             name = names[(wi.alias, action.name)]
             override = overrides.get((wi.alias, action.name))
             enabled = override.enabled if override is not None else True
-            ids = _usable_ids(
-                override.partial_ids if override is not None else None, partials, wi, action.name
-            )
             target = ToolTarget(
                 name=name,
                 integration=integration,
                 action=action,
                 configured=wi,
-                partial_ids=ids,
+                override=override,
                 listed=enabled and wi.allows(action.name),
-                disabled_by_server=not enabled,
             )
             targets[name] = target
             if target.listed:
+                ids = _shaping_ids(
+                    override.partial_ids if override is not None else None,
+                    partials,
+                    wi,
+                    action.name,
+                )
                 chosen = effective_partials(
                     partials,
                     integration_name=integration.name,
@@ -265,7 +245,8 @@ def _tool(
         name=target.name,
         title=title,
         description=text,
-        input_schema=_closed(prune_schema(action.input_schema, partials)),
+        # The action's own rule for extra keys, as the pipeline applies it: never closed here.
+        input_schema=prune_schema(action.input_schema, partials),
         output_schema=None if gated else action.output_schema,
         annotations=ToolAnnotations(
             title=title,
