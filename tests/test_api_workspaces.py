@@ -159,6 +159,36 @@ async def test_deleted_workspace_is_gone_with_everything_inside(api: Api) -> Non
     ]
 
 
+async def test_deleted_workspace_takes_its_mcp_servers_and_own_policies_along(api: Api) -> None:
+    created = await api.post("/workspaces", {"name": "doomed"})
+    doomed = created.json()["workspace"]["id"]
+
+    async def create(path: str, body: dict[str, object], key: str) -> str:
+        response = await api.post(path, body)
+        assert response.status_code == 201, response.text
+        found: str = response.json()[key]["id"]
+        return found
+
+    server = await create("/mcp/servers", {"workspaceId": doomed, "name": "s"}, "server")
+    policy = await create(
+        "/approval-policies",
+        {"workspaceId": doomed, "name": "p", "decision": "block"},
+        "policy",
+    )
+    kept_server = await create(
+        "/mcp/servers", {"workspaceId": api.workspace_id, "name": "s"}, "server"
+    )
+    org_policy = await create("/approval-policies", {"name": "o", "decision": "block"}, "policy")
+
+    assert (await api.delete(f"/workspaces/{doomed}")).status_code == 200
+    assert_error(await api.get(f"/mcp/servers/{server}"), 404, "NOT_FOUND")
+    assert_error(await api.get(f"/approval-policies/{policy}"), 404, "NOT_FOUND")
+    servers = (await api.get("/mcp/servers")).json()["servers"]
+    assert [s["id"] for s in servers] == [kept_server]
+    policies = (await api.get("/approval-policies")).json()["policies"]
+    assert [p["id"] for p in policies] == [org_policy]
+
+
 async def test_workspace_changes_are_recorded_in_the_activity_log(api: Api) -> None:
     created = await api.post("/workspaces", {"name": "audited"})
     workspace_id = created.json()["workspace"]["id"]

@@ -61,7 +61,19 @@ async def delete_workspace(request: Request) -> Response:
     workspace_id = path_param(request, "workspace_id", "Workspace")
     workspace = await accessible_workspace(gw.store, principal, workspace_id)
     principal.check_org_wide()
+    # Its MCP servers and its own approval policies go with it: left behind, they stayed
+    # listed and served a workspace that no longer exists.
+    servers = await gw.store.mcp_servers.list(principal.org_id, {workspace.id})
+    policies = [
+        policy
+        for policy in await gw.store.approval_policies.list(principal.org_id, {workspace.id})
+        if policy.workspace_id == workspace.id
+    ]
     async with gw.store.db.write(principal.actor) as txn:
+        for server in servers:
+            await gw.store.mcp_servers.delete(txn, server)
+        for policy in policies:
+            await gw.store.approval_policies.delete(txn, policy)
         await gw.store.workspaces.delete(txn, workspace)
     return ok({"deleted": True, "id": workspace.id})
 
