@@ -1,9 +1,13 @@
-"""Execution records and quota counts written in groups behind the calls (store/ledger.py).
+"""Execution records and quota counts, committed before each call answers and shared by calls
+that finish together (store/ledger.py).
 
 While `Gateway.run_background()` runs, a call queues its activity record and its quota count
-and returns; one writer commits whatever accumulated. These tests hold the ledger to what it
-promises: read-your-writes through the activity API, exact quotas in a process and near the
-limit, nothing lost at shutdown or after a failed write.
+and waits until they are committed: the first waiter commits everything queued in one
+transaction, the others wait for it. These tests hold the ledger to what it promises: no
+answer before its record is committed (another connection already sees it), a lone call in
+one transaction, concurrent calls sharing them, exact quotas in a process and near the
+limit, nothing lost at shutdown, after a failed write or when a caller stops waiting, on
+both commit paths (plain sqlite3 in a worker thread, and SQLAlchemy as on PostgreSQL).
 
 Failures are real database failures, made quickly with a plain sqlite3 connection: a trigger
 that refuses inserts into `activity` (the writer's transaction fails at once and rolls back),
@@ -12,10 +16,12 @@ or a held write lock (the writer waits, as it would behind another process's tra
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +151,27 @@ async def api(settings: Settings) -> AsyncIterator[Api]:
         yield made
 
 
+@pytest.fixture(params=["direct", "sqlalchemy"])
+async def any_api(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[Api]:
+    """`api` on either commit path: plain sqlite3 in a worker thread (a file-backed SQLite
+    database), or SQLAlchemy, the path PostgreSQL takes (here: the same SQLite file opened by
+    a URI filename, which the direct path leaves alone)."""
+    direct = request.param == "direct"
+    if not direct:
+        uri = f"sqlite+aiosqlite:///file:{settings.data_dir / 'treadle.db'}?uri=true"
+        settings = dataclasses.replace(settings, database_url=uri)
+    async with opened(settings) as made:
+        assert made.gateway.store.db.writes_directly is direct
+        yield made
+
+
+async def queued(ledger: ExecutionLedger, items: int) -> None:
+    """Wait until `items` records and counts are queued and unwritten (calls waiting)."""
+    with anyio.fail_after(10):
+        while ledger.waiting < items:
+            await anyio.lowlevel.checkpoint()
+
+
 async def run(api: Api, n: int = 0) -> httpx2.Response:
     return await api.execute(integrationName="probe", actionName="ok", input={"n": n})
 
@@ -208,6 +235,22 @@ def _query(path: Path, sql: str, *args: Any) -> int:
     finally:
         conn.close()
     return int(row[0]) if row and row[0] is not None else 0
+
+
+def _numbers(path: Path) -> list[int]:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        rows = conn.execute(
+            "SELECT json_extract(input, '$.n') FROM activity WHERE type = 'action_execution'"
+        ).fetchall()
+    finally:
+        conn.close()
+    return sorted(int(n) for (n,) in rows)
+
+
+async def stored_inputs(path: Path) -> list[int]:
+    """The `n` of every execution record committed to the file."""
+    return await anyio.to_thread.run_sync(_numbers, path)
 
 
 async def stored_executions(path: Path) -> int:
@@ -285,8 +328,9 @@ async def test_without_a_writer_each_call_is_written_before_it_returns(api: Api)
 
 
 async def test_concurrent_calls_all_appear_in_the_activity_api_once_they_return(
-    api: Api,
+    any_api: Api,
 ) -> None:
+    api = any_api
     async with background(api.gateway):
         responses = await run_all(api, 40)
         assert [r.status_code for r in responses] == [200] * 40
@@ -357,18 +401,51 @@ async def test_two_gateways_with_running_writers_never_exceed_the_limit_together
             assert len(await executions(a)) == 30  # both processes' records, one database
 
 
-async def test_far_from_the_limit_a_call_does_not_wait_for_the_database(api: Api) -> None:
+async def test_a_lone_call_is_committed_in_one_transaction_before_it_answers(
+    any_api: Api,
+) -> None:
+    api = any_api
     path = database_file(api.gateway)
-    assert (await run(api, 0)).status_code == 200  # the count is known
+    ledger = api.gateway.store.ledger
+    async with background(api.gateway):
+        for n in range(3):
+            before = ledger.attempts
+            assert (await run(api, n)).status_code == 200
+            # Read by another connection the moment the answer is in: committed, counted,
+            # by one transaction for the record and the count (no waiting for company).
+            assert await stored_inputs(path) == list(range(n + 1))
+            assert await stored_count(path, api.org_id, this_month(api)) == n + 1
+            assert ledger.attempts == before + 1
+
+
+async def test_calls_waiting_for_the_database_answer_after_their_commit_and_share_it(
+    api: Api,
+) -> None:
+    path = database_file(api.gateway)
+    ledger = api.gateway.store.ledger
+    assert (await run(api, 0)).status_code == 200  # the count is known: no read needed
+    answered: list[int] = []
+
+    async def call(n: int) -> None:
+        assert (await run(api, n)).status_code == 200
+        assert n in await stored_inputs(path)  # committed before the answer arrived
+        answered.append(n)
+
     async with background(api.gateway):
         with write_locked(path) as lock:
-            # Another connection holds the write lock; the writer waits behind it, calls not.
-            with anyio.fail_after(5):
-                responses = await run_all(api, 5, 1)
-            assert [r.status_code for r in responses] == [200] * 5
-            lock.release()
-        assert inputs(await executions(api)) == list(range(6))
-        assert await used(api) == 6
+            async with anyio.create_task_group() as tg:
+                for n in range(1, 6):
+                    tg.start_soon(call, n)
+                # Another connection holds the write lock: every call ran its action and
+                # queued its count and record (two items each), and none may answer yet.
+                await queued(ledger, 10)
+                before = ledger.attempts  # the first waiter's commit has started
+                assert answered == []
+                lock.release()
+        assert sorted(answered) == [1, 2, 3, 4, 5]
+        # The first waiter's commit, then one more for the four that queued behind it.
+        assert ledger.attempts == before + 1
+        assert await stored_count(path, api.org_id, this_month(api)) == 6
 
 
 async def test_near_the_limit_each_reservation_is_committed_before_it_returns(
@@ -414,90 +491,97 @@ async def test_counts_older_than_stale_seconds_are_read_again(api: Api) -> None:
 # -- shutdown ---------------------------------------------------------------------------------
 
 
-async def test_calls_queued_behind_a_busy_database_are_written_at_shutdown(
-    settings: Settings,
+async def test_counts_no_record_followed_are_written_at_shutdown(api: Api) -> None:
+    ledger = ExecutionLedger(api.gateway.store.db, api.gateway.store.usage)
+    path = database_file(api.gateway)
+    async with writing(ledger):
+        for n in range(3):
+            assert await ledger.reserve(api.org_id, PERIOD, 1000) == (True, n)
+        # Queued for the next record's commit; none came.
+        assert await stored_count(path, api.org_id, PERIOD) == 0
+    assert await stored_count(path, api.org_id, PERIOD) == 3
+
+
+async def test_records_of_calls_that_stopped_waiting_are_written_by_the_writer(
+    api: Api,
 ) -> None:
-    async with opened(settings) as api:
-        path = database_file(api.gateway)
-        assert (await run(api, 0)).status_code == 200  # the count is known: no read needed
+    path = database_file(api.gateway)
+    ledger = api.gateway.store.ledger
+    assert (await run(api, 0)).status_code == 200  # the count is known: no read needed
+    async with background(api.gateway):
         with write_locked(path) as lock:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(api.gateway.run_background)
-                await wait_running(api.gateway.store.ledger)
-                responses = await run_all(api, 8, 1)
-                assert [r.status_code for r in responses] == [200] * 8
-                assert await stored_executions(path) == 1  # all queued, none written
-                # Shut down while they are queued; the lock goes away a moment later.
-                tg.cancel_scope.cancel()
+                for n in range(1, 4):
+                    tg.start_soon(run, api, n)
+                await queued(ledger, 6)
+                tg.cancel_scope.cancel()  # the clients went away while their calls waited
                 lock.release()
-        org_id = api.org_id
-    async with opened(settings, configure=False) as fresh:
-        assert inputs(await executions(fresh)) == list(range(9))
-        assert await used(fresh) == 9
-        assert fresh.org_id == org_id
+        # Nobody waits for these records any more; the background writer commits them.
+        with anyio.fail_after(10):
+            while ledger.waiting:
+                await anyio.lowlevel.checkpoint()
+        assert await stored_inputs(path) == [0, 1, 2, 3]
+        assert await stored_count(path, api.org_id, this_month(api)) == 4
 
 
 async def test_close_writes_what_the_writer_could_not(settings: Settings) -> None:
     async with opened(settings) as api:
         path = database_file(api.gateway)
+        ledger = api.gateway.store.ledger
         async with activity_refused(path):
             async with background(api.gateway):
-                responses = await run_all(api, 6)
-                assert [r.status_code for r in responses] == [200] * 6
-                await api.gateway.store.ledger.flush()  # an attempt was made, and failed
+                async with anyio.create_task_group() as tg:
+                    for n in range(3):
+                        tg.start_soon(run, api, n)
+                    await queued(ledger, 6)
+                    await ledger.flush()  # an attempt was made, and failed
+                    tg.cancel_scope.cancel()  # the clients gave up
                 assert await stored_executions(path) == 0
             # The writer stopped and could not drain either; the records are still in memory.
             assert await stored_executions(path) == 0
         # Writable again: Gateway.close (leaving `opened`) writes them.
     async with opened(settings, configure=False) as fresh:
-        assert inputs(await executions(fresh)) == list(range(6))
-        assert await used(fresh) == 6
+        assert inputs(await executions(fresh)) == [0, 1, 2]
+        assert await used(fresh) == 3
 
 
 # -- failed writes ----------------------------------------------------------------------------
 
 
-async def test_a_failed_write_is_retried_and_loses_nothing(api: Api) -> None:
+async def test_while_the_database_refuses_writes_calls_wait_and_nothing_is_lost(
+    any_api: Api,
+) -> None:
+    api = any_api
     path = database_file(api.gateway)
+    ledger = use_ledger(api.gateway, retry_seconds=0.05)
+    answered: list[int] = []
+
+    async def call(n: int) -> None:
+        assert (await run(api, n)).status_code == 200
+        answered.append(n)
+
     async with background(api.gateway):
-        async with activity_refused(path):
-            responses = await run_all(api, 5)
-            assert [r.status_code for r in responses] == [200] * 5
-            await api.gateway.store.ledger.flush()
-            # The group failed as a whole: neither records nor counts were committed.
+        async with anyio.create_task_group() as tg, activity_refused(path):
+            for n in range(5):
+                tg.start_soon(call, n)
+            await queued(ledger, 10)
+            await ledger.flush()  # gives up after a failed attempt; the calls do not
+            assert answered == []
+            # Each group failed as a whole: neither records nor counts were committed.
             assert await stored_executions(path) == 0
             assert await stored_count(path, api.org_id, this_month(api)) == 0
             # The quota still knows about them in this process.
-            assert await api.gateway.store.ledger.reserve(api.org_id, this_month(api), 10**6) == (
-                True,
-                5,
-            )
-        # Writable again: the next call's group carries everything that failed before it.
-        assert (await run(api, 5)).status_code == 200
-        entries = await executions(api)
-        assert inputs(entries) == list(range(6))
-        assert await used(api) == 7  # six calls and the reservation made above
-
-
-async def test_once_writable_again_the_activity_api_shows_calls_whose_write_failed(
-    api: Api,
-) -> None:
-    path = database_file(api.gateway)
-    async with background(api.gateway):
-        async with activity_refused(path):
-            responses = await run_all(api, 3)
-            assert [r.status_code for r in responses] == [200] * 3
-            await api.gateway.store.ledger.flush()
-            assert await stored_executions(path) == 0
-        # The database accepts writes again; the activity API flushes before it reads.
-        with anyio.fail_after(10):
-            entries = await executions(api)
-    assert inputs(entries) == [0, 1, 2]
+            month = this_month(api)
+            assert await ledger.reserve(api.org_id, month, 10**6) == (True, 5)
+        # Writable again (the trigger went first): the calls' next attempt commits, they answer.
+        assert sorted(answered) == [0, 1, 2, 3, 4]
+        assert inputs(await executions(api)) == [0, 1, 2, 3, 4]
+        assert await used(api) == 6  # five calls and the reservation made above
 
 
 async def test_the_quota_holds_while_the_writer_cannot_write(api: Api) -> None:
     store = api.gateway.store
-    ledger = ExecutionLedger(store.db, store.usage, exact_margin=1)
+    ledger = ExecutionLedger(store.db, store.usage, exact_margin=1, retry_seconds=0.05)
     path = database_file(api.gateway)
     limit = 3
     record = {
@@ -508,16 +592,21 @@ async def test_the_quota_holds_while_the_writer_cannot_write(api: Api) -> None:
         "actor": "test",
         "status": "succeeded",
     }
-    async with writing(ledger), activity_refused(path):
-        allowed = 0
+    allowed = 0
+    async with writing(ledger):
         with anyio.fail_after(20):
-            for _ in range(limit + 3):
-                # As the pipeline does: an execution's count and its record. The record makes
-                # every group fail until the database accepts it.
-                await ledger.record(**record)
-                counted, _before = await ledger.reserve(api.org_id, PERIOD, limit)
-                allowed += counted
+            async with anyio.create_task_group() as records, activity_refused(path):
+                for _ in range(limit + 3):
+                    # As the pipeline does: an execution's count and its record. The
+                    # records wait, and make every group fail until the database
+                    # accepts them.
+                    counted, _before = await ledger.reserve(api.org_id, PERIOD, limit)
+                    allowed += counted
+                    records.start_soon(partial(ledger.record, **record))
+            # Writable again (the trigger went first): the waiting records were committed.
     assert allowed == limit
+    assert await stored_count(path, api.org_id, PERIOD) == limit
+    assert await stored_executions(path) == limit + 3
 
 
 class PausedReads(UsageCounters):

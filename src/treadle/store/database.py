@@ -3,14 +3,19 @@
 SQLite (the embedded default) allows one writer at a time. Writes in this process queue on one
 lock and open with `BEGIN IMMEDIATE`, so a write never fails half-way on a lock upgrade and
 another process (say `treadle stdio` beside `treadle serve`) waits its turn via busy_timeout.
+
+The hot path's group commits (store/ledger.py) may instead run as one function over a plain
+sqlite3 connection in a worker thread (`write_direct`), behind the same lock: one thread hop
+per transaction, where aiosqlite makes one per statement.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import sqlalchemy as sa
@@ -26,6 +31,8 @@ from treadle.store.migrations import migrate
 from treadle.store.version_probe import VersionProbe
 
 GLOBAL_SCOPE = "*"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +112,63 @@ async def insert_activity_rows(conn: AsyncConnection, rows: Sequence[dict[str, A
     )
 
 
+def sqlite_file(engine: AsyncEngine) -> str | None:
+    """The path of a file-backed SQLite database; None for anything else (other databases,
+    in-memory ones, URI filenames with options)."""
+    url = engine.url
+    if engine.dialect.name != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    if url.database.startswith("file:"):
+        return None
+    return url.database
+
+
+class DirectSqlite:
+    """One plain sqlite3 connection that runs whole write transactions, one at a time, from
+    whichever worker thread the caller hands them to."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._conn: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        # As `_configure_sqlite` sets up every SQLAlchemy connection. In WAL mode NORMAL
+        # keeps every commit through a process crash (`kill -9`); only power loss may undo
+        # the last ones.
+        for pragma in (
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA synchronous=NORMAL",
+            "PRAGMA busy_timeout=10000",
+            "PRAGMA foreign_keys=ON",
+        ):
+            conn.execute(pragma)
+        return conn
+
+    def transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` in one `BEGIN IMMEDIATE` transaction and commit it (blocking)."""
+        if self._conn is None:
+            self._conn = self._connect()
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            result = work(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            try:
+                if conn.in_transaction:
+                    conn.rollback()
+            except sqlite3.Error:
+                self.close()  # unusable: the next transaction opens a fresh connection
+            raise
+        return result
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
 class Database:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -112,6 +176,8 @@ class Database:
         self._write_lock = anyio.Lock()
         self._listeners: list[ChangeListener] = []
         self._probe = VersionProbe.for_engine(engine)
+        path = sqlite_file(engine)
+        self._direct = None if path is None else DirectSqlite(path)
 
     @classmethod
     async def open(cls, url: str) -> Database:
@@ -124,6 +190,9 @@ class Database:
     async def close(self) -> None:
         if self._probe is not None:
             self._probe.close()
+        if self._direct is not None:
+            async with self._write_lock:  # not while a worker thread still uses it
+                self._direct.close()
         await self.engine.dispose()
 
     def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
@@ -152,6 +221,23 @@ class Database:
         for change in txn.events:
             for listener in list(self._listeners):
                 listener(change)
+
+    @property
+    def writes_directly(self) -> bool:
+        """Whether `write_direct` is available (a file-backed SQLite database)."""
+        return self._direct is not None
+
+    async def write_direct(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` in one write transaction of a plain sqlite3 connection, in a worker
+        thread, queued with this process's other writes. No change events: for the
+        execution ledger, which changes no configuration."""
+        assert self._direct is not None, "write_direct needs a file-backed SQLite database"
+        # Shielded like `write`: a transaction once started finishes (the thread cannot be
+        # stopped half-way anyway), and the lock is only let go after it.
+        with anyio.CancelScope(shield=True):
+            async with self._write_lock:
+                result = await anyio.to_thread.run_sync(self._direct.transaction, work)
+        return result
 
     async def config_version(self) -> int:
         """The global configuration version, as every process's commits have left it.

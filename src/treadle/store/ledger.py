@@ -1,51 +1,62 @@
-"""Execution records and quota counts, committed in groups behind the calls that made them.
+"""Execution records and quota counts: committed before each call answers, shared by calls
+that finish together (group commit).
 
 Every call ends with an activity record and (if it reached the action) one more execution
 counted against the org's monthly quota. Written per call, that is two transactions on the
 hot path; with SQLite's single writer they also serialise every concurrent call. While the
-gateway runs (`run`, started by `treadle serve` and `treadle stdio`), calls hand both to this
-ledger and return; one writer commits whatever has accumulated in a single transaction
-(group commit). It lingers `LINGER_SECONDS` after the first queued item so that even
-one-at-a-time calls share a transaction; nobody waits for that, except `flush()`, which
-cuts it short.
+gateway runs (`run`, started by `treadle serve` and `treadle stdio`), a call hands both to this
+ledger, and `record` returns once its record is committed, leader/follower style:
+- a call that finds no commit under way commits at once, in one transaction, its record and
+  whatever else is queued (it leads): a lone call pays one commit and never waits for others;
+- calls that queue while a commit is under way wait for it to end (they follow); then the
+  first of them leads the next commit, for all of them: concurrent calls share commits.
+On a file-backed SQLite database a commit is one hop to a worker thread running plain sqlite3
+(`Database.write_direct`); elsewhere (PostgreSQL) an ordinary SQLAlchemy transaction.
 
-What that trades, and what it keeps:
-- Read-your-writes holds in this process: the activity API calls `flush()` first.
-- A graceful stop (SIGINT/SIGTERM, `Gateway.close`) writes everything queued. A process
-  killed outright loses the records of the group being gathered or written (the last
-  ~100 ms of calls); their quota counts are lost with them, in the org's favour.
+What that keeps:
+- A call that answered is in the activity log and the quota, even after `kill -9`: its
+  record was committed before the answer, together with (or after) every quota count queued
+  before it, its own included. A process killed outright loses only what calls still in
+  flight had queued; none of them answered. The count of such a call may survive without
+  its record (it reached the action, which may have run), never the other way round.
 - Quotas stay exact within one process. The count is re-read when it is older than
   `STALE_SECONDS` (and after every group this process commits), and within `EXACT_MARGIN`
-  executions of the limit every reservation is a synchronous database write, as before. So
-  several processes sharing the database can only overshoot together if they make more than
+  executions of the limit every reservation is a synchronous database write. So several
+  processes sharing the database can only overshoot together if they make more than
   `EXACT_MARGIN` executions inside one `STALE_SECONDS` window right at the limit.
+- While the database refuses writes, calls wait for their records, and whoever leads
+  retries every `RETRY_SECONDS`; `flush()` gives up after a failed attempt instead. What nobody
+  waits for any more (a cancelled call, a reservation not followed by a record) is written by
+  `run`, or by a graceful stop (SIGINT/SIGTERM, `Gateway.close`), which writes everything.
 Without a running writer (tests, one-shot CLI commands) everything is written inline.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import anyio
+from sqlalchemy.engine import Dialect
 
 from treadle.clock import now_iso
 from treadle.ids import new_uuid
+from treadle.store import schema
 from treadle.store.database import Database, insert_activity, insert_activity_rows
 from treadle.store.state import UsageCounters
 
 log = logging.getLogger(__name__)
 
 STALE_SECONDS = 0.5
-LINGER_SECONDS = 0.1
-MAX_GROUP = 500
 EXACT_MARGIN = 256
 RETRY_SECONDS = 0.5
-# Beyond this many queued records the writer is failing for good; keep memory bounded.
+# Beyond this many queued records the database is failing for good; keep memory bounded.
 MAX_QUEUED = 100_000
 
 _Period = tuple[str, str]  # (org_id, "YYYY-MM")
@@ -69,22 +80,25 @@ class ExecutionLedger:
         clock: Callable[[], float] = time.monotonic,
         stale_seconds: float = STALE_SECONDS,
         exact_margin: int = EXACT_MARGIN,
-        linger_seconds: float = LINGER_SECONDS,
+        retry_seconds: float = RETRY_SECONDS,
     ) -> None:
         self._db = db
         self._usage = usage
         self._clock = clock
         self._stale = stale_seconds
         self._margin = exact_margin
-        self._linger = linger_seconds
+        self._retry = retry_seconds
+        self._direct = _DirectGroup(db.engine.dialect) if db.writes_directly else None
         self._running = False
         self._records: list[dict[str, Any]] = []
         self._increments: Counter[_Period] = Counter()
         self._tallies: dict[_Period, _Tally] = {}
-        self._wake = anyio.Event()
-        self._hurry = anyio.Event()  # someone waits in flush(): stop lingering
-        self._written = anyio.Event()
+        self._leading = False  # a commit (or the pause after a failed one) is under way
+        self._commit_ended = anyio.Event()  # set, and replaced, whenever a commit ends
+        self._orphaned = anyio.Event()  # queued items nobody may be waiting for: wakes `run`
         # Progress, in items (an activity record or one quota count) and write attempts.
+        # Groups are taken from the front of the queue and put back there when they fail,
+        # so what is written is always a prefix of what was queued.
         self._queued = 0  # items ever queued
         self._settled = 0  # items ever written (or dropped: see MAX_QUEUED)
         self._attempts = 0  # write attempts ever started
@@ -94,10 +108,21 @@ class ExecutionLedger:
     def running(self) -> bool:
         return self._running
 
+    @property
+    def attempts(self) -> int:
+        """Group commits started so far (one transaction each)."""
+        return self._attempts
+
+    @property
+    def waiting(self) -> int:
+        """Items queued and not yet written."""
+        return self._queued - self._settled
+
     # -- activity ---------------------------------------------------------------------------
 
     async def record(self, **values: Any) -> None:
-        """An `activity` row (columns as keyword arguments) for an execution."""
+        """An `activity` row (columns as keyword arguments) for an execution; returns once
+        it is committed."""
         if not self._running:
             async with self._db.write("system") as txn:
                 await insert_activity(txn.conn, **values)
@@ -108,14 +133,15 @@ class ExecutionLedger:
             self._settled += 1
         self._records.append({"id": new_uuid(), "created_at": now_iso(), **values})
         self._queued += 1
-        self._wake.set()
-        if len(self._records) >= MAX_GROUP:
-            self._hurry.set()
+        await self._settle(self._queued)
 
     # -- quota ------------------------------------------------------------------------------
 
     async def reserve(self, org_id: str, period: str, limit: int) -> tuple[bool, int]:
-        """Count one execution unless `limit` is reached: (counted, count before this one)."""
+        """Count one execution unless `limit` is reached: (counted, count before this one).
+
+        Far from the limit the count is queued, not written: the execution's record, which
+        the pipeline writes next, commits it (in its group or after an earlier one)."""
         if not self._running:
             return await self._usage.reserve(org_id, period, limit)
         key = (org_id, period)
@@ -123,18 +149,18 @@ class ExecutionLedger:
         now = self._clock()
         if tally is None or now - tally.synced_at > self._stale:
             committed = await self._usage.current(org_id, period)
-            tally = self._tallies.get(key)  # the writer may have created it meanwhile
+            tally = self._tallies.get(key)  # a commit may have created it meanwhile
             if tally is None:
                 tally = self._tallies[key] = _Tally(committed, 0, now)
             else:
-                # Counts only grow within a month: a group the writer committed while this
-                # read was in flight must not be undone by the older number.
+                # Counts only grow within a month: a group committed while this read was in
+                # flight must not be undone by the older number.
                 tally.committed = max(tally.committed, committed)
                 tally.synced_at = now
         used = tally.committed + tally.pending
         if limit - used <= self._margin:
             # Near the limit: settle what is queued, then count in the database itself,
-            # leaving room for whatever of ours is still unwritten (a failing writer).
+            # leaving room for whatever of ours is still unwritten (a failing database).
             await self.flush()
             pending = tally.pending
             counted, before = await self._usage.reserve(org_id, period, limit - pending)
@@ -144,48 +170,71 @@ class ExecutionLedger:
         tally.pending += 1
         self._increments[key] += 1
         self._queued += 1
-        self._wake.set()
         return True, used
 
-    # -- the writer -------------------------------------------------------------------------
+    # -- group commit -----------------------------------------------------------------------
 
     async def flush(self) -> None:
         """Wait until everything queued before this call is written, or until a write
         attempt that started after this call failed (the database refuses: do not hang)."""
-        target = self._queued
-        begun = self._attempts
-        while self._running and self._settled < target and self._last_failed <= begun:
-            written = self._written
-            self._wake.set()
-            self._hurry.set()
-            await written.wait()
+        await self._settle(self._queued, give_up_after=self._attempts)
+
+    async def drain(self) -> None:
+        """Write everything queued now (for shutdown; a no-op when nothing is queued)."""
+        await self._settle(self._queued, give_up_after=self._attempts)
 
     async def run(self) -> None:
-        """Write queued records and counts until cancelled; then write what is left."""
+        """Write what nobody waits for until cancelled; then write what is left."""
         self._running = True
         try:
             while True:
-                await self._wake.wait()
-                with anyio.move_on_after(self._linger):
-                    await self._hurry.wait()
-                self._wake = anyio.Event()
-                self._hurry = anyio.Event()
-                if not await self._write_queued():
-                    await anyio.sleep(RETRY_SECONDS)
-                    self._wake.set()  # what failed is still queued: try again
+                await self._orphaned.wait()
+                self._orphaned = anyio.Event()
+                await self._settle(self._queued)
         finally:
             self._running = False
             with anyio.CancelScope(shield=True):
                 await self.drain()
 
-    async def drain(self) -> None:
-        """Write everything queued now (for shutdown; a no-op when nothing is queued)."""
-        if self._records or self._increments:
-            await self._write_queued()
+    async def _settle(self, target: int, *, give_up_after: int | None = None) -> None:
+        """Return once the first `target` items ever queued are written: lead a commit when
+        none is under way, otherwise follow the one that is and look again when it ends.
+        With `give_up_after`, also return once an attempt after that one failed."""
+        try:
+            while self._settled < target:
+                if give_up_after is not None and self._last_failed > give_up_after:
+                    return
+                if self._leading:
+                    await self._commit_ended.wait()
+                elif self._records or self._increments:
+                    await self._lead(back_off=give_up_after is None)
+                else:
+                    return  # nothing left to write: only dropped items are missing
+        except BaseException:
+            if self._settled < target:
+                self._orphaned.set()  # the next leader may have been this caller
+            raise
+
+    async def _lead(self, *, back_off: bool) -> None:
+        self._leading = True
+        try:
+            with anyio.CancelScope(shield=True):
+                written = await self._write_queued()
+            if not written:
+                self._orphaned.set()  # retried by `run` even if every waiter gives up
+                if back_off:
+                    # Still leading: followers wait here too instead of retrying at once.
+                    await anyio.sleep(self._retry)
+        finally:
+            self._leading = False
+            ended, self._commit_ended = self._commit_ended, anyio.Event()
+            ended.set()
 
     async def _write_queued(self) -> bool:
         records, self._records = self._records, []
         increments, self._increments = self._increments, Counter()
+        if not records and not increments:
+            return True
         self._attempts += 1
         attempt = self._attempts
         try:
@@ -197,11 +246,7 @@ class ExecutionLedger:
             self._increments.update(increments)
             self._last_failed = attempt
             return False
-        else:
-            self._settled += len(records) + sum(increments.values())
-        finally:
-            written, self._written = self._written, anyio.Event()
-            written.set()
+        self._settled += len(records) + sum(increments.values())
         now = self._clock()
         for key, count in counts.items():
             tally = self._tallies.get(key)
@@ -214,13 +259,63 @@ class ExecutionLedger:
     async def _write(
         self, records: list[dict[str, Any]], increments: Counter[_Period]
     ) -> dict[_Period, int]:
+        if self._direct is not None:
+            return await self._db.write_direct(partial(self._direct.write, records, increments))
         counts: dict[_Period, int] = {}
-        if not records and not increments:
-            return counts
         async with self._db.write("system") as txn:
-            for (org_id, period), added in increments.items():
+            # Sorted: concurrent PostgreSQL writers lock counter rows in one order (no deadlock).
+            for (org_id, period), added in sorted(increments.items()):
                 await self._usage.add(txn, org_id, period, added)
                 counts[(org_id, period)] = await self._usage.count_in(txn.conn, org_id, period)
             if records:
                 await insert_activity_rows(txn.conn, records)
+        return counts
+
+
+class _DirectGroup:
+    """One group's transaction in plain sqlite3, the same rows `UsageCounters.add` and
+    `insert_activity_rows` write through SQLAlchemy (values encoded by the same column types)."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        # SQLAlchemy's own INSERT for the table, compiled once: every column, in the order of
+        # its positional parameters, encoded by each column's type.
+        compiled = schema.activity.insert().compile(dialect=dialect)
+        self._insert = compiled.string
+        self._names = list(compiled.positiontup or ())
+        self._encoders = [
+            schema.activity.c[name].type.bind_processor(dialect) for name in self._names
+        ]
+
+    def _row(self, values: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(
+            values.get(name) if encode is None else encode(values.get(name))
+            for name, encode in zip(self._names, self._encoders, strict=True)
+        )
+
+    def write(
+        self,
+        records: list[dict[str, Any]],
+        increments: Counter[_Period],
+        conn: sqlite3.Connection,
+    ) -> dict[_Period, int]:
+        counts: dict[_Period, int] = {}
+        for (org_id, period), added in increments.items():
+            (count,) = conn.execute(
+                "INSERT INTO usage_counters (org_id, period, count) VALUES (?, ?, ?) "
+                "ON CONFLICT (org_id, period) DO UPDATE SET count = count + excluded.count "
+                "RETURNING count",
+                (org_id, period, added),
+            ).fetchone()
+            counts[(org_id, period)] = int(count)
+        if records:
+            # Numbered after the highest `seq` in this write transaction, as in
+            # `insert_activity_rows`: BEGIN IMMEDIATE keeps every other writer out meanwhile.
+            (top,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM activity").fetchone()
+            conn.executemany(
+                self._insert,
+                [
+                    self._row({**values, "seq": int(top) + 1 + i})
+                    for i, values in enumerate(records)
+                ],
+            )
         return counts
