@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import dataclasses
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
 import httpx2
 import pytest
+import sqlalchemy as sa
 
-from test_gates_execute import Gates, error, gates_fixture, pending  # noqa: F401
+from test_gates_execute import Gates, error, gates_fixture, open_gates, pending  # noqa: F401
+from treadle.app import Gateway
+from treadle.catalog import Catalog
 from treadle.clock import iso, utcnow
 from treadle.engine import ApprovalPending, ExecuteRequest, Outcome, Refused, Source, Succeeded
+from treadle.settings import Settings
 from treadle.store import schema
+from treadle.store.gates import IdempotencyClaim, IdempotencyRecord, IdempotencyRecords
+
+from conftest import client_for
 
 pytestmark = pytest.mark.anyio
 
@@ -21,6 +29,30 @@ MESSAGE = {"to": "ops@example.com", "text": "Refund order 123", "amount": 250}
 
 def replayed(response: httpx2.Response) -> bool:
     return response.headers.get("Idempotent-Replayed") == "true"
+
+
+def rerun(response: httpx2.Response) -> bool:
+    return response.headers.get("Idempotent-Rerun") == "true"
+
+
+class Clock:
+    """Wall-clock time that moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = utcnow()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+async def claim_row(gates: Gates, key: str) -> sa.Row[Any]:
+    table = schema.idempotency_records
+    async with gates.gateway.store.db.read() as conn:
+        found = await conn.execute(table.select().where(table.c.key == key))
+        return found.one()
 
 
 async def expire(gates: Gates, approval_id: str) -> None:
@@ -75,6 +107,143 @@ async def test_the_same_key_while_the_first_request_runs_is_in_use(gates: Gates)
     assert replayed(third)
     assert third.json() == answers[0].json()
     assert len(gates.kit.runs) == 1
+
+
+# -- claims of processes that stopped (leases) ------------------------------------------------
+
+
+async def test_a_live_owner_keeps_its_claim_and_one_that_stopped_renewing_loses_it(
+    gates: Gates,
+) -> None:
+    """Two processes on one database, one clock: a claim lasts its lease past the last
+    renewal; then the same request takes it over (a rerun) and the first owner, should it come
+    back, can no longer complete or free the key."""
+    clock = Clock()
+    db = gates.gateway.store.db
+    first = IdempotencyRecords(db, lease=timedelta(seconds=30), clock=clock)
+    second = IdempotencyRecords(db, lease=timedelta(seconds=30), clock=clock)
+    org = gates.api.org_id
+    assert await first.begin(org, "k", "print") == IdempotencyClaim(rerun=False)
+    clock.advance(20)
+    await first.renew()
+    clock.advance(20)  # 40 s after the claim, 20 s after the renewal: still held
+    held = await second.begin(org, "k", "print")
+    assert isinstance(held, IdempotencyRecord)
+    assert held.state == "in_progress"
+    refused = await second.begin(org, "k", "another request")
+    assert isinstance(refused, IdempotencyRecord)
+    assert refused.fingerprint == "print"  # the caller answers IDEMPOTENCY_KEY_MISMATCH
+    clock.advance(11)  # the lease ran out: the first owner stopped
+    assert await second.begin(org, "k", "print") == IdempotencyClaim(rerun=True)
+    await first.complete(org, "k", 200, {"from": "first"})
+    await first.release(org, "k")
+    assert (await claim_row(gates, "k")).owner == second.owner
+    await second.complete(org, "k", 200, {"from": "second"})
+    done = await first.begin(org, "k", "print")
+    assert done == IdempotencyRecord("print", "completed", 200, {"from": "second"})
+
+
+async def test_a_claim_without_a_lease_from_before_the_upgrade_counts_as_abandoned(
+    gates: Gates,
+) -> None:
+    now = utcnow()
+    async with gates.gateway.store.db.write("test") as txn:
+        await txn.conn.execute(
+            schema.idempotency_records.insert().values(
+                org_id=gates.api.org_id,
+                key="old",
+                fingerprint="print",
+                state="in_progress",
+                created_at=iso(now),
+                expires_at=iso(now + timedelta(hours=1)),
+            )
+        )
+    claimed = await gates.gateway.store.idempotency.begin(gates.api.org_id, "old", "print")
+    assert claimed == IdempotencyClaim(rerun=True)
+
+
+async def test_a_retry_after_the_first_attempts_process_stopped_runs_again_and_says_so(
+    settings: Settings,
+) -> None:
+    """`first` claims the key and then stops renewing (its lease is a millisecond and
+    nothing renews it), as a killed process would; `second`, another process on the same
+    database, gets the retry."""
+    stopped = dataclasses.replace(settings, idempotency_lease_seconds=0.001)
+    async with open_gates(stopped) as gates:
+        second = await Gateway.open(settings, catalog=Catalog([gates.kit.integration()]))
+        try:
+            async with client_for(second, gates.api.api_key) as client:
+                answers: dict[str, httpx2.Response] = {}
+
+                async def attempt(name: str, send: Any) -> None:
+                    answers[name] = await send()
+
+                body = {
+                    "workspaceId": gates.api.workspace_id,
+                    "integrationName": "outbox",
+                    "integrationAlias": "mailer",
+                    "actionName": "hold",
+                    "input": MESSAGE,
+                    "idempotencyKey": "slow",
+                }
+                with anyio.fail_after(10):
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(
+                            attempt, "first", lambda: gates.api.post("/actions/execute", body)
+                        )
+                        await gates.kit.held.wait()
+                        tg.start_soon(
+                            attempt,
+                            "second",
+                            lambda: client.post("/api/v1/actions/execute", json=body),
+                        )
+                        while (
+                            await claim_row(gates, "slow")
+                        ).owner != second.store.idempotency.owner:
+                            pass  # each look is a database read: the retry has taken over
+                        gates.kit.release.set()
+        finally:
+            await second.close()
+        retried = answers["second"]
+        assert retried.status_code == 200, retried.text
+        assert rerun(retried)
+        assert not replayed(retried)
+        assert answers["first"].status_code == 200  # it ran, but no longer held the key
+        assert len(gates.kit.runs) == 2  # at least once: the action ran for both attempts
+        again = await gates.send(MESSAGE, action="hold", idempotencyKey="slow")
+        assert replayed(again)
+        assert not rerun(again)
+        assert again.json() == retried.json()
+
+
+async def test_a_running_claim_is_renewed_past_its_first_lease(settings: Settings) -> None:
+    async with open_gates(dataclasses.replace(settings, idempotency_lease_seconds=0.6)) as gates:
+        answers: list[httpx2.Response] = []
+
+        async def first() -> None:
+            answers.append(await gates.send(MESSAGE, action="hold", idempotencyKey="slow"))
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as background:
+                background.start_soon(gates.gateway.run_background)
+                async with anyio.create_task_group() as calls:
+                    calls.start_soon(first)
+                    await gates.kit.held.wait()
+                    lease = (await claim_row(gates, "slow")).lease_expires_at
+                    # Look (each look a read) until the first lease has run out and a
+                    # renewal holds the claim beyond now.
+                    while True:
+                        renewed = (await claim_row(gates, "slow")).lease_expires_at
+                        now = iso(utcnow())
+                        if now > lease and renewed > now:
+                            break
+                    retry = await gates.send(MESSAGE, action="hold", idempotencyKey="slow")
+                    error(retry, 409, "IDEMPOTENCY_KEY_IN_USE")
+                    gates.kit.release.set()
+                background.cancel_scope.cancel()
+        assert answers[0].status_code == 200
+        assert not rerun(answers[0])
+        assert len(gates.kit.runs) == 1
 
 
 async def test_different_keys_run_separately(gates: Gates) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import timedelta
 
 import anyio
 import httpx2
@@ -49,7 +50,9 @@ class Gateway:
             db = await Database.open(settings.database_url)
             exit_stack.push_async_callback(db.close)
             vault = Vault.open(settings.data_dir, settings.secret_key)
-            store = Store(db, vault)
+            store = Store(
+                db, vault, idempotency_lease=timedelta(seconds=settings.idempotency_lease_seconds)
+            )
             # Runs before the database closes: records still queued are written.
             exit_stack.push_async_callback(store.ledger.drain)
             client = http
@@ -94,9 +97,11 @@ class Gateway:
 
     async def run_background(self) -> None:
         """The gateway's own background work, until cancelled: the writer that commits
-        execution records and quota counts in groups, and webhook deliveries."""
+        execution records and quota counts nobody waits for, the renewal of idempotency
+        leases, and webhook deliveries."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.store.ledger.run)
+            tg.start_soon(self.store.idempotency.keep_leases)
             tg.start_soon(self.webhooks.run)
 
     async def close(self) -> None:

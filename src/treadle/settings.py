@@ -21,6 +21,8 @@ class Settings:
     # Slow clients: the seconds a request's headers, then its body, may take to arrive.
     header_timeout: float = 10.0
     body_timeout: float = 30.0
+    # How long an idempotency key stays "in use" after the process running it stopped.
+    idempotency_lease_seconds: float = 30.0
 
     @classmethod
     def from_env(cls, data_dir: str | os.PathLike[str] | None = None) -> Settings:
@@ -36,6 +38,7 @@ class Settings:
             webhooks_allow_private=os.environ.get("TREADLE_WEBHOOKS_ALLOW_PRIVATE") == "1",
             header_timeout=_seconds("TREADLE_HEADER_TIMEOUT", 10.0),
             body_timeout=_seconds("TREADLE_BODY_TIMEOUT", 30.0),
+            idempotency_lease_seconds=_seconds("TREADLE_IDEMPOTENCY_LEASE_SECONDS", 30.0),
         )
 
 

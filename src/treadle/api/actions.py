@@ -34,6 +34,7 @@ from treadle.engine import (
 )
 from treadle.engine.approvals import canonical
 from treadle.errors import ErrorCode, Refusal, ValidationFailed
+from treadle.store.gates import IdempotencyRecord
 
 
 class ExecuteBody(Body):
@@ -110,7 +111,7 @@ async def _idempotent(
         canonical({k: v for k, v in raw.items() if k != "idempotencyKey"}).encode()
     ).hexdigest()
     held = await gw.store.idempotency.begin(org_id, key, request_print)
-    if held is not None:
+    if isinstance(held, IdempotencyRecord):
         if held.fingerprint != request_print:
             raise Refusal(
                 ErrorCode.IDEMPOTENCY_KEY_MISMATCH,
@@ -136,7 +137,12 @@ async def _idempotent(
             else:
                 # Nothing ran and nobody decides: the key is free for a corrected request.
                 await gw.store.idempotency.release(org_id, key)
-    return _respond(*render(outcome))
+    status, payload, headers = render(outcome)
+    if held.rerun:
+        # The earlier attempt's process stopped before it answered: this ran the request
+        # again (at least once, not exactly once). Tell the caller.
+        headers["Idempotent-Rerun"] = "true"
+    return _respond(status, payload, headers)
 
 
 _GATE_REFUSALS = frozenset(

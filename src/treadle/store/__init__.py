@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from treadle.store.activity import Activity, ActivityFilter
 from treadle.store.config_cache import ConfigCache, WorkspaceConfig
 from treadle.store.configuration import Partials, WorkspaceIntegrations
 from treadle.store.database import ChangeEvent, Database, WriteTxn
-from treadle.store.gates import ApprovalPolicies, Approvals, IdempotencyRecords
+from treadle.store.gates import (
+    IDEMPOTENCY_LEASE,
+    ApprovalPolicies,
+    Approvals,
+    IdempotencyRecords,
+)
 from treadle.store.ledger import ExecutionLedger
 from treadle.store.mcp_servers import McpServers
 from treadle.store.people import Connections, EndUsers
@@ -18,7 +25,9 @@ from treadle.vault import Vault
 class Store:
     """The repositories over one database, assembled once per process."""
 
-    def __init__(self, db: Database, vault: Vault) -> None:
+    def __init__(
+        self, db: Database, vault: Vault, *, idempotency_lease: timedelta = IDEMPOTENCY_LEASE
+    ) -> None:
         self.db = db
         self.orgs = Orgs(db)
         self.workspaces = Workspaces(db)
@@ -33,7 +42,7 @@ class Store:
         self.mcp_servers = McpServers(db)
         self.approval_policies = ApprovalPolicies(db)
         self.approvals = Approvals(db)
-        self.idempotency = IdempotencyRecords(db)
+        self.idempotency = IdempotencyRecords(db, lease=idempotency_lease)
         self.config = ConfigCache(
             db,
             orgs=self.orgs,

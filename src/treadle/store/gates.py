@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+import anyio
 import sqlalchemy as sa
 
 from treadle.clock import iso, now_iso, utcnow
@@ -14,7 +17,11 @@ from treadle.ids import new_uuid
 from treadle.store import schema
 from treadle.store.database import Database, WriteTxn, bump_version
 
+log = logging.getLogger(__name__)
+
 IDEMPOTENCY_TTL = timedelta(hours=24)
+# How long a running claim stays valid unless its owner renews it (every third of it).
+IDEMPOTENCY_LEASE = timedelta(seconds=30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,65 +370,154 @@ class IdempotencyRecord:
     body: Any
 
 
+@dataclass(frozen=True, slots=True)
+class IdempotencyClaim:
+    """The key is this call's to run. `rerun`: an earlier attempt with the same request held
+    it and was abandoned (its process stopped before finishing), so the action may already
+    have run once; this call runs it again."""
+
+    rerun: bool
+
+
 class IdempotencyRecords:
-    """First completed response per (org, key), replayed for 24 h (Stripe / IETF draft)."""
+    """First completed response per (org, key), replayed for 24 h (Stripe / IETF draft).
 
-    def __init__(self, db: Database) -> None:
+    A running claim is leased: it names its owner (this object, one per process) and an
+    expiry that the owner renews (`keep_leases`) while it holds claims. A claim whose lease ran
+    out belongs to a process that stopped (crash, `kill -9`): the next request with the same
+    key and input takes it over and runs again, instead of answering "in use" for 24 hours.
+    A lease is a row in the shared database, so this holds for several processes too."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        lease: timedelta = IDEMPOTENCY_LEASE,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self._db = db
+        self._lease = lease
+        self._clock = clock
+        self.owner = new_uuid()
+        self._held = 0  # claims this process holds now; leases are renewed while there are any
 
-    async def begin(self, org_id: str, key: str, fingerprint: str) -> IdempotencyRecord | None:
-        """Claim the key. None: claimed now. Otherwise the record already holding it.
-
-        A key parked by the same request (it waits for a person) is claimed again."""
+    async def begin(
+        self, org_id: str, key: str, fingerprint: str
+    ) -> IdempotencyClaim | IdempotencyRecord:
+        """Claim the key, or return the record that holds it (a replay, a mismatch or a run
+        still in progress; the caller tells which). The same request claims it again when it
+        was parked (it waits for a person) or abandoned (its process stopped)."""
         table = schema.idempotency_records
         mine = sa.and_(table.c.org_id == org_id, table.c.key == key)
-        now = utcnow()
+        now = self._clock()
+        leased = {
+            "state": "in_progress",
+            "owner": self.owner,
+            "lease_expires_at": iso(now + self._lease),
+        }
         async with self._db.write("system") as txn:
             row = (await txn.conn.execute(table.select().where(mine))).first()
             if row is not None and row.expires_at > iso(now):
-                if row.state == "parked" and row.fingerprint == fingerprint:
-                    await txn.conn.execute(table.update().where(mine).values(state="in_progress"))
-                    return None
-                return IdempotencyRecord(row.fingerprint, row.state, row.status_code, row.body)
-            if row is not None:
-                await txn.conn.execute(table.delete().where(mine))
-            await txn.conn.execute(
-                table.insert().values(
-                    org_id=org_id,
-                    key=key,
-                    fingerprint=fingerprint,
-                    state="in_progress",
-                    created_at=iso(now),
-                    expires_at=iso(now + IDEMPOTENCY_TTL),
+                held = IdempotencyRecord(row.fingerprint, row.state, row.status_code, row.body)
+                if row.fingerprint != fingerprint or row.state == "completed":
+                    return held
+                abandoned = row.state == "in_progress" and _lease_over(row, now)
+                if row.state == "in_progress" and not abandoned:
+                    return held
+                await txn.conn.execute(table.update().where(mine).values(**leased))
+            else:
+                abandoned = False
+                if row is not None:
+                    await txn.conn.execute(table.delete().where(mine))
+                await txn.conn.execute(
+                    table.insert().values(
+                        org_id=org_id,
+                        key=key,
+                        fingerprint=fingerprint,
+                        created_at=iso(now),
+                        expires_at=iso(now + IDEMPOTENCY_TTL),
+                        **leased,
+                    )
                 )
-            )
-        return None
+        self._held += 1
+        return IdempotencyClaim(rerun=abandoned)
+
+    def _claimed(self, org_id: str, key: str) -> sa.ColumnElement[bool]:
+        """The row, while this process still holds its claim (not taken over after a lease
+        this process failed to renew in time)."""
+        table = schema.idempotency_records
+        return sa.and_(
+            table.c.org_id == org_id,
+            table.c.key == key,
+            table.c.state == "in_progress",
+            table.c.owner == self.owner,
+        )
 
     async def complete(self, org_id: str, key: str, status_code: int, body: Any) -> None:
         table = schema.idempotency_records
-        async with self._db.write("system") as txn:
-            await txn.conn.execute(
-                table.update()
-                .where(table.c.org_id == org_id, table.c.key == key)
-                .values(state="completed", status_code=status_code, body=body)
-            )
+        try:
+            async with self._db.write("system") as txn:
+                await txn.conn.execute(
+                    table.update()
+                    .where(self._claimed(org_id, key))
+                    .values(
+                        state="completed",
+                        status_code=status_code,
+                        body=body,
+                        owner=None,
+                        lease_expires_at=None,
+                    )
+                )
+        finally:
+            self._held -= 1
 
     async def park(self, org_id: str, key: str) -> None:
         """Nothing ran, but the key stays bound to its request (it waits for a person's
         decision): the same request claims it again, any other is refused."""
         table = schema.idempotency_records
-        async with self._db.write("system") as txn:
-            await txn.conn.execute(
-                table.update()
-                .where(table.c.org_id == org_id, table.c.key == key, table.c.state == "in_progress")
-                .values(state="parked")
-            )
+        try:
+            async with self._db.write("system") as txn:
+                await txn.conn.execute(
+                    table.update()
+                    .where(self._claimed(org_id, key))
+                    .values(state="parked", owner=None, lease_expires_at=None)
+                )
+        finally:
+            self._held -= 1
 
     async def release(self, org_id: str, key: str) -> None:
         table = schema.idempotency_records
+        try:
+            async with self._db.write("system") as txn:
+                await txn.conn.execute(table.delete().where(self._claimed(org_id, key)))
+        finally:
+            self._held -= 1
+
+    async def renew(self) -> None:
+        """Extend the lease of every claim this process holds: the live owner's heartbeat,
+        one statement however many calls run."""
+        if self._held <= 0:
+            return
+        table = schema.idempotency_records
         async with self._db.write("system") as txn:
             await txn.conn.execute(
-                table.delete().where(
-                    table.c.org_id == org_id, table.c.key == key, table.c.state == "in_progress"
-                )
+                table.update()
+                .where(table.c.owner == self.owner, table.c.state == "in_progress")
+                .values(lease_expires_at=iso(self._clock() + self._lease))
             )
+
+    async def keep_leases(self) -> None:
+        """Renew every third of the lease until cancelled, so one late or failed renewal
+        never lets a live claim lapse."""
+        interval = self._lease.total_seconds() / 3
+        while True:
+            await anyio.sleep(interval)
+            try:
+                await self.renew()
+            except Exception:
+                log.exception("could not renew idempotency leases; will retry")
+
+
+def _lease_over(row: sa.Row[Any], now: datetime) -> bool:
+    # No lease at all: a claim written before leases existed, whose process is gone.
+    return row.lease_expires_at is None or row.lease_expires_at <= iso(now)

@@ -147,6 +147,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX oauth_states_expires ON oauth_states (expires_at)",
         ),
     ),
+    Migration(
+        "0005_idempotency_lease",
+        (
+            # A running claim names the process that holds it and until when; the holder
+            # renews the lease, so a claim whose lease ran out was abandoned (its process
+            # stopped) and a retry may take it over. Rows from before this step have neither:
+            # their processes are gone, so they count as abandoned.
+            "ALTER TABLE idempotency_records ADD COLUMN owner TEXT",
+            "ALTER TABLE idempotency_records ADD COLUMN lease_expires_at TEXT",
+            "CREATE INDEX idempotency_records_owner ON idempotency_records (owner)",
+        ),
+    ),
 )
 
 _CREATE_LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -265,6 +265,8 @@ idempotency_records = sa.Table(
     sa.Column("body", JSONText),
     sa.Column("created_at", sa.Text, nullable=False),
     sa.Column("expires_at", sa.Text, nullable=False),
+    sa.Column("owner", sa.Text),
+    sa.Column("lease_expires_at", sa.Text),
 )
 
 oauth_apps = sa.Table(
