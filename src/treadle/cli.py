@@ -149,19 +149,21 @@ async def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def cmd_stdio(args: argparse.Namespace) -> int:
-    from treadle.errors import NotFound
+    from treadle.engine.end_user_ids import check_end_user_id
+    from treadle.errors import Refusal
     from treadle.mcp.binds import bind_server, bind_workspace
     from treadle.mcp.stdio import serve_stdio
 
     gateway = await _open(args)
     try:
         try:
+            end_user = check_end_user_id(args.end_user, field="--end-user")
             if args.server:
-                binding = await bind_server(gateway.store, args.server, args.end_user)
+                binding = await bind_server(gateway.store, args.server, end_user)
             else:
-                binding = await bind_workspace(gateway.store, args.workspace, args.end_user)
-        except NotFound as missing:
-            print(f"error: {missing.message}", file=sys.stderr)
+                binding = await bind_workspace(gateway.store, args.workspace, end_user)
+        except Refusal as refused:
+            print(f"error: {refused.message}", file=sys.stderr)
             return 2
         await serve_stdio(gateway, binding)
     finally:

@@ -20,7 +20,14 @@ from starlette.routing import Route
 from treadle.api.auth import Principal, accessible_workspace
 from treadle.api.bodies import Body, parse, read_json_object
 from treadle.api.context import caller
-from treadle.api.fields import ActionName, ExternalId, IdempotencyKey, Identifier, Slug
+from treadle.api.fields import (
+    ActionName,
+    EndUserId,
+    ExternalId,
+    IdempotencyKey,
+    Identifier,
+    Slug,
+)
 from treadle.api.responses import JSON
 from treadle.app import Gateway
 from treadle.engine import (
@@ -48,7 +55,7 @@ class ExecuteBody(Body):
     integrationAlias: Slug | None = None
     connectionExternalId: ExternalId | None = None
     connectionId: ExternalId | None = None
-    endUserId: ExternalId | None = None
+    endUserId: EndUserId | None = None
     partialIds: Annotated[list[Identifier], Field(max_length=100)] | None = None
     idempotencyKey: IdempotencyKey | None = None
 

@@ -12,7 +12,7 @@ from starlette.routing import Route
 from treadle.api.auth import Principal, accessible_workspace, workspace_query
 from treadle.api.bodies import Body, read_body
 from treadle.api.context import caller, path_param
-from treadle.api.fields import ExternalId, Identifier, Name, Slug
+from treadle.api.fields import EndUserId, ExternalId, Identifier, Name, Slug
 from treadle.api.responses import ok
 from treadle.app import Gateway
 from treadle.errors import NotFound, ValidationFailed
@@ -32,7 +32,7 @@ class CreateConnection(Body):
     externalId: ExternalId
     values: Annotated[dict[SecretKey, SecretValue], Field(max_length=50)]
     workspaceId: Identifier | None = None
-    endUserId: ExternalId | None = None
+    endUserId: EndUserId | None = None
     baseUrl: BaseUrl | None = None
 
 

@@ -12,7 +12,7 @@ from starlette.routing import Route
 from treadle.api.auth import Principal, accessible_workspace, workspace_query
 from treadle.api.bodies import Body, read_body
 from treadle.api.context import caller, path_param
-from treadle.api.fields import ExternalId, Identifier, Name
+from treadle.api.fields import EndUserId, Identifier, Name
 from treadle.api.responses import ok
 from treadle.app import Gateway
 from treadle.errors import NotFound
@@ -23,7 +23,7 @@ Email = Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]+@[^@\
 
 class CreateEndUser(Body):
     workspaceId: Identifier
-    externalId: ExternalId
+    externalId: EndUserId
     displayName: Name | None = None
     email: Email | None = None
     metadata: Annotated[dict[str, Any], Field(max_length=50)] | None = None

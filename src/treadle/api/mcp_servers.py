@@ -16,7 +16,7 @@ from starlette.routing import Route
 from treadle.api.auth import Principal, accessible_workspace, workspace_query
 from treadle.api.bodies import Body, read_body
 from treadle.api.context import caller, path_param
-from treadle.api.fields import ActionName, ExternalId, Identifier, Name, Slug
+from treadle.api.fields import ActionName, EndUserId, Identifier, Name, Slug
 from treadle.api.responses import ok
 from treadle.app import Gateway
 from treadle.errors import ErrorCode, NotFound, Refusal, ValidationFailed
@@ -42,13 +42,13 @@ class CreateServer(Body):
     workspaceId: Identifier
     name: Name
     mode: Literal["TOOLS"] = "TOOLS"
-    endUserId: ExternalId | None = None
+    endUserId: EndUserId | None = None
     toolOverrides: Overrides = []
 
 
 class UpdateServer(Body):
     name: Name | None = None
-    endUserId: ExternalId | None = None
+    endUserId: EndUserId | None = None
     toolOverrides: Overrides | None = None
 
 

@@ -22,6 +22,7 @@ from treadle.catalog.model import Action, ActionContext, Integration, StateStore
 from treadle.catalog.registry import Catalog
 from treadle.engine.approvals import ApprovalDesk, ApprovalRequired
 from treadle.engine.connections import ConnectionResolver
+from treadle.engine.end_user_ids import check_end_user_id
 from treadle.engine.limits import QuotaGate, RateLimiter
 from treadle.engine.outcome import (
     ApprovalPending,
@@ -182,6 +183,7 @@ class Executor:
         merged = merge_input(partials, request.input, refuse_enforced=request.refuse_enforced_keys)
         trace.recorded_input = redact(merged, enforced_values(partials))
         validate_input(action.input_schema, merged)
+        check_end_user_id(request.end_user_id)  # every face, and ids stored before the rule
         state = self._state_for(integration, configured, request)
         connection = await self._connections.resolve(request, integration, configured)
         if connection is not None:

@@ -3,6 +3,9 @@
 Accepted tokens: the server's own `mcp_…` token, or an API key that may use the server's
 workspace. A handshake-era session belongs to the (server, principal, end user) that opened
 it: the SDK's session manager answers 404 to anyone else presenting its session ID.
+
+Refusals after authentication are JSON-RPC errors (the SDK client surfaces them) whose `data`
+carries treadle's code: `{"error": CODE, "message", ...}` as in REST.
 """
 
 from __future__ import annotations
@@ -25,13 +28,18 @@ from starlette.types import Receive, Scope, Send
 
 from treadle.api.auth import bearer_token
 from treadle.app import Gateway
+from treadle.engine.end_user_ids import check_end_user_id
+from treadle.errors import Refusal, ValidationFailed
 from treadle.ids import hash_token
 from treadle.mcp.binding import Binding
 from treadle.mcp.runtime import McpRuntime
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_ADMISSIONS = 10_000
-END_USER_HEADER = "x-treadle-end-user"
+END_USER_HEADER = "X-Treadle-End-User"
+_END_USER_HEADER = END_USER_HEADER.lower().encode()
+# JSON-RPC's range for implementation-defined server errors; `data.error` says which.
+REFUSED_RPC_CODE = -32000
 _SCOPE_KEY = "treadle.binding"
 
 _current: contextvars.ContextVar[Binding | None] = contextvars.ContextVar(
@@ -67,6 +75,32 @@ async def _send_json(
         }
     )
     await send({"type": "http.response.body", "body": payload})
+
+
+async def _send_rpc_error(send: Send, status: int, refusal: Refusal) -> None:
+    data = {"error": refusal.code.value, "message": refusal.message, **refusal.extra}
+    body = {
+        "jsonrpc": "2.0",
+        "id": None,
+        "error": {"code": REFUSED_RPC_CODE, "message": refusal.message, "data": data},
+    }
+    await _send_json(send, status, body, [])
+
+
+def _end_user_header(scope: Scope) -> str | None:
+    """The raw `X-Treadle-End-User` value, read as UTF-8 (REST's JSON is UTF-8 too, so a
+    non-ASCII id names the same end user on both faces); None when absent or empty."""
+    found: list[bytes] = [value for name, value in scope["headers"] if name == _END_USER_HEADER]
+    if not found or found == [b""]:
+        return None
+    if len(found) > 1:
+        raise ValidationFailed(f"Send {END_USER_HEADER} once", field=END_USER_HEADER)
+    try:
+        return found[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValidationFailed(
+            f"{END_USER_HEADER} must be UTF-8 text", field=END_USER_HEADER
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +153,7 @@ class McpEndpoint:
         token = bearer_token(request)
         if not token or not isinstance(server_id, str) or len(server_id) > 100:
             return None
-        end_user_header = request.headers.get(END_USER_HEADER) or None
+        end_user_header = _end_user_header(scope)
         # Every request of a session presents the same credentials: answer those from memory
         # while the configuration version holds (tokens rotate and servers change only with
         # a bump). Only admissions are remembered; refusals are always checked afresh.
@@ -154,13 +188,15 @@ class McpEndpoint:
             if key.workspace_id is not None and key.workspace_id != server.workspace_id:
                 return None
             principal = f"api_key:{key.id}"
-            # A platform acting for many users names the end user per request.
-            end_user = end_user or end_user_header
+            # A platform acting for many users names the end user per request: by the same
+            # rule as everywhere, refused rather than trimmed or cut to fit.
+            if end_user is None:
+                end_user = check_end_user_id(end_user_header, field=END_USER_HEADER)
         binding = Binding(
             org_id=server.org_id,
             workspace_id=server.workspace_id,
             server=server,
-            end_user_id=end_user[:255] if end_user else None,
+            end_user_id=end_user,
             actor=principal,
         )
         # The SDK ties each session to the credential that opened it; make that credential
@@ -177,7 +213,11 @@ class McpEndpoint:
         return _Admission(binding, user)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        found = await self._authenticate(scope)
+        try:
+            found = await self._authenticate(scope)
+        except ValidationFailed as refused:
+            await _send_rpc_error(send, refused.code.status, refused)
+            return
         if found is None:
             await _send_json(
                 send,

@@ -8,19 +8,58 @@ SQLite and PostgreSQL accept.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from treadle.clock import now_iso
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class Migration:
     name: str
     statements: Sequence[str]
+    # Run once, last, in the step's transaction: a check of existing data that tells the
+    # operator what it found (in the log) and changes nothing.
+    report: Callable[[AsyncConnection], Awaitable[None]] | None = None
+
+
+async def report_end_user_ids(conn: AsyncConnection) -> None:
+    """Existing end-user ids that the one rule for them now refuses: no request can name them
+    any more. They are reported, not rewritten (trimming could merge two people into one, and
+    only the operator knows who they are); the log names rows by id, never the values."""
+    # Imported here: the engine imports the store, whose database runs these migrations.
+    from treadle.engine.end_user_ids import MAX_LENGTH, end_user_id_problem
+
+    checks = {
+        "end users": "SELECT id, external_id FROM end_users",
+        "MCP servers pinned to an end user": (
+            "SELECT id, end_user_id FROM mcp_servers WHERE end_user_id IS NOT NULL"
+        ),
+    }
+    for what, query in checks.items():
+        rows = await conn.execute(sa.text(query))
+        refused = sorted(row_id for row_id, value in rows if end_user_id_problem(value))
+        if refused:
+            log.warning(
+                "%d %s have an end-user id that is now refused everywhere (leading or "
+                "trailing whitespace, control characters, or over %d characters); nothing "
+                "was changed, recreate or update them under a valid id. Their ids: %s",
+                len(refused),
+                what,
+                MAX_LENGTH,
+                _listed(refused),
+            )
+
+
+def _listed(ids: list[str], shown: int = 100) -> str:
+    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+    return ", ".join(ids[:shown]) + more
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -159,6 +198,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX idempotency_records_owner ON idempotency_records (owner)",
         ),
     ),
+    Migration("0006_end_user_ids_report", (), report=report_end_user_ids),
 )
 
 _CREATE_LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -177,6 +217,8 @@ async def migrate(engine: AsyncEngine, steps: Sequence[Migration] = MIGRATIONS) 
         async with engine.begin() as conn:
             for statement in step.statements:
                 await conn.execute(sa.text(statement))
+            if step.report is not None:
+                await step.report(conn)
             await conn.execute(
                 sa.text("INSERT INTO schema_migrations (name, applied_at) VALUES (:n, :t)"),
                 {"n": step.name, "t": now_iso()},
