@@ -42,6 +42,7 @@ def build_http_app(gateway: Gateway, runtime: McpRuntime | None = None) -> Starl
     )
     app.state.gateway = gateway
     app.state.mcp = runtime
+    app.state.mcp_endpoint = endpoint
     app.add_middleware(BodyGuard)
     app.add_middleware(AccessLog)  # added last: outermost, so it sees what BodyGuard raises
     return app

@@ -14,6 +14,7 @@ import uvicorn
 from treadle.app import Gateway
 from treadle.bootstrap import initialise
 from treadle.http_app import build_http_app
+from treadle.mcp.drain import StreamDrain
 from treadle.read_deadlines import DeadlineProtocol, deadline_protocol
 from treadle.settings import Settings
 
@@ -33,12 +34,15 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def _stop_on_signal(server: uvicorn.Server) -> None:
+async def _stop_on_signal(server: uvicorn.Server, drain: StreamDrain) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _signal in signals:
             if server.should_exit:
                 server.force_exit = True  # asked twice: stop waiting for open connections
             server.should_exit = True
+            # uvicorn now waits for open requests; MCP streams that only listen end only
+            # when their clients hang up, so end them (treadle.mcp.drain).
+            drain.start()
 
 
 def http_protocol(settings: Settings) -> type[DeadlineProtocol]:
@@ -74,7 +78,7 @@ async def serve(settings: Settings, *, host: str, port: int) -> None:
         gc.collect()
         gc.freeze()
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_stop_on_signal, server)
+            tasks.start_soon(_stop_on_signal, server, app.state.mcp_endpoint.drain)
             await server.serve()
             tasks.cancel_scope.cancel()
     finally:

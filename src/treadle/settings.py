@@ -11,6 +11,30 @@ DATABASE_FILE = "treadle.db"
 
 
 @dataclass(frozen=True, slots=True)
+class McpSessionLimits:
+    """Handshake-era MCP sessions over HTTP live in the process: how many may be open at once
+    (for the whole process, one org, one MCP server, one principal) and how long one may sit
+    idle. The narrower limits keep one tenant from filling the process for every other."""
+
+    total: int = 10_000
+    per_org: int = 2_500
+    per_server: int = 1_000
+    per_principal: int = 250
+    idle_seconds: float = 600.0
+
+    @classmethod
+    def from_env(cls) -> McpSessionLimits:
+        default = cls()
+        return cls(
+            total=_count("TREADLE_MCP_MAX_SESSIONS", default.total),
+            per_org=_count("TREADLE_MCP_MAX_SESSIONS_PER_ORG", default.per_org),
+            per_server=_count("TREADLE_MCP_MAX_SESSIONS_PER_SERVER", default.per_server),
+            per_principal=_count("TREADLE_MCP_MAX_SESSIONS_PER_PRINCIPAL", default.per_principal),
+            idle_seconds=_seconds("TREADLE_MCP_SESSION_IDLE_SECONDS", default.idle_seconds),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     data_dir: Path
     database_url: str
@@ -23,6 +47,7 @@ class Settings:
     body_timeout: float = 30.0
     # How long an idempotency key stays "in use" after the process running it stopped.
     idempotency_lease_seconds: float = 30.0
+    mcp_sessions: McpSessionLimits = McpSessionLimits()
 
     @classmethod
     def from_env(cls, data_dir: str | os.PathLike[str] | None = None) -> Settings:
@@ -39,6 +64,7 @@ class Settings:
             header_timeout=_seconds("TREADLE_HEADER_TIMEOUT", 10.0),
             body_timeout=_seconds("TREADLE_BODY_TIMEOUT", 30.0),
             idempotency_lease_seconds=_seconds("TREADLE_IDEMPOTENCY_LEASE_SECONDS", 30.0),
+            mcp_sessions=McpSessionLimits.from_env(),
         )
 
 
@@ -55,6 +81,17 @@ def _seconds(name: str, default: float) -> float:
     if not 0 < value < float("inf"):
         raise SystemExit(f"error: {name} must be a positive number of seconds, got {raw!r}")
     return value
+
+
+def _count(name: str, default: int) -> int:
+    """A positive whole number from the environment, or `default` when unset; a wrong value
+    stops the command with a one-line error, as `_seconds` does."""
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit() and int(raw) > 0):
+        raise SystemExit(f"error: {name} must be a positive whole number, got {raw!r}")
+    return int(raw)
 
 
 def sqlite_url(path: Path) -> str:

@@ -2,7 +2,8 @@
 
 Accepted tokens: the server's own `mcp_…` token, or an API key that may use the server's
 workspace. A handshake-era session belongs to the (server, principal, end user) that opened
-it: the SDK's session manager answers 404 to anyone else presenting its session ID.
+it: the SDK's session manager answers 404 to anyone else presenting its session ID. Sessions
+are bounded per principal, server and org (`treadle.mcp.sessions`).
 
 Refusals after authentication are JSON-RPC errors (the SDK client surfaces them) whose `data`
 carries treadle's code: `{"error": CODE, "message", ...}` as in REST.
@@ -21,7 +22,6 @@ from typing import Any
 from mcp.server import ServerRequestContext
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
@@ -29,10 +29,18 @@ from starlette.types import Receive, Scope, Send
 from treadle.api.auth import bearer_token
 from treadle.app import Gateway
 from treadle.engine.end_user_ids import check_end_user_id
-from treadle.errors import Refusal, ValidationFailed
+from treadle.errors import ErrorCode, Refusal, ValidationFailed
 from treadle.ids import hash_token
 from treadle.mcp.binding import Binding
+from treadle.mcp.drain import StreamDrain, only_listens
 from treadle.mcp.runtime import McpRuntime
+from treadle.mcp.sessions import (
+    CountedSessionManager,
+    OverLimit,
+    SessionLedger,
+    opens_session,
+    pending,
+)
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_ADMISSIONS = 10_000
@@ -103,6 +111,16 @@ def _end_user_header(scope: Scope) -> str | None:
         ) from None
 
 
+def _too_many_sessions(over: OverLimit) -> Refusal:
+    return Refusal(
+        ErrorCode.TOO_MANY_SESSIONS,
+        f"Too many open MCP sessions for this {over.scope} (limit {over.limit}); end one with "
+        "DELETE, let one expire, or use the 2026-07-28 protocol, which needs none",
+        scope=over.scope,
+        limit=over.limit,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _Admission:
     binding: Binding
@@ -122,16 +140,24 @@ class McpEndpoint:
         self._runtime = runtime
         self._admissions: dict[tuple[str, str, str | None], tuple[int, _Admission]] = {}
         self.face = runtime.face(self._resolve, self._schema)
-        self.manager = StreamableHTTPSessionManager(
-            app=self.face.server,
+        limits = gateway.settings.mcp_sessions
+        self.sessions = SessionLedger(limits)
+        self.manager = CountedSessionManager(
+            self.face.server,
+            self.sessions,
+            limits,
             security_settings=security or transport_security(),
             max_request_body_size=MAX_BODY_BYTES,
         )
+        self.drain = StreamDrain()
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         async with self.manager.run():
-            yield
+            try:
+                yield
+            finally:
+                await self.manager.end_sessions()
 
     @staticmethod
     async def _resolve(ctx: ServerRequestContext[Any, Any]) -> Binding:
@@ -234,6 +260,29 @@ class McpEndpoint:
         scope["user"] = found.user
         reset = _current.set(binding)
         try:
-            await self.manager.handle_request(scope, receive, send)
+            if opens_session(scope):
+                await self._open_session(binding, scope, receive, send)
+            elif only_listens(scope):
+                await self.drain.serve(self.manager.handle_request, scope, receive, send)
+            else:
+                await self.manager.handle_request(scope, receive, send)
         finally:
             _current.reset(reset)
+
+    async def _open_session(
+        self, binding: Binding, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """A request that may open a session holds a place in the counts while it is served;
+        the session keeps it if one opens, otherwise it is given back."""
+        reserved = self.sessions.reserve(binding)
+        if isinstance(reserved, OverLimit):
+            status = 503 if reserved.scope == "total" else ErrorCode.TOO_MANY_SESSIONS.status
+            await _send_rpc_error(send, status, _too_many_sessions(reserved))
+            return
+        reset = pending.set(reserved)
+        try:
+            await self.manager.handle_request(scope, receive, send)
+        finally:
+            pending.reset(reset)
+            if not reserved.claimed:
+                self.sessions.release(reserved)
