@@ -324,7 +324,7 @@ async def test_upgrading_reports_stored_ids_that_are_now_refused_and_changes_non
                 )
 
         with caplog.at_level(logging.WARNING, logger="treadle.store.migrations"):
-            assert await migrate(engine) == ["0006_end_user_ids_report"]
+            assert "0006_end_user_ids_report" in await migrate(engine)
         reports = [r for r in caplog.records if r.name == "treadle.store.migrations"]
         assert [(r.levelno, r.args[0], r.args[-1]) for r in reports] == [
             (logging.WARNING, 3, "eu-2, eu-3, eu-4"),
