@@ -47,6 +47,8 @@ class Settings:
     body_timeout: float = 30.0
     # How long an idempotency key stays "in use" after the process running it stopped.
     idempotency_lease_seconds: float = 30.0
+    # Redis shared by every replica: rate limits and change fan-out go through it when set.
+    redis_url: str | None = None
     mcp_sessions: McpSessionLimits = McpSessionLimits()
 
     @classmethod
@@ -64,6 +66,7 @@ class Settings:
             header_timeout=_seconds("TREADLE_HEADER_TIMEOUT", 10.0),
             body_timeout=_seconds("TREADLE_BODY_TIMEOUT", 30.0),
             idempotency_lease_seconds=_seconds("TREADLE_IDEMPOTENCY_LEASE_SECONDS", 30.0),
+            redis_url=os.environ.get("TREADLE_REDIS_URL") or None,
             mcp_sessions=McpSessionLimits.from_env(),
         )
 

@@ -21,58 +21,107 @@ class RateLimiter(Protocol):
     async def hit(self, key: str, limit: int, window_seconds: int) -> tuple[bool, RateStatus]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class WindowHit:
+    """One hit's view of a key's two fixed windows, for any place the counts are kept.
+
+    `previous` and `current` are the counts before this hit, rolled to the window it falls
+    in; `allowed` is whether it was counted. Every limiter (in-process, database, Redis)
+    decides with `fits` and answers with `status`, so they agree to the last second."""
+
+    now: float
+    window: int
+    start: int
+    previous: int
+    current: int
+    allowed: bool
+
+    def status(self, limit: int) -> RateStatus:
+        reset_at = self.start + self.window
+        estimate = self.previous * overlap(self.now, self.start, self.window) + self.current
+        if self.allowed:
+            return RateStatus(limit, max(0, math.floor(limit - (estimate + 1))), reset_at, 0)
+        retry_after = self._retry_after(limit)
+        # Never announce a reset before the moment a call fits again.
+        return RateStatus(limit, 0, max(reset_at, math.ceil(self.now + retry_after)), retry_after)
+
+    def _retry_after(self, limit: int) -> int:
+        """Seconds until previous * overlap(t) + current + 1 <= limit; overlap shrinks linearly."""
+        window, start = self.window, self.start
+        if limit < 1:
+            return window  # nothing ever fits; ask again a window later
+        if self.current + 1 <= limit:
+            # Fits later in this window, once the previous window weighs little enough. Being
+            # refused here means the previous window still counts, so `previous` is not 0.
+            needed_overlap = (limit - 1 - self.current) / self.previous
+            at = start + (1.0 - needed_overlap) * window
+        else:
+            # Not in this window. In the next, this window's count becomes the previous one,
+            # weighted from 1 down: wait until current * overlap + 1 <= limit there.
+            needed_overlap = (limit - 1) / self.current
+            at = start + window + (1.0 - needed_overlap) * window
+        return max(1, math.ceil(at - self.now))
+
+
+def window_of(now: float, window_seconds: int) -> tuple[int, int]:
+    """(window length, start of the fixed window `now` falls in); windows align to the epoch,
+    so every process cuts the same windows."""
+    window = max(1, window_seconds)
+    return window, int(now // window) * window
+
+
+def overlap(now: float, start: int, window: int) -> float:
+    """How much of the previous fixed window the sliding window still covers (1 down to 0)."""
+    return 1.0 - (now - start) / window
+
+
+def fits(previous: int, current: int, weight: float, limit: int) -> bool:
+    # The database and Redis evaluate this same expression, in this order, in IEEE doubles.
+    return previous * weight + current + 1 <= limit
+
+
 @dataclass(slots=True)
-class _Windows:
+class Windows:
+    """A key's two fixed-window counts: the window starting at `start`, and the one before."""
+
     start: int
     current: int
     previous: int
 
 
+def rolled(stored_start: int, current: int, previous: int, start: int, window: int) -> Windows:
+    """Stored counts moved to the window starting at `start`. A stored window ahead of
+    `start` (another replica's clock runs ahead) is kept as it is: counts never go back."""
+    delta = start - stored_start
+    if delta <= 0:
+        return Windows(stored_start, current, previous)
+    if delta < 2 * window:
+        return Windows(start, 0, current)
+    return Windows(start, 0, 0)
+
+
 class SlidingWindowRateLimiter:
-    """In-process limiter; correct for one `treadle serve` process."""
+    """In-process limiter: one budget per process (see `treadle.app` for when it is used)."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        self._keys: dict[str, _Windows] = {}
+        self._keys: dict[str, Windows] = {}
 
     async def hit(self, key: str, limit: int, window_seconds: int) -> tuple[bool, RateStatus]:
         now = self._clock()
-        window = max(1, window_seconds)
-        start = int(now // window) * window
+        window, start = window_of(now, window_seconds)
         state = self._keys.get(key)
-        if state is None or start - state.start >= 2 * window:
-            state = _Windows(start, 0, 0)
-        elif start != state.start:
-            state = _Windows(start, 0, state.current)
+        state = (
+            Windows(start, 0, 0)
+            if state is None
+            else rolled(state.start, state.current, state.previous, start, window)
+        )
         self._keys[key] = state
-        overlap = 1.0 - (now - start) / window
-        estimate = state.previous * overlap + state.current
-        reset_at = start + window
-        if estimate + 1 > limit:
-            retry_after = self._retry_after(state, limit, window, now, start)
-            # Never announce a reset before the moment a call fits again.
-            reset_at = max(reset_at, math.ceil(now + retry_after))
-            return False, RateStatus(limit, 0, reset_at, retry_after)
-        state.current += 1
-        remaining = max(0, math.floor(limit - (estimate + 1)))
-        return True, RateStatus(limit, remaining, reset_at, 0)
-
-    @staticmethod
-    def _retry_after(state: _Windows, limit: int, window: int, now: float, start: int) -> int:
-        """Seconds until previous * overlap(t) + current + 1 <= limit; overlap shrinks linearly."""
-        if limit < 1:
-            return window  # nothing ever fits; ask again a window later
-        if state.current + 1 <= limit:
-            # Fits later in this window, once the previous window weighs little enough. Being
-            # refused here means the previous window still counts, so `previous` is not 0.
-            needed_overlap = (limit - 1 - state.current) / state.previous
-            at = start + (1.0 - needed_overlap) * window
-        else:
-            # Not in this window. In the next, this window's count becomes the previous one,
-            # weighted from 1 down: wait until current * overlap + 1 <= limit there.
-            needed_overlap = (limit - 1) / state.current
-            at = start + window + (1.0 - needed_overlap) * window
-        return max(1, math.ceil(at - now))
+        allowed = fits(state.previous, state.current, overlap(now, start, window), limit)
+        hit = WindowHit(now, window, start, state.previous, state.current, allowed)
+        if allowed:
+            state.current += 1
+        return allowed, hit.status(limit)
 
 
 class QuotaGate(Protocol):

@@ -199,6 +199,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration("0006_end_user_ids_report", (), report=report_end_user_ids),
+    Migration(
+        "0007_rate_windows",
+        (
+            # One row per rate-limited key (an org): the sliding window's two fixed-window
+            # counts, shared by every process on the database.
+            """CREATE TABLE rate_windows (
+                key TEXT PRIMARY KEY, window_start INTEGER NOT NULL,
+                current_count INTEGER NOT NULL, previous_count INTEGER NOT NULL)""",
+        ),
+    ),
 )
 
 _CREATE_LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (

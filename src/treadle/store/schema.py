@@ -183,6 +183,16 @@ config_versions = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
 )
 
+# The sliding-window rate limiter's two fixed-window counts per key (store/rate_windows.py).
+rate_windows = sa.Table(
+    "rate_windows",
+    metadata,
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("window_start", sa.BigInteger, nullable=False),
+    sa.Column("current_count", sa.BigInteger, nullable=False),
+    sa.Column("previous_count", sa.BigInteger, nullable=False),
+)
+
 mcp_servers = sa.Table(
     "mcp_servers",
     metadata,
