@@ -16,7 +16,11 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from probes.world import World, build_world, close_world
 from treadle.app import Gateway
+from treadle.http_app import build_http_app
+from treadle.mcp.runtime import McpRuntime
 from treadle.settings import Settings, sqlite_url
+
+from loopback import serve
 
 T = TypeVar("T")
 Handler = Callable[[httpx2.Request], httpx2.Response]
@@ -99,6 +103,14 @@ async def world(
 ) -> AsyncIterator[World]:
     async with open_world(tmp_path / "data", world_template, upstream) as opened:
         yield opened
+
+
+@asynccontextmanager
+async def serving(gateway: Gateway) -> AsyncIterator[str]:
+    """The gateway's whole HTTP app (REST, MCP, pages) on a loopback port: its base URL."""
+    app = build_http_app(gateway, McpRuntime(gateway, poll_seconds=0.05))
+    async with serve(app, lifespan="on") as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @dataclass

@@ -58,6 +58,7 @@ class Tenant:
     workspace_id: str
     client: httpx2.AsyncClient
     restricted_key: str = ""
+    server_token: str = ""  # the `mcp_…` token of its server `ids["server"]`
     second_workspace_id: str = ""
     ids: dict[str, str] = field(default_factory=dict)
     # Every secret handed out once by the API: MCP tokens, webhook secrets, API keys.
@@ -197,7 +198,8 @@ async def populate(gateway: Gateway, tenant: Tenant) -> None:
     )
     assert response.status_code == 201, response.text
     ids["server"] = response.json()["server"]["id"]
-    tenant.issued_secrets.append(response.json()["token"])
+    tenant.server_token = response.json()["token"]
+    tenant.issued_secrets.append(tenant.server_token)
     response = await tenant.call(
         "PUT",
         "/oauth-apps/github",
