@@ -22,8 +22,11 @@ What that keeps:
 - Quotas stay exact within one process. The count is re-read when it is older than
   `STALE_SECONDS` (and after every group this process commits), and within `EXACT_MARGIN`
   executions of the limit every reservation is a synchronous database write. So several
-  processes sharing the database can only overshoot together if they make more than
-  `EXACT_MARGIN` executions inside one `STALE_SECONDS` window right at the limit.
+  processes sharing a SQLite file (`treadle stdio` beside `treadle serve`) can only
+  overshoot together if they make more than `EXACT_MARGIN` executions inside one
+  `STALE_SECONDS` window right at the limit. On PostgreSQL, where replicas run at any volume,
+  every reservation is that write (`shared`): one conditional statement the database
+  decides, so replicas together never grant one past the limit; records still share commits.
 - While the database refuses writes, calls wait for their records, and whoever leads
   retries every `RETRY_SECONDS`; `flush()` gives up after a failed attempt instead. What nobody
   waits for any more (a cancelled call, a reservation not followed by a record) is written by
@@ -81,8 +84,14 @@ class ExecutionLedger:
         stale_seconds: float = STALE_SECONDS,
         exact_margin: int = EXACT_MARGIN,
         retry_seconds: float = RETRY_SECONDS,
+        shared: bool | None = None,
     ) -> None:
+        """`shared`: whether other processes count against the same quotas at any volume
+        (default: on PostgreSQL, where replicas run). Then every reservation is the
+        database's own conditional count, since no margin bounds what other replicas
+        granted since this process last read the count."""
         self._db = db
+        self._shared = not db.is_sqlite if shared is None else shared
         self._usage = usage
         self._clock = clock
         self._stale = stale_seconds
@@ -142,7 +151,7 @@ class ExecutionLedger:
 
         Far from the limit the count is queued, not written: the execution's record, which
         the pipeline writes next, commits it (in its group or after an earlier one)."""
-        if not self._running:
+        if not self._running or self._shared:
             return await self._usage.reserve(org_id, period, limit)
         key = (org_id, period)
         tally = self._tallies.get(key)
