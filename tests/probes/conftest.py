@@ -134,3 +134,34 @@ def live(tmp_path: Path, world_template: Template, upstream: Upstream) -> Iterat
         ) as opened,
     ):
         yield Live(portal, opened)
+
+
+@dataclass
+class Served:
+    """A world served over real HTTP on loopback, from an event loop in a thread of its own:
+    synchronous callers (Hypothesis) send requests with a blocking client."""
+
+    live: Live
+    base_url: str
+
+
+@asynccontextmanager
+async def _open_served(
+    data_dir: Path, template: Template, upstream: Upstream
+) -> AsyncIterator[tuple[World, str]]:
+    async with (
+        open_world(data_dir, template, upstream) as opened,
+        serving(opened.gateway) as base_url,
+    ):
+        yield opened, base_url
+
+
+@pytest.fixture
+def served(tmp_path: Path, world_template: Template, upstream: Upstream) -> Iterator[Served]:
+    with (
+        start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(
+            _open_served(tmp_path / "data", world_template, upstream)
+        ) as (opened, base_url),
+    ):
+        yield Served(Live(portal, opened), base_url)

@@ -177,7 +177,7 @@ def json_values(known: list[str]) -> st.SearchStrategy[Json]:
         st.integers(min_value=-(2**70), max_value=2**70),
         st.floats(allow_nan=False, allow_infinity=False),
         odd_text(),
-        identifiers(known),
+        identifiers(known) if known else odd_text(),
     )
     return st.recursive(
         scalars,
