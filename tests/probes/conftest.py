@@ -21,6 +21,7 @@ from treadle.mcp.runtime import McpRuntime
 from treadle.settings import Settings, sqlite_url
 
 from loopback import serve
+from mcp_harness import test_catalog
 
 T = TypeVar("T")
 Handler = Callable[[httpx2.Request], httpx2.Response]
@@ -61,7 +62,7 @@ class Template:
 async def _build(data_dir: Path) -> Template:
     upstream = Upstream()
     async with upstream.client() as http:
-        gateway = await Gateway.open(probe_settings(data_dir), http=http)
+        gateway = await Gateway.open(probe_settings(data_dir), http=http, catalog=test_catalog())
         try:
             world = await build_world(gateway)
             await close_world(world)
@@ -88,7 +89,7 @@ async def open_world(
     `upstream`."""
     shutil.copytree(template.data_dir, data_dir)
     async with upstream.client() as http:
-        gateway = await Gateway.open(probe_settings(data_dir), http=http)
+        gateway = await Gateway.open(probe_settings(data_dir), http=http, catalog=test_catalog())
         opened = template.world.on(gateway)
         try:
             yield opened
