@@ -1,6 +1,8 @@
-"""Shared fixtures: a real gateway on a temporary SQLite file, driven through ASGI.
+"""Shared fixtures: a real gateway on a temporary database, driven through ASGI.
 
-Each test gets its own data dir, database and secret key file, so tests run in parallel.
+Each test gets its own data dir, database and secret key file, so tests run in parallel. The
+database is a SQLite file, or a fresh PostgreSQL database with TREADLE_TEST_DATABASE=postgresql
+(tests/databases.py).
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from treadle.bootstrap import initialise
 from treadle.catalog import Catalog
 from treadle.http_app import build_http_app
 from treadle.mcp.runtime import McpRuntime
-from treadle.settings import Settings, sqlite_url
+from treadle.settings import Settings
 
+from databases import database_url, drop, drop_all
 from mcp_harness import McpEnv, ServeProcess, subprocess_env, test_catalog
 
 
@@ -34,12 +37,26 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    data_dir = tmp_path / "data"
-    return Settings(
-        data_dir=data_dir, database_url=sqlite_url(data_dir / "treadle.db"), secret_key=None
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_databases() -> Iterator[None]:
+    """Databases of session-wide data dirs (and any a test left) go when the session ends."""
+    yield
+    drop_all()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "empty_database: the `settings` database starts with no tables at all"
     )
+
+
+@pytest.fixture
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+    data_dir = tmp_path / "data"
+    empty = request.node.get_closest_marker("empty_database") is not None
+    url = database_url(data_dir, migrated=not empty)
+    yield Settings(data_dir=data_dir, database_url=url, secret_key=None)
+    drop(data_dir)
 
 
 @pytest.fixture
@@ -158,9 +175,7 @@ async def mcp_env(request: pytest.FixtureRequest, shared_data_dir: Path) -> Asyn
     needs_http = callspec is not None and callspec.params.get("transport") == "http"
     serve = request.getfixturevalue("serve_process") if needs_http else None
     settings = Settings(
-        data_dir=shared_data_dir,
-        database_url=sqlite_url(shared_data_dir / "treadle.db"),
-        secret_key=None,
+        data_dir=shared_data_dir, database_url=database_url(shared_data_dir), secret_key=None
     )
     gateway = await Gateway.open(settings, catalog=test_catalog())
     try:

@@ -30,6 +30,8 @@ from treadle.catalog import Catalog, load_catalog
 from treadle.mcp.binds import bind_server
 from treadle.mcp.runtime import McpRuntime
 
+from databases import database_env
+
 TESTS_DIR = Path(__file__).parent
 EXTRA = "testkit_integrations:integrations"
 TRANSPORTS = ("memory", "stdio", "http")
@@ -40,6 +42,7 @@ def subprocess_env(data_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["TREADLE_DATA_DIR"] = str(data_dir)
     env["TREADLE_EXTRA_INTEGRATIONS"] = EXTRA
+    env.update(database_env(data_dir))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")]))
     return env
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +23,10 @@ import pytest
 from treadle.api.routes import build_app
 from treadle.app import Gateway
 from treadle.bootstrap import initialise
-from treadle.settings import Settings, sqlite_url
+from treadle.settings import Settings
 
 from conftest import Api
+from databases import ON_POSTGRESQL, clone, database_url, drop, rows_of_every_table
 
 pytestmark = pytest.mark.anyio
 
@@ -266,7 +267,10 @@ async def snapshot(api: Api, *, skip: tuple[str, ...] = ()) -> dict[str, list[tu
 
     Read with the standard library's sqlite3 beside the gateway's own connections (WAL lets a
     second reader see every commit): a few hundred microseconds instead of a dozen
-    round trips through the async driver, so tests can afford one per refused request."""
+    round trips through the async driver, so tests can afford one per refused request.
+    (On PostgreSQL there is no file: the same rows, read through the gateway's engine.)"""
+    if ON_POSTGRESQL:
+        return await rows_of_every_table(api.gateway.store.db.engine, skip)
     path = api.gateway.settings.data_dir / "treadle.db"
     rows: dict[str, list[tuple[Any, ...]]] = {}
     with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
@@ -299,9 +303,7 @@ def _offline_http() -> httpx2.AsyncClient:
 
 
 def _settings(data_dir: Path) -> Settings:
-    return Settings(
-        data_dir=data_dir, database_url=sqlite_url(data_dir / "treadle.db"), secret_key=None
-    )
+    return Settings(data_dir=data_dir, database_url=database_url(data_dir), secret_key=None)
 
 
 @dataclass(frozen=True)
@@ -342,12 +344,17 @@ def templates(tmp_path_factory: pytest.TempPathFactory) -> Templates:
 
 
 @pytest.fixture
-def settings(request: pytest.FixtureRequest, tmp_path: Path, templates: Templates) -> Settings:
+def settings(
+    request: pytest.FixtureRequest, tmp_path: Path, templates: Templates
+) -> Iterator[Settings]:
     """A migrated, initialised data dir; for tests using `world`, one holding it too."""
     populated = "world" in request.fixturenames
     data_dir = tmp_path / "data"
-    shutil.copytree(templates.populated if populated else templates.initialised, data_dir)
-    return _settings(data_dir)
+    template = templates.populated if populated else templates.initialised
+    shutil.copytree(template, data_dir)
+    clone(template, data_dir)
+    yield _settings(data_dir)
+    drop(data_dir)
 
 
 @pytest.fixture

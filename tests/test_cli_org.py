@@ -16,10 +16,11 @@ import sqlalchemy as sa
 
 from test_cli_serve import environment, treadle_command
 from treadle.app import Gateway
-from treadle.settings import Settings, sqlite_url
+from treadle.settings import Settings
 from treadle.store import schema
 
 from conftest import client_for
+from databases import database_url
 
 pytestmark = pytest.mark.anyio
 
@@ -41,9 +42,7 @@ async def create_org(data_dir: Path, name: str) -> dict[str, Any]:
 
 @asynccontextmanager
 async def gateway_on(data_dir: Path) -> AsyncIterator[Gateway]:
-    settings = Settings(
-        data_dir=data_dir, database_url=sqlite_url(data_dir / "treadle.db"), secret_key=None
-    )
+    settings = Settings(data_dir=data_dir, database_url=database_url(data_dir), secret_key=None)
     opened = await Gateway.open(settings)
     try:
         yield opened

@@ -9,6 +9,7 @@ import socket
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,9 @@ import pytest
 import sqlalchemy as sa
 from anyio.abc import ByteReceiveStream
 
-from treadle.settings import sqlite_url
 from treadle.store import Database, schema
+
+from databases import database_env, database_url, drop
 
 pytestmark = pytest.mark.anyio
 
@@ -36,6 +38,7 @@ def treadle_command() -> list[str]:
 def environment(data_dir: Path) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("TREADLE_")}
     env["TREADLE_DATA_DIR"] = str(data_dir)
+    env.update(database_env(data_dir))
     return env
 
 
@@ -99,8 +102,9 @@ async def wait_for_port(port: int, output: Output) -> None:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "data"
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "data"
+    drop(tmp_path / "data")
 
 
 async def test_init_twice_creates_nothing_twice(data_dir: Path) -> None:
@@ -112,7 +116,7 @@ async def test_init_twice_creates_nothing_twice(data_dir: Path) -> None:
     assert key_file.read_text().strip() == first["apiKey"]
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
 
-    db = await Database.open(sqlite_url(data_dir / "treadle.db"))
+    db = await Database.open(database_url(data_dir))
     try:
         async with db.read() as conn:
             counts = {

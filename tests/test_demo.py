@@ -104,7 +104,9 @@ async def test_printed_claude_desktop_entry_starts_a_working_stdio_server(demo: 
     servers = demo.desktop_entry()["mcpServers"]
     assert isinstance(servers, dict)
     (entry,) = servers.values()
-    params = StdioServerParameters(command=entry["command"], args=entry["args"])
+    params = StdioServerParameters(
+        command=entry["command"], args=entry["args"], env=entry.get("env")
+    )
     async with Client(params) as client:
         names = {tool.name for tool in (await client.list_tools()).tools}
         assert "notes__get" in names

@@ -21,9 +21,10 @@ from treadle.app import Gateway
 from treadle.bootstrap import initialise
 from treadle.http_app import build_http_app
 from treadle.mcp.runtime import McpRuntime
-from treadle.settings import Settings, sqlite_url
+from treadle.settings import Settings
 
 import mcp_harness
+from databases import database_url
 from mcp_harness import ERAS, TRANSPORTS, McpEnv
 from tool_errors import refusal_fields, result_text
 
@@ -308,9 +309,7 @@ async def test_changing_the_pin_changes_whose_connection_the_next_call_uses(
 async def own_org(tmp_path: Path) -> AsyncIterator[McpEnv]:
     """An isolated gateway (own data dir, database, org and rate limiter), memory only."""
     data_dir = tmp_path / "limits"
-    settings = Settings(
-        data_dir=data_dir, database_url=sqlite_url(data_dir / "treadle.db"), secret_key=None
-    )
+    settings = Settings(data_dir=data_dir, database_url=database_url(data_dir), secret_key=None)
     gateway = await Gateway.open(settings, catalog=mcp_harness.test_catalog())
     try:
         result = await initialise(gateway.store, data_dir)

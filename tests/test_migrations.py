@@ -7,25 +7,24 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from treadle.app import Gateway
 from treadle.bootstrap import initialise
 from treadle.settings import Settings
 from treadle.store import Database, schema
-from treadle.store.database import _configure_sqlite
+from treadle.store.database import create_engine
 from treadle.store.migrations import MIGRATIONS, Migration, migrate
 from treadle.store.records import ConnectionStrategy
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.empty_database]
 
 
 @pytest.fixture
 async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
     """An engine set up the way `Database.open` sets it up, before any migration ran."""
     settings.data_dir.mkdir(parents=True)
-    created = create_async_engine(settings.database_url)
-    _configure_sqlite(created)
+    created = create_engine(settings.database_url)
     try:
         yield created
     finally:

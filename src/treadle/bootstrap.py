@@ -26,19 +26,29 @@ class InitResult:
 
 
 async def initialise(store: Store, data_dir: Path) -> InitResult:
+    """The first org and its `default` workspace, created if missing.
+
+    Several processes may run this at once on one empty database (replicas starting, two
+    `treadle init`): the check and the creation share one transaction under the bootstrap
+    lock, so exactly one org results and every process reports it."""
     org = await store.orgs.first()
-    created = org is None
+    workspace = None if org is None else await store.workspaces.by_name(org.id, DEFAULT_WORKSPACE)
+    created = False
     api_key: str | None = None
-    if org is None:
+    if org is None or workspace is None:
         async with store.db.write("cli") as txn:
-            org = await store.orgs.create(txn, "default")
-            await store.workspaces.create(txn, org.id, DEFAULT_WORKSPACE)
-            _key, api_key = await store.api_keys.create(txn, org.id, name="initial key")
-        _write_private(data_dir / API_KEY_FILE, api_key)
-    workspace = await store.workspaces.by_name(org.id, DEFAULT_WORKSPACE)
-    if workspace is None:
-        async with store.db.write("cli") as txn:
-            workspace = await store.workspaces.create(txn, org.id, DEFAULT_WORKSPACE)
+            org = await store.orgs.first_for_bootstrap(txn)
+            if org is None:
+                created = True
+                org = await store.orgs.create(txn, "default")
+                workspace = await store.workspaces.create(txn, org.id, DEFAULT_WORKSPACE)
+                _key, api_key = await store.api_keys.create(txn, org.id, name="initial key")
+                # Before the commit, so a process that waited for this one finds the file.
+                _write_private(data_dir / API_KEY_FILE, api_key)
+            else:
+                workspace = await store.workspaces.by_name_in(txn, org.id, DEFAULT_WORKSPACE)
+                if workspace is None:
+                    workspace = await store.workspaces.create(txn, org.id, DEFAULT_WORKSPACE)
     if api_key is None:
         key_file = data_dir / API_KEY_FILE
         api_key = key_file.read_text().strip() if key_file.exists() else None

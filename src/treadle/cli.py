@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -14,6 +15,7 @@ import anyio
 from treadle import __version__
 from treadle.app import Gateway
 from treadle.bootstrap import InitResult, create_org, initialise
+from treadle.errors import SetupError
 from treadle.settings import Settings
 
 Command = Callable[[argparse.Namespace], Awaitable[int]]
@@ -182,7 +184,10 @@ async def cmd_mcp_config(args: argparse.Namespace) -> int:
     if server is None:
         print(f"error: no MCP server {args.server!r}", file=sys.stderr)
         return 2
-    print(json.dumps(claude_desktop_entry(server, gateway.settings.data_dir), indent=2))
+    entry = claude_desktop_entry(
+        server, gateway.settings.data_dir, database_url=os.environ.get("TREADLE_DATABASE_URL")
+    )
+    print(json.dumps(entry, indent=2))
     return 0
 
 
@@ -201,7 +206,10 @@ async def cmd_demo(args: argparse.Namespace) -> int:
     print(f"  MCP endpoint (streamable HTTP): {url}")
     print(f"  Bearer token:                   {demo.token}\n")
     print("  Claude Desktop (claude_desktop_config.json), over stdio:\n")
-    print(json.dumps(claude_desktop_entry(demo.server, settings.data_dir), indent=2))
+    entry = claude_desktop_entry(
+        demo.server, settings.data_dir, database_url=os.environ.get("TREADLE_DATABASE_URL")
+    )
+    print(json.dumps(entry, indent=2))
     print("\nServing; press Ctrl+C to stop.", flush=True)
     await serve(settings, host=args.host, port=args.port)
     return 0
@@ -288,5 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Command = args.handler
     try:
         return anyio.run(handler, args)
+    except SetupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130

@@ -104,13 +104,14 @@ def treadle_command() -> str:
 
 
 def claude_desktop_entry(
-    server: McpServer, data_dir: Path, name: str | None = None
+    server: McpServer, data_dir: Path, name: str | None = None, *, database_url: str | None = None
 ) -> dict[str, Any]:
-    return {
-        "mcpServers": {
-            name or f"treadle-{server.name}": {
-                "command": treadle_command(),
-                "args": ["stdio", "--server", server.id, "--data-dir", str(data_dir)],
-            }
-        }
+    """`database_url`: the TREADLE_DATABASE_URL this gateway runs on, if any (a PostgreSQL
+    database lives outside the data dir, and the stdio process must open the same one)."""
+    entry: dict[str, Any] = {
+        "command": treadle_command(),
+        "args": ["stdio", "--server", server.id, "--data-dir", str(data_dir)],
     }
+    if database_url:
+        entry["env"] = {"TREADLE_DATABASE_URL": database_url}
+    return {"mcpServers": {name or f"treadle-{server.name}": entry}}

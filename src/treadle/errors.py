@@ -80,6 +80,11 @@ class TreadleError(Exception):
     """Root of every exception treadle raises on purpose."""
 
 
+class SetupError(TreadleError):
+    """The gateway cannot start as configured (say, a database URL whose driver is not
+    installed). The message is one line for the operator; the CLI prints it, no traceback."""
+
+
 class Refusal(TreadleError):
     """A request refused with a documented code; nothing was changed."""
 

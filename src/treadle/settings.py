@@ -47,16 +47,18 @@ class Settings:
     body_timeout: float = 30.0
     # How long an idempotency key stays "in use" after the process running it stopped.
     idempotency_lease_seconds: float = 30.0
+    mcp_sessions: McpSessionLimits = McpSessionLimits()
     # Redis shared by every replica: rate limits and change fan-out go through it when set.
     redis_url: str | None = None
-    mcp_sessions: McpSessionLimits = McpSessionLimits()
 
     @classmethod
     def from_env(cls, data_dir: str | os.PathLike[str] | None = None) -> Settings:
         """Explicit argument, then TREADLE_DATA_DIR, then ~/.treadle."""
         chosen = data_dir or os.environ.get("TREADLE_DATA_DIR") or DEFAULT_DATA_DIR
         path = Path(chosen).expanduser().resolve()
-        url = os.environ.get("TREADLE_DATABASE_URL") or sqlite_url(path / DATABASE_FILE)
+        url = database_url(
+            os.environ.get("TREADLE_DATABASE_URL") or sqlite_url(path / DATABASE_FILE)
+        )
         return cls(
             data_dir=path,
             database_url=url,
@@ -66,8 +68,8 @@ class Settings:
             header_timeout=_seconds("TREADLE_HEADER_TIMEOUT", 10.0),
             body_timeout=_seconds("TREADLE_BODY_TIMEOUT", 30.0),
             idempotency_lease_seconds=_seconds("TREADLE_IDEMPOTENCY_LEASE_SECONDS", 30.0),
-            redis_url=os.environ.get("TREADLE_REDIS_URL") or None,
             mcp_sessions=McpSessionLimits.from_env(),
+            redis_url=os.environ.get("TREADLE_REDIS_URL") or None,
         )
 
 
@@ -99,3 +101,19 @@ def _count(name: str, default: int) -> int:
 
 def sqlite_url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
+
+
+# URL schemes people write, and the async driver treadle opens them with.
+_DRIVERS = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+}
+
+
+def database_url(url: str) -> str:
+    """`url` with treadle's driver named: `postgresql://…` (or `postgres://…`) opens with
+    asyncpg, `sqlite://…` with aiosqlite; a URL that names its driver stays as it is."""
+    scheme, separator, rest = url.partition("://")
+    driver = _DRIVERS.get(scheme.lower())
+    return f"{driver}{separator}{rest}" if separator and driver else url

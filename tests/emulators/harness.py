@@ -31,7 +31,9 @@ from treadle.http_app import build_http_app
 from treadle.mcp.binds import bind_server
 from treadle.mcp.naming import natural_name
 from treadle.mcp.runtime import McpRuntime
-from treadle.settings import Settings, sqlite_url
+from treadle.settings import Settings
+
+from databases import database_url
 
 FACES = ("rest", "mcp")
 _REFUSAL_CODES = frozenset(code.value for code in ErrorCode)
@@ -223,9 +225,7 @@ async def open_stage(
 ) -> AsyncIterator[Stage[E]]:
     """A gateway on `data_dir` with `integration` configured against a served emulator whose
     API lives under `api_path` (Slack's is /api)."""
-    settings = Settings(
-        data_dir=data_dir, database_url=sqlite_url(data_dir / "treadle.db"), secret_key=None
-    )
+    settings = Settings(data_dir=data_dir, database_url=database_url(data_dir), secret_key=None)
     gateway = await Gateway.open(settings)
     try:
         init = await initialise(gateway.store, data_dir)

@@ -17,6 +17,7 @@ from treadle.ids import hash_token, new_uuid
 from treadle.oauth.records import OAuthApp, PendingAuthorization
 from treadle.store import schema
 from treadle.store.database import Database, WriteTxn
+from treadle.store.portable import serialise
 from treadle.vault import Vault
 
 
@@ -58,6 +59,8 @@ class OAuthApps:
         """Create or replace; a None secret keeps the stored one. Returns (app, created)."""
         table = schema.oauth_apps
         now = now_iso()
+        # Create-or-replace reads first: concurrent puts (any process) take turns.
+        await serialise(txn.conn, "oauth apps", org_id, integration_name)
         current = (
             await txn.conn.execute(
                 sa.select(table.c.id, table.c.client_secret).where(

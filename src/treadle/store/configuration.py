@@ -17,6 +17,7 @@ from treadle.ids import new_uuid, new_workspace_integration_id
 from treadle.store import schema
 from treadle.store.database import Database, WriteTxn
 from treadle.store.mcp_servers import McpServers
+from treadle.store.portable import serialise, starts_with
 from treadle.store.records import ConnectionStrategy, Partial, WorkspaceIntegration
 
 
@@ -45,6 +46,9 @@ class WorkspaceIntegrations:
         self, txn: WriteTxn, workspace_id: str, alias: str, integration_name: str
     ) -> None:
         table = schema.workspace_integrations
+        # Held until the transaction ends: a concurrent creation of the alias (any process)
+        # waits here and then sees this one's row.
+        await serialise(txn.conn, "aliases", workspace_id)
         query = sa.select(table.c.integration_name).where(
             table.c.workspace_id == workspace_id, table.c.alias == alias
         )
@@ -145,7 +149,7 @@ class WorkspaceIntegrations:
         await txn.conn.execute(table.delete().where(table.c.id == current.id))
         await txn.conn.execute(
             schema.kv_entries.delete().where(
-                schema.kv_entries.c.namespace.like(f"{current.workspace_id}/{current.id}/%")
+                starts_with(schema.kv_entries.c.namespace, f"{current.workspace_id}/{current.id}/")
             )
         )
         await txn.changed(
@@ -201,12 +205,19 @@ def _same_scope(partial: Partial) -> sa.ColumnElement[bool]:
     )
 
 
+async def _lock_partials(txn: WriteTxn, partial: Partial) -> None:
+    """Names and the default are decided per workspace: concurrent writers (any process)
+    take turns, so neither two equal names nor two defaults of one scope get in."""
+    await serialise(txn.conn, "partials", partial.workspace_id)
+
+
 class Partials:
     def __init__(self, db: Database) -> None:
         self._db = db
 
     async def _refuse_duplicate_name(self, txn: WriteTxn, partial: Partial) -> None:
         table = schema.partials
+        await _lock_partials(txn, partial)
         query = sa.select(table.c.id).where(
             _same_scope(partial), table.c.name == partial.name, table.c.id != partial.id
         )
@@ -218,6 +229,7 @@ class Partials:
     async def _clear_other_defaults(self, txn: WriteTxn, partial: Partial) -> None:
         # "the default for its scope": at most one default per exact scope.
         table = schema.partials
+        await _lock_partials(txn, partial)
         await txn.conn.execute(
             table.update()
             .where(_same_scope(partial), table.c.id != partial.id, table.c.is_default.is_(True))

@@ -3,6 +3,7 @@
 SQLite (the embedded default) allows one writer at a time. Writes in this process queue on one
 lock and open with `BEGIN IMMEDIATE`, so a write never fails half-way on a lock upgrade and
 another process (say `treadle stdio` beside `treadle serve`) waits its turn via busy_timeout.
+PostgreSQL runs writers side by side; see store/portable.py for how they stay exact.
 
 The hot path's group commits (store/ledger.py) may instead run as one function over a plain
 sqlite3 connection in a worker thread (`write_direct`), behind the same lock: one thread hop
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -25,9 +26,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from treadle.clock import now_iso
+from treadle.errors import SetupError
 from treadle.ids import new_uuid
+from treadle.settings import database_url
 from treadle.store import schema
+from treadle.store.change_bus import ChangeBus, LocalChanges
 from treadle.store.migrations import migrate
+from treadle.store.portable import (
+    activity_numbers,
+    text_from_postgresql,
+    text_to_postgresql,
+    upsert,
+)
 from treadle.store.version_probe import VersionProbe
 
 GLOBAL_SCOPE = "*"
@@ -66,7 +76,9 @@ class WriteTxn:
         detail: dict[str, Any] | None = None,
     ) -> None:
         """Record a configuration change: bump versions, log activity, queue the event."""
-        for scope in {workspace_id or GLOBAL_SCOPE, GLOBAL_SCOPE}:
+        # Always `*` first (sorted): concurrent PostgreSQL writers lock version rows in one
+        # order, so two of them never wait for each other's rows (a deadlock).
+        for scope in sorted({workspace_id or GLOBAL_SCOPE, GLOBAL_SCOPE}):
             await bump_version(self.conn, scope)
         await insert_activity(
             self.conn,
@@ -86,11 +98,14 @@ class WriteTxn:
 
 async def bump_version(conn: AsyncConnection, scope: str) -> None:
     table = schema.config_versions
-    updated = await conn.execute(
-        table.update().where(table.c.scope == scope).values(version=table.c.version + 1)
+    # One statement: two writers creating the same scope's row concurrently both count.
+    await upsert(
+        conn,
+        table,
+        {"scope": scope, "version": 1},
+        keys=["scope"],
+        update={"version": table.c.version + 1},
     )
-    if updated.rowcount == 0:
-        await conn.execute(table.insert().values(scope=scope, version=1))
 
 
 async def insert_activity(conn: AsyncConnection, **values: Any) -> str:
@@ -102,13 +117,15 @@ async def insert_activity(conn: AsyncConnection, **values: Any) -> str:
 async def insert_activity_rows(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
     """Append `activity` rows (each with its id and created_at), numbered in order."""
     table = schema.activity
-    top = await conn.execute(sa.select(sa.func.coalesce(sa.func.max(table.c.seq), 0)))
-    first = int(top.scalar() or 0) + 1
+    numbers = await activity_numbers(conn, len(rows))
     # executemany needs the same keys in every row.
     columns = [c.name for c in table.c if c.name != "seq"]
     await conn.execute(
         table.insert(),
-        [{**{c: row.get(c) for c in columns}, "seq": first + i} for i, row in enumerate(rows)],
+        [
+            {**{c: row.get(c) for c in columns}, "seq": number}
+            for row, number in zip(rows, numbers, strict=True)
+        ],
     )
 
 
@@ -175,16 +192,20 @@ class Database:
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._write_lock = anyio.Lock()
         self._listeners: list[ChangeListener] = []
+        # How changes reach other processes (and theirs this one): chosen by `treadle.app`.
+        self.changes: ChangeBus = LocalChanges()
         self._probe = VersionProbe.for_engine(engine)
         path = sqlite_file(engine)
         self._direct = None if path is None else DirectSqlite(path)
 
     @classmethod
     async def open(cls, url: str) -> Database:
-        engine = create_async_engine(url)
-        if engine.dialect.name == "sqlite":
-            _configure_sqlite(engine)
-        await migrate(engine)
+        engine = create_engine(url)
+        try:
+            await migrate(engine)
+        except BaseException:
+            await engine.dispose()
+            raise
         return cls(engine)
 
     async def close(self) -> None:
@@ -199,6 +220,11 @@ class Database:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
+    def deliver(self, change: ChangeEvent) -> None:
+        """Tell this process's listeners about a committed change (its own or another's)."""
+        for listener in list(self._listeners):
+            listener(change)
+
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         # Transactions are shielded from cancellation (see `write`); bodies are only queries.
@@ -212,15 +238,24 @@ class Database:
         # close never finishes (and a half-done transaction); a caller that is cancelled (a
         # client that went away) instead waits the milliseconds its transaction takes.
         with anyio.CancelScope(shield=True):
-            async with self._write_lock, self.engine.connect() as conn:
+            async with self._writer_turn(), self.engine.connect() as conn:
                 conn = await conn.execution_options(treadle_write=True)
                 async with conn.begin():
                     txn = WriteTxn(conn, actor)
                     yield txn
+                    if txn.events:  # e.g. NOTIFY: sent if, and when, this commits
+                        await self.changes.within(conn, txn.events)
         # Published only after commit: a listener that re-reads sees the new state.
         for change in txn.events:
-            for listener in list(self._listeners):
-                listener(change)
+            self.deliver(change)
+        if txn.events:
+            await self.changes.committed(txn.events)
+
+    def _writer_turn(self) -> AbstractAsyncContextManager[object]:
+        # SQLite has one writer: this process's writes queue here rather than in busy_timeout.
+        # PostgreSQL writers run side by side; what must serialise, serialises in the
+        # database (store/portable.py), across every process alike.
+        return self._write_lock if self.is_sqlite else nullcontext()
 
     @property
     def writes_directly(self) -> bool:
@@ -258,15 +293,63 @@ class Database:
             return int(found.scalar() or 0)
 
 
+def create_engine(url: str) -> AsyncEngine:
+    """An engine for `url`, set up for its database (SQLite or PostgreSQL via asyncpg)."""
+    url = database_url(url)
+    try:
+        engine = create_async_engine(url, **_engine_options(url))
+    except ImportError as missing:
+        if url.startswith("postgresql"):
+            raise SetupError(
+                'PostgreSQL needs the asyncpg driver: pip install "treadle[postgres]"'
+            ) from missing
+        raise
+    except sa.exc.ArgumentError as error:
+        raise SetupError(f"TREADLE_DATABASE_URL is not a database URL ({error})") from error
+    if engine.dialect.name == "sqlite":
+        _configure_sqlite(engine)
+    else:
+        _configure_postgresql(engine)
+    return engine
+
+
+def _engine_options(url: str) -> dict[str, Any]:
+    if not url.startswith("postgresql"):
+        return {}
+    # Writers do not queue in the process on PostgreSQL (see `Database._writer_turn`), so a
+    # burst of calls holds more connections at once than SQLite's one writer and its readers.
+    return {"pool_size": 10, "max_overflow": 20}
+
+
+def _configure_postgresql(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        # Every text value, bound or read, through the NUL-keeping escape (store/portable.py).
+        dbapi_connection.run_async(_text_codecs)
+
+
+async def _text_codecs(conn: Any) -> None:
+    for name in ("text", "varchar"):
+        await conn.set_type_codec(
+            name,
+            schema="pg_catalog",
+            encoder=text_to_postgresql,
+            decoder=text_from_postgresql,
+            format="text",
+        )
+
+
 def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
         # Let SQLAlchemy's "begin" hook below emit BEGIN itself (pysqlite's own is too late).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        # busy_timeout first: switching a new file to WAL needs a lock another process
+        # starting at the same moment may hold.
+        cursor.execute("PRAGMA busy_timeout=10000")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=10000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

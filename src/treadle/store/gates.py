@@ -16,6 +16,7 @@ from treadle.clock import iso, now_iso, utcnow
 from treadle.ids import new_uuid
 from treadle.store import schema
 from treadle.store.database import Database, WriteTxn, bump_version
+from treadle.store.portable import serialise
 
 log = logging.getLogger(__name__)
 
@@ -416,6 +417,9 @@ class IdempotencyRecords:
             "lease_expires_at": iso(now + self._lease),
         }
         async with self._db.write("system") as txn:
+            # The same key from two processes at once: one claims it, the other then reads
+            # the claim (IDEMPOTENCY_KEY_IN_USE), never a duplicate-row failure.
+            await serialise(txn.conn, "idempotency", org_id, key)
             row = (await txn.conn.execute(table.select().where(mine))).first()
             if row is not None and row.expires_at > iso(now):
                 held = IdempotencyRecord(row.fingerprint, row.state, row.status_code, row.body)

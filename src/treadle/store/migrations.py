@@ -2,20 +2,32 @@
 
 Each step is frozen once released: change the schema by appending a step, never by editing
 one. `migrate` applies the steps a database has not recorded yet, in order, each in its own
-transaction, so upgrading an existing data dir keeps its data. The DDL is plain SQL that both
-SQLite and PostgreSQL accept.
+transaction, so upgrading an existing data dir keeps its data.
+
+The DDL is written once, in the subset both databases accept (TEXT, INTEGER, BOOLEAN, plain
+indexes), and is fitted to PostgreSQL when applied there (`Migration.statements_for`): in
+CREATE/ALTER TABLE, TEXT becomes `TEXT COLLATE "C"` (byte-wise ordering and comparison, as
+SQLite's default BINARY collation, whatever the database's locale) and INTEGER becomes BIGINT
+(SQLite's integers are 64-bit). What SQLite needs no counterpart for goes in `postgresql`.
+
+Several processes may start on one database at once (replicas, `treadle init` beside
+`treadle serve`): each step is applied under the migration lock (`BEGIN IMMEDIATE` on SQLite,
+an advisory lock on PostgreSQL) after re-reading the ledger, so every step runs exactly once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from treadle.clock import now_iso
+from treadle.store.portable import ACTIVITY_SEQUENCE, on_postgresql
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +36,23 @@ log = logging.getLogger(__name__)
 class Migration:
     name: str
     statements: Sequence[str]
+    # Run after `statements` on PostgreSQL only: what SQLite does without being asked.
+    postgresql: Sequence[str] = ()
     # Run once, last, in the step's transaction: a check of existing data that tells the
     # operator what it found (in the log) and changes nothing.
     report: Callable[[AsyncConnection], Awaitable[None]] | None = None
+
+    def statements_for(self, dialect: str) -> Sequence[str]:
+        if dialect != "postgresql":
+            return self.statements
+        return (*(_for_postgresql(statement) for statement in self.statements), *self.postgresql)
+
+
+def _for_postgresql(statement: str) -> str:
+    if not re.match(r"\s*(CREATE|ALTER)\s+TABLE\b", statement, re.IGNORECASE):
+        return statement
+    statement = re.sub(r"\bTEXT\b", 'TEXT COLLATE "C"', statement)
+    return re.sub(r"\bINTEGER\b", "BIGINT", statement)
 
 
 async def report_end_user_ids(conn: AsyncConnection) -> None:
@@ -124,6 +150,9 @@ MIGRATIONS: tuple[Migration, ...] = (
             """CREATE TABLE config_versions (
                 scope TEXT PRIMARY KEY, version INTEGER NOT NULL)""",
         ),
+        # SQLite numbers `activity.seq` under its single writer; concurrent PostgreSQL
+        # writers draw the numbers from a sequence instead (store/portable.py).
+        postgresql=(f"CREATE SEQUENCE {ACTIVITY_SEQUENCE} AS BIGINT",),
     ),
     Migration(
         "0002_mcp_servers",
@@ -215,17 +244,25 @@ _CREATE_LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (
     name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"""
 
 
+# Any fixed number: the advisory lock every migrating process takes on PostgreSQL.
+_MIGRATION_LOCK = 0x7472_6561_646C_65  # "treadle"
+
+
 async def migrate(engine: AsyncEngine, steps: Sequence[Migration] = MIGRATIONS) -> list[str]:
-    """Apply the steps not yet recorded; returns the names applied now."""
-    async with engine.begin() as conn:
-        await conn.execute(sa.text(_CREATE_LEDGER))
-        done = set((await conn.execute(sa.text("SELECT name FROM schema_migrations"))).scalars())
+    """Apply the steps not yet recorded; returns the names applied now (by this call: when
+    another process applies a step first, it is not applied again)."""
+    if not await _anything_to_apply(engine, steps):
+        return []
     applied: list[str] = []
     for step in steps:
-        if step.name in done:
-            continue
-        async with engine.begin() as conn:
-            for statement in step.statements:
+        async with _migration_lock(engine) as conn:
+            await conn.execute(sa.text(_CREATE_LEDGER))
+            recorded = await conn.execute(
+                sa.text("SELECT 1 FROM schema_migrations WHERE name = :n"), {"n": step.name}
+            )
+            if recorded.first() is not None:
+                continue
+            for statement in step.statements_for(conn.dialect.name):
                 await conn.execute(sa.text(statement))
             if step.report is not None:
                 await step.report(conn)
@@ -235,3 +272,29 @@ async def migrate(engine: AsyncEngine, steps: Sequence[Migration] = MIGRATIONS) 
             )
         applied.append(step.name)
     return applied
+
+
+async def _anything_to_apply(engine: AsyncEngine, steps: Sequence[Migration]) -> bool:
+    """Whether a step is missing, read without the lock (every start-up of an up-to-date
+    database asks, and then takes no write lock)."""
+    async with engine.connect() as conn:
+        exists = await conn.run_sync(lambda sync: sa.inspect(sync).has_table("schema_migrations"))
+        if not exists:
+            return True
+        done = set((await conn.execute(sa.text("SELECT name FROM schema_migrations"))).scalars())
+    return any(step.name not in done for step in steps)
+
+
+@asynccontextmanager
+async def _migration_lock(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """One transaction that holds the migration lock until it ends."""
+    async with engine.connect() as conn:
+        # SQLite: `treadle_write` makes the connection open with BEGIN IMMEDIATE (see
+        # `database._configure_sqlite`), the file's write lock, so DDL and ledger agree.
+        conn = await conn.execution_options(treadle_write=True)
+        async with conn.begin():
+            if on_postgresql(conn):
+                await conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK}
+                )
+            yield conn

@@ -12,6 +12,7 @@ from treadle.errors import ErrorCode, Refusal
 from treadle.ids import new_uuid
 from treadle.store import schema
 from treadle.store.database import Database, WriteTxn
+from treadle.store.portable import serialise
 from treadle.store.records import Connection, EndUser
 from treadle.vault import Vault
 
@@ -46,6 +47,8 @@ class EndUsers:
         metadata: dict[str, Any] | None,
     ) -> EndUser:
         table = schema.end_users
+        # Until commit, no concurrent creation (any process) passes this check for the workspace.
+        await serialise(txn.conn, "end users", workspace_id)
         exists = await txn.conn.execute(
             sa.select(table.c.id).where(
                 table.c.workspace_id == workspace_id, table.c.external_id == external_id
@@ -170,6 +173,8 @@ class Connections:
         base_url: str | None,
     ) -> Connection:
         table = schema.connections
+        # Until commit, no concurrent creation (any process) passes this check for the org.
+        await serialise(txn.conn, "connection ids", org_id)
         clash = sa.select(table.c.id).where(
             table.c.org_id == org_id,
             sa.func.coalesce(table.c.workspace_id, "") == (workspace_id or ""),

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from treadle.clock import now_iso
 from treadle.store import schema
 from treadle.store.database import Database, WriteTxn
+from treadle.store.portable import serialise, starts_with, upsert
 
 
 class KeyValueNamespace:
@@ -31,25 +32,18 @@ class KeyValueNamespace:
             return found.scalar()
 
     async def put(self, key: str, value: Any) -> None:
-        if value is not None:
-            await self.update(key, lambda _old: value)
-            return
         # JSON null is a value to keep (`update` reads None as "delete"). JSONText would bind
         # None as SQL NULL, so write the JSON text itself.
-        table = schema.kv_entries
-        null = sa.literal("null", sa.Text)
+        stored = sa.literal("null", sa.Text) if value is None else value
+        now = now_iso()
         async with self._db.write(self._actor) as txn:
-            found = await txn.conn.execute(sa.select(table.c.key).where(self._key(key)))
-            if found.first() is None:
-                await txn.conn.execute(
-                    table.insert().values(
-                        namespace=self._namespace, key=key, value=null, updated_at=now_iso()
-                    )
-                )
-            else:
-                await txn.conn.execute(
-                    table.update().where(self._key(key)).values(value=null, updated_at=now_iso())
-                )
+            await upsert(
+                txn.conn,
+                schema.kv_entries,
+                {"namespace": self._namespace, "key": key, "value": stored, "updated_at": now},
+                keys=["namespace", "key"],
+                update={"value": stored, "updated_at": now},
+            )
 
     async def delete(self, key: str) -> bool:
         async with self._db.write(self._actor) as txn:
@@ -60,8 +54,7 @@ class KeyValueNamespace:
         table = schema.kv_entries
         query = sa.select(table.c.key).where(table.c.namespace == self._namespace)
         if prefix:
-            # Compare a range instead of LIKE so `%` and `_` in a prefix stay literal.
-            query = query.where(table.c.key >= prefix, table.c.key < prefix + "\U0010ffff")
+            query = query.where(starts_with(table.c.key, prefix))
         async with self._db.read() as conn:
             rows = await conn.execute(query.order_by(table.c.key).limit(limit))
             return list(rows.scalars())
@@ -69,6 +62,9 @@ class KeyValueNamespace:
     async def update(self, key: str, change: Callable[[Any | None], Any | None]) -> Any | None:
         table = schema.kv_entries
         async with self._db.write(self._actor) as txn:
+            # Read-modify-write: concurrent updates of one key (in any process) take turns,
+            # so none is lost, also while the row does not exist yet.
+            await serialise(txn.conn, "kv", self._namespace, key)
             row = (await txn.conn.execute(sa.select(table.c.value).where(self._key(key)))).first()
             # A stored JSON null reads as None too, so the row (not the value) says "missing".
             old = None if row is None else row.value
@@ -95,22 +91,38 @@ class UsageCounters:
         self._db = db
 
     async def reserve(self, org_id: str, period: str, limit: int) -> tuple[bool, int]:
-        """Count one execution if under `limit`. Returns (counted, count before this call)."""
+        """Count one execution if under `limit`. Returns (counted, count before this call).
+
+        The check and the count are one conditional UPDATE: concurrent reservations (from
+        any process) are granted exactly up to the limit, never one more."""
+        table = schema.usage_counters
         async with self._db.write("system") as txn:
-            current = await self.count_in(txn.conn, org_id, period)
-            if current >= limit:
-                return False, current
-            await self.add(txn, org_id, period, 1)
-            return True, current
+            await upsert(
+                txn.conn,
+                table,
+                {"org_id": org_id, "period": period, "count": 0},
+                keys=["org_id", "period"],
+            )
+            counted = await txn.conn.execute(
+                table.update()
+                .where(_period(org_id, period), table.c.count < limit)
+                .values(count=table.c.count + 1)
+            )
+            after = await self.count_in(txn.conn, org_id, period)
+            if counted.rowcount == 1:
+                return True, after - 1
+            return False, after
 
     async def add(self, txn: WriteTxn, org_id: str, period: str, added: int) -> None:
         """Count `added` more executions, with no limit (the caller has checked)."""
         table = schema.usage_counters
-        updated = await txn.conn.execute(
-            table.update().where(_period(org_id, period)).values(count=table.c.count + added)
+        await upsert(
+            txn.conn,
+            table,
+            {"org_id": org_id, "period": period, "count": added},
+            keys=["org_id", "period"],
+            update={"count": table.c.count + added},
         )
-        if updated.rowcount == 0:
-            await txn.conn.execute(table.insert().values(org_id=org_id, period=period, count=added))
 
     async def current(self, org_id: str, period: str) -> int:
         async with self._db.read() as conn:

@@ -10,7 +10,8 @@ from treadle.clock import now_iso
 from treadle.errors import ErrorCode, NotFound, Refusal
 from treadle.ids import hash_token, new_token, new_uuid
 from treadle.store import schema
-from treadle.store.database import Database, WriteTxn
+from treadle.store.database import Database, WriteTxn, bump_version
+from treadle.store.portable import serialise, starts_with
 from treadle.store.records import ApiKey, Org, Workspace
 
 API_KEY_PREFIX = "trd"
@@ -30,6 +31,10 @@ def _org(row: sa.Row[Any]) -> Org:
         rate_window_seconds=row.rate_window_seconds,
         created_at=row.created_at,
     )
+
+
+def _first_org() -> sa.Select[Any]:
+    return schema.orgs.select().order_by(schema.orgs.c.created_at, schema.orgs.c.id).limit(1)
 
 
 def _workspace(row: sa.Row[Any]) -> Workspace:
@@ -76,8 +81,14 @@ class Orgs:
 
     async def first(self) -> Org | None:
         async with self._db.read() as conn:
-            query = schema.orgs.select().order_by(schema.orgs.c.created_at).limit(1)
-            row = (await conn.execute(query)).first()
+            row = (await conn.execute(_first_org())).first()
+        return None if row is None else _org(row)
+
+    async def first_for_bootstrap(self, txn: WriteTxn) -> Org | None:
+        """The first org, read under the bootstrap lock: of two processes setting up an
+        empty database at once, the second waits and then finds the first one's org."""
+        await serialise(txn.conn, "bootstrap")
+        row = (await txn.conn.execute(_first_org())).first()
         return None if row is None else _org(row)
 
     async def set_limits(
@@ -112,6 +123,21 @@ class Orgs:
                 change="updated",
                 detail=changes,
             )
+            # Every workspace's configuration holds its org's limits: its version moves too,
+            # so caches that check one workspace's version see it (store/versioned_memo.py).
+            workspaces = schema.workspaces
+            rows = await txn.conn.execute(
+                sa.select(workspaces.c.id)
+                .where(workspaces.c.org_id == org_id)
+                .order_by(workspaces.c.id)
+            )
+            for workspace_id in list(rows.scalars()):
+                await bump_version(txn.conn, workspace_id)
+
+
+def _named(org_id: str, name: str) -> sa.Select[Any]:
+    table = schema.workspaces
+    return table.select().where(table.c.org_id == org_id, table.c.name == name)
 
 
 class Workspaces:
@@ -140,6 +166,9 @@ class Workspaces:
         self, txn: WriteTxn, org_id: str, name: str, except_id: str | None
     ) -> None:
         table = schema.workspaces
+        # Until this transaction ends, no other one (in any process) can pass this check for
+        # the org: two creations of one name get one workspace and one DUPLICATE.
+        await serialise(txn.conn, "workspace names", org_id)
         query = sa.select(table.c.id).where(table.c.org_id == org_id, table.c.name == name)
         found = (await txn.conn.execute(query)).scalar()
         if found is not None and found != except_id:
@@ -159,10 +188,13 @@ class Workspaces:
         return workspace
 
     async def by_name(self, org_id: str, name: str) -> Workspace | None:
-        table = schema.workspaces
         async with self._db.read() as conn:
-            query = table.select().where(table.c.org_id == org_id, table.c.name == name)
-            row = (await conn.execute(query)).first()
+            row = (await conn.execute(_named(org_id, name))).first()
+        return None if row is None else _workspace(row)
+
+    async def by_name_in(self, txn: WriteTxn, org_id: str, name: str) -> Workspace | None:
+        """`by_name`, inside a write transaction (which sees its own and locked-in writes)."""
+        row = (await txn.conn.execute(_named(org_id, name))).first()
         return None if row is None else _workspace(row)
 
     async def list(self, org_id: str, workspace_ids: set[str] | None = None) -> list[Workspace]:
@@ -213,7 +245,7 @@ class Workspaces:
             await conn.execute(table.delete().where(table.c.workspace_id == workspace.id))
         await conn.execute(
             schema.kv_entries.delete().where(
-                schema.kv_entries.c.namespace.like(f"{workspace.id}/%")
+                starts_with(schema.kv_entries.c.namespace, f"{workspace.id}/")
             )
         )
         await conn.execute(schema.workspaces.delete().where(schema.workspaces.c.id == workspace.id))
