@@ -21,6 +21,7 @@ from treadle.net import build_http_client
 from treadle.oauth import OAuth
 from treadle.settings import Settings
 from treadle.store import Database, Store
+from treadle.store.change_bus import ChangeBus, LocalChanges
 from treadle.store.rate_windows import DatabaseRateLimiter
 from treadle.vault import Vault
 
@@ -64,6 +65,8 @@ class Gateway:
             redis = None if settings.redis_url is None else await _open_redis(settings.redis_url)
             if redis is not None:
                 exit_stack.push_async_callback(redis.aclose)
+            db.changes = await _change_bus(db, redis)
+            exit_stack.push_async_callback(db.changes.close)
             client = http
             if client is None:
                 client = build_http_client()
@@ -107,8 +110,9 @@ class Gateway:
     async def run_background(self) -> None:
         """The gateway's own background work, until cancelled: the writer that commits
         execution records and quota counts nobody waits for, the renewal of idempotency
-        leases, and webhook deliveries."""
+        leases, webhook deliveries, and receiving other replicas' configuration changes."""
         async with anyio.create_task_group() as tg:
+            tg.start_soon(self.store.db.changes.watch)
             tg.start_soon(self.store.ledger.run)
             tg.start_soon(self.store.idempotency.keep_leases)
             tg.start_soon(self.webhooks.run)
@@ -130,6 +134,20 @@ def _rate_limiter(db: Database, redis: Redis | None) -> RateLimiter:
     if db.is_sqlite:
         return SlidingWindowRateLimiter()
     return DatabaseRateLimiter(db)
+
+
+async def _change_bus(db: Database, redis: Redis | None) -> ChangeBus:
+    """How configuration changes reach the other processes: Redis pub/sub when there is one,
+    LISTEN/NOTIFY on PostgreSQL, and on SQLite nothing but the version row they poll."""
+    if redis is not None:
+        from treadle.store.redis_changes import RedisChanges
+
+        return RedisChanges(db, redis)
+    if not db.is_sqlite:
+        from treadle.store.pg_changes import PostgresChanges
+
+        return await PostgresChanges.open(db)
+    return LocalChanges()
 
 
 async def _open_redis(url: str) -> Redis:

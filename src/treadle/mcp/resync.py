@@ -5,11 +5,12 @@ server middleware and unregister when their connection closes; 2026-07-28 `subsc
 streams subscribe through `RoutingBus`, which files each stream under its server.
 
 When to tell them: configuration writes bump a version row in the same transaction. The hub
-wakes on this process's commits at once and polls the version row every 50 ms for other
-processes' commits (`treadle stdio` beside `treadle serve`; on SQLite the poll is a
-synchronous one-row read, no transaction or thread hop), waits a short moment so a burst coalesces,
-then rebuilds the tool set of each affected server and notifies when it differs from a list
-one of its clients may hold.
+wakes on this process's commits at once, and on other processes' commits when the database's
+change bus brings them (store/change_bus.py: NOTIFY on PostgreSQL, Redis pub/sub); without
+one it polls the version row every 50 ms (`treadle stdio` beside `treadle serve` on SQLite,
+where the poll is a synchronous one-row read, no transaction or thread hop), waits a short
+moment so a burst coalesces, then rebuilds the tool set of each affected server and notifies
+when it differs from a list one of its clients may hold.
 
 What a client may hold: every pass leaves each server with one baseline, the list of the
 configuration version the pass compared (its clients either listed it or were just told to
@@ -90,13 +91,15 @@ class ResyncHub:
         *,
         coalesce_seconds: float = 0.05,
         max_delay_seconds: float = 0.4,
-        poll_seconds: float = 0.05,
+        poll_seconds: float | None = None,
     ) -> None:
         self._store = store
         self._toolsets = toolsets
         self._coalesce = coalesce_seconds
         self._max_delay = max_delay_seconds
-        self._poll = poll_seconds
+        # Other processes' commits: as often as the database's change bus needs (never, when
+        # its events carry every change: PostgreSQL LISTEN/NOTIFY); None asks it.
+        self._poll = store.db.changes.poll_seconds if poll_seconds is None else poll_seconds
         self._wake = anyio.Event()
         self._catalog_changed = False
         # The configuration version the last pass compared lists at (None: not known yet, or

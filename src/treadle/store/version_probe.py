@@ -1,4 +1,4 @@
-"""Reads the global configuration version without leaving the event loop (SQLite only).
+"""Reads the global configuration version without leaving the event loop.
 
 Every configuration write bumps the `*` row of `config_versions` in its own transaction, so
 comparing that number with the one a cache entry was built under tells whether the entry is
@@ -9,12 +9,18 @@ The probe keeps one plain `sqlite3` connection in autocommit mode and reads the 
 In WAL mode a reader never waits for writers, and `busy_timeout=0` makes the rare lock
 conflicts (recovery after a crash, a checkpoint restarting the log) fail at once instead of
 blocking the loop; the caller then falls back to an ordinary asynchronous read.
+
+On PostgreSQL there is no file to read, so `for_engine` gives no source and every request
+reads the version with one query (the fallback). A source kept current by LISTEN/NOTIFY on
+the version bump is the planned counterpart: it implements `VersionSource` (answering None
+until it is subscribed) and `for_engine` returns it for PostgreSQL; nothing else changes.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -23,13 +29,21 @@ log = logging.getLogger(__name__)
 _QUERY = "SELECT version FROM config_versions WHERE scope = '*'"
 
 
+class VersionSource(Protocol):
+    """Answers the global configuration version synchronously, or None when it cannot."""
+
+    def read(self) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
 class VersionProbe:
     def __init__(self, path: str) -> None:
         self._path = path
         self._conn: sqlite3.Connection | None = None
 
     @classmethod
-    def for_engine(cls, engine: AsyncEngine) -> VersionProbe | None:
+    def for_engine(cls, engine: AsyncEngine) -> VersionSource | None:
         """A probe for a file-backed SQLite database; None for anything else."""
         url = engine.url
         if engine.dialect.name != "sqlite" or not url.database or url.database == ":memory:":
