@@ -3,6 +3,7 @@ switched off at a time, against treadle as it is and the bare SDK baseline.
 
     python -m bench.ablate [--scenario call|rest] [--era legacy|2026-07-28] [--concurrency 1]
                            [--rounds 6] [--block-seconds 2] [--variants no-progress,no-ledger+...]
+                           [--against DIR]
 
 Every variant is its own `treadle serve` (`bench/patched.py` applies the patches; `+` joins
 several in one variant, `all` is every patch but `no-pipeline`), all running at once. Rounds
@@ -11,6 +12,10 @@ server's CPU time (/proc) around each block. CPU per call drifts by ±20% over m
 VM, so a variant's saving is the median over rounds of (treadle's CPU/call - the variant's)
 measured in the same round, not a difference of two long averages.
 Measurement only: a patched server breaks guarantees treadle makes (see bench/patched.py).
+
+`--against DIR` adds the variant `against`: `treadle serve` run from another source tree
+(`DIR/src/treadle`, e.g. `git archive` of an earlier commit), so a change is priced as
+(treadle now - treadle then) in the same rounds; a negative "saved" is what the change saves.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import anyio
 
@@ -61,11 +67,19 @@ def _patches(label: str) -> tuple[str, ...]:
 
 
 async def run(
-    scenario: str, era: str, concurrency: int, rounds: int, block: float, labels: list[str]
+    scenario: str,
+    era: str,
+    concurrency: int,
+    rounds: int,
+    block: float,
+    labels: list[str],
+    against: Path | None = None,
 ) -> str:
     variants: list[Variant] = []
     try:
         variants.append(Variant("treadle", await _treadle_subject(scenario, 400)))
+        if against is not None:
+            variants.append(Variant("against", await _treadle_subject(scenario, 400, (), against)))
         for label in labels:
             variants.append(Variant(label, await _treadle_subject(scenario, 400, _patches(label))))
         variants.append(Variant("bare", _bare_subject(scenario, 400)))
@@ -88,6 +102,8 @@ def _describe(label: str) -> str:
         return "as shipped"
     if label == "bare":
         return "the bare SDK baseline"
+    if label == "against":
+        return "treadle from the --against source tree"
     if label == "all":
         return "every patch but no-pipeline"
     return "; ".join(PATCHES[name][1] for name in _patches(label))
@@ -136,14 +152,24 @@ def main() -> None:
         default=",".join(DEFAULT_VARIANTS),
         help="comma separated; patches joined with + make one variant; 'all'",
     )
+    parser.add_argument("--against", type=Path, help="another source tree to compare with")
     args = parser.parse_args()
+    if args.against is not None and not (args.against / "src" / "treadle").is_dir():
+        parser.error(f"{args.against} has no src/treadle")
     labels = [label for label in args.variants.split(",") if label]
     for label in labels:
         for name in _patches(label):
             if name not in PATCHES:
                 parser.error(f"unknown patch {name!r}; known: {', '.join(PATCHES)}")
     text = anyio.run(
-        run, args.scenario, args.era, args.concurrency, args.rounds, args.block_seconds, labels
+        run,
+        args.scenario,
+        args.era,
+        args.concurrency,
+        args.rounds,
+        args.block_seconds,
+        labels,
+        args.against,
     )
     print(text)
 

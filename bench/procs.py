@@ -86,11 +86,14 @@ class Treadle:
     _log_offset: int = 0
 
     @classmethod
-    def start(cls, patches: tuple[str, ...] = ()) -> Treadle:
+    def start(cls, patches: tuple[str, ...] = (), source: Path | None = None) -> Treadle:
         """`patches`: parts of the request path to switch off (`bench/patched.py`, for
-        `python -m bench.ablate` only)."""
+        `python -m bench.ablate` only). `source`: a source tree (with `src/treadle`) to run
+        instead of this one, e.g. an earlier commit's (`bench.ablate --against`)."""
         data_dir = Path(tempfile.mkdtemp(prefix="treadle-bench-"))
         env = child_env(data_dir)
+        if source is not None:
+            env["PYTHONPATH"] = os.pathsep.join([str(source / "src"), env["PYTHONPATH"]])
         cli = [sys.executable, "-m", "treadle"]
         init = subprocess.run(
             [*cli, "init", "--json", "--data-dir", str(data_dir)],

@@ -117,8 +117,10 @@ async def _prepare(treadle: Treadle, scenario: str, aliases: int) -> dict[str, A
     return found
 
 
-async def _treadle_subject(scenario: str, aliases: int, patches: tuple[str, ...] = ()) -> Subject:
-    treadle = Treadle.start(patches)
+async def _treadle_subject(
+    scenario: str, aliases: int, patches: tuple[str, ...] = (), source: Path | None = None
+) -> Subject:
+    treadle = Treadle.start(patches, source)
     try:
         ids = await _prepare(treadle, scenario, aliases)
     except BaseException:

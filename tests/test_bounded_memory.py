@@ -20,8 +20,8 @@ from treadle.mcp.binds import bind_server
 from treadle.net.guard import build_http_client
 from treadle.oauth.refresh import _Locks
 from treadle.settings import Settings
-from treadle.store.config_cache import _VersionedMemo
 from treadle.store.gates import Approval
+from treadle.store.versioned_memo import VersionedMemo
 
 from mcp_harness import McpEnv
 
@@ -185,7 +185,7 @@ async def test_registrations_without_a_connection_do_not_stay_in_the_hub(
 
 
 async def test_the_configuration_memo_keeps_at_most_its_cap() -> None:
-    memo: _VersionedMemo[str, str] = _VersionedMemo(max_entries=10)
+    memo: VersionedMemo[str, str] = VersionedMemo(max_entries=10)
     for version in range(3):
         for index in range(100):
             key = f"key{index}"

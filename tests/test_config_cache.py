@@ -37,6 +37,7 @@ from treadle.store import Database
 from treadle.store.version_probe import VersionProbe
 
 from conftest import Api, client_for
+from databases import database_env, only_on_sqlite
 
 pytestmark = pytest.mark.anyio
 
@@ -461,10 +462,15 @@ async def test_a_server_deleted_elsewhere_stops_answering_at_once(
 # -- the version probe and its fallback ------------------------------------------------------
 
 
+# The probe is how SQLite answers without a thread hop; PostgreSQL reads per request for now.
+PROBE_IS_SQLITE = only_on_sqlite("the version probe reads the SQLite file itself")
+
+
 def database_path(settings: Settings) -> Path:
     return settings.data_dir / "treadle.db"
 
 
+@PROBE_IS_SQLITE
 async def test_the_probe_reads_what_another_connection_committed(pair: Pair) -> None:
     db = pair.a.gateway.store.db
     seen = await db.config_version()
@@ -528,6 +534,7 @@ async def test_with_a_failing_probe_every_answer_is_still_exact(pair: Pair, tmp_
     assert await db.config_version() == await db.version()
 
 
+@PROBE_IS_SQLITE
 async def test_a_probe_whose_connection_broke_falls_back_then_reconnects(
     pair: Pair, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -558,6 +565,7 @@ def treadle_command() -> list[str]:
 def cli_environment(data_dir: Path) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("TREADLE_")}
     env["TREADLE_DATA_DIR"] = str(data_dir)
+    env.update(database_env(data_dir))
     return env
 
 

@@ -140,7 +140,9 @@ class Executor:
         return outcome
 
     async def _execute(self, request: ExecuteRequest, trace: _Trace, started: float) -> Outcome:
-        config = await self._store.config.workspace(request.org_id, request.workspace_id)
+        config = request.config
+        if config is None:
+            config = await self._store.config.workspace(request.org_id, request.workspace_id)
         if config is None:
             raise NotFound("Workspace")
         org = config.org

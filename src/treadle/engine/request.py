@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import Any
 
 from treadle.catalog.model import ClientInteraction
+from treadle.store.config_cache import WorkspaceConfig
 from treadle.store.mcp_servers import ToolOverride
 
 
@@ -47,3 +48,7 @@ class ExecuteRequest:
     refuse_enforced_keys: bool = False
     # The MCP client of this call (progress, logging, elicitation, sampling); None elsewhere.
     client: ClientInteraction | None = None
+    # The workspace's configuration as the face already resolved it for this request (the
+    # MCP face builds the tool list from it): the pipeline uses it instead of reading it
+    # again. None: the pipeline reads it. Never reuse one across requests: it is a snapshot.
+    config: WorkspaceConfig | None = None

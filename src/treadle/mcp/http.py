@@ -41,6 +41,7 @@ from treadle.mcp.sessions import (
     opens_session,
     pending,
 )
+from treadle.store.config_cache import ConfigSnapshot
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_ADMISSIONS = 10_000
@@ -49,6 +50,7 @@ _END_USER_HEADER = END_USER_HEADER.lower().encode()
 # JSON-RPC's range for implementation-defined server errors; `data.error` says which.
 REFUSED_RPC_CODE = -32000
 _SCOPE_KEY = "treadle.binding"
+_SNAPSHOT_KEY = "treadle.config_snapshot"
 
 _current: contextvars.ContextVar[Binding | None] = contextvars.ContextVar(
     "treadle_http_binding", default=None
@@ -139,7 +141,7 @@ class McpEndpoint:
         self._gateway = gateway
         self._runtime = runtime
         self._admissions: dict[tuple[str, str, str | None], tuple[int, _Admission]] = {}
-        self.face = runtime.face(self._resolve, self._schema)
+        self.face = runtime.face(self._resolve, self._schema, self._snapshot)
         limits = gateway.settings.mcp_sessions
         self.sessions = SessionLedger(limits)
         self.manager = CountedSessionManager(
@@ -167,6 +169,14 @@ class McpEndpoint:
             raise RuntimeError("MCP request reached the handlers without a binding")
         return binding
 
+    async def _snapshot(self, ctx: ServerRequestContext[Any, Any]) -> ConfigSnapshot:
+        # The one the request was authenticated at: one version read per request.
+        request = ctx.request
+        found = request.scope.get(_SNAPSHOT_KEY) if isinstance(request, Request) else None
+        if isinstance(found, ConfigSnapshot):
+            return found
+        return await self._gateway.store.config.snapshot()
+
     def _schema(self, name: str) -> dict[str, Any] | None:
         binding = _current.get()
         if binding is None:
@@ -183,12 +193,13 @@ class McpEndpoint:
         # Every request of a session presents the same credentials: answer those from memory
         # while the configuration version holds (tokens rotate and servers change only with
         # a bump). Only admissions are remembered; refusals are always checked afresh.
-        version = await self._gateway.store.config.version()
+        snapshot = scope[_SNAPSHOT_KEY] = await self._gateway.store.config.snapshot()
+        version = snapshot.version
         key = (server_id, hash_token(token), end_user_header)
         remembered = self._admissions.get(key)
         if remembered is not None and remembered[0] == version:
             return remembered[1]
-        admission = await self._admit(server_id, token, end_user_header)
+        admission = await self._admit(snapshot, server_id, token, end_user_header)
         if admission is not None:
             if len(self._admissions) >= MAX_ADMISSIONS:
                 self._admissions.pop(next(iter(self._admissions)))
@@ -196,9 +207,8 @@ class McpEndpoint:
         return admission
 
     async def _admit(
-        self, server_id: str, token: str, end_user_header: str | None
+        self, config: ConfigSnapshot, server_id: str, token: str, end_user_header: str | None
     ) -> _Admission | None:
-        config = self._gateway.store.config
         server = await config.mcp_server(server_id)
         if server is None:
             return None

@@ -15,6 +15,7 @@ from treadle.mcp.server import (
     BindingResolver,
     McpFace,
     SchemaLookup,
+    SnapshotSource,
 )
 from treadle.mcp.toolset import ToolsetCache
 
@@ -24,7 +25,7 @@ class McpRuntime:
         self,
         gateway: Gateway,
         *,
-        poll_seconds: float = 0.05,
+        poll_seconds: float | None = None,  # None: as the gateway's change bus needs
         progress_seconds: float = PROGRESS_INTERVAL_SECONDS,
         page_size: int = PAGE_SIZE,
     ) -> None:
@@ -35,8 +36,14 @@ class McpRuntime:
         self.toolsets = ToolsetCache(gateway.store, gateway.catalog)
         self.hub = ResyncHub(gateway.store, self.toolsets, poll_seconds=poll_seconds)
 
-    def face(self, resolve: BindingResolver, schema_lookup: SchemaLookup) -> McpFace:
-        """A server over this runtime's tool sets and hub, its bindings found by `resolve`."""
+    def face(
+        self,
+        resolve: BindingResolver,
+        schema_lookup: SchemaLookup,
+        snapshot: SnapshotSource | None = None,
+    ) -> McpFace:
+        """A server over this runtime's tool sets and hub, its bindings found by `resolve`
+        (and each request's configuration snapshot by `snapshot`; None: read per request)."""
         return McpFace(
             self.gateway.executor,
             self.toolsets,
@@ -47,6 +54,7 @@ class McpRuntime:
             schema_lookup=schema_lookup,
             approvals=self.gateway.approvals,
             request_state_key=self.request_state_key,
+            snapshot=snapshot,
         )
 
     def bound_face(self, binding: Binding) -> McpFace:

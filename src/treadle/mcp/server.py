@@ -14,6 +14,7 @@ import logging
 import warnings
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -59,6 +60,7 @@ from treadle.mcp.binding import Binding
 from treadle.mcp.results import to_result
 from treadle.mcp.resync import ResyncHub, listening
 from treadle.mcp.toolset import ToolSet, ToolsetCache
+from treadle.store.config_cache import ConfigSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,9 @@ LIST_TTL_MS = 30_000
 PROGRESS_INTERVAL_SECONDS = 1.0
 
 BindingResolver = Callable[[ServerRequestContext[Any, Any]], Awaitable[Binding]]
+# The configuration snapshot of a request: the one version read it is served at (HTTP takes
+# it when it authenticates the request; elsewhere each request reads one).
+SnapshotSource = Callable[[ServerRequestContext[Any, Any]], Awaitable[ConfigSnapshot]]
 SchemaLookup = Callable[[str], dict[str, Any] | None]
 
 INSTRUCTIONS = (
@@ -130,6 +135,13 @@ def decode_cursor(cursor: str | None) -> int:
 def approval_key(binding: Binding, tool: str, arguments: dict[str, Any]) -> str:
     material = canonical([binding.cache_key, binding.end_user_id, tool, arguments])
     return "mcp_" + hashlib.sha256(material.encode()).hexdigest()[:40]
+
+
+def _fresh_snapshot(toolsets: ToolsetCache) -> SnapshotSource:
+    async def snapshot(_ctx: ServerRequestContext[Any, Any]) -> ConfigSnapshot:
+        return await toolsets.snapshot()
+
+    return snapshot
 
 
 def _connection_key(ctx: ServerRequestContext[Any, Any]) -> tuple[int, Any]:
@@ -243,8 +255,10 @@ class McpFace:
         schema_lookup: SchemaLookup | None = None,
         approvals: ApprovalDesk | None = None,
         request_state_key: bytes | None = None,
+        snapshot: SnapshotSource | None = None,
     ) -> None:
         self._executor = executor
+        self._snapshot = snapshot or _fresh_snapshot(toolsets)
         self._pause = ApprovalPause(approvals, progress_seconds) if approvals else None
         self._toolsets = toolsets
         self._hub = hub
@@ -342,7 +356,7 @@ class McpFace:
         if version in HANDSHAKE_PROTOCOL_VERSIONS and ctx.session.client_params is None:
             return await call_next(ctx)
         binding = await self._resolve(ctx)
-        toolset = await self._toolsets.get(binding)
+        toolset = await self._toolsets.get(binding, await self._snapshot(ctx))
         pages = toolset.pages(self._page_size, self._page_bytes)
         start, end = pages.span(decode_cursor(params.cursor))
         shaped = pages.shaped.get((start, version))
@@ -365,7 +379,7 @@ class McpFace:
         pinned = _pinned_page.get()
         if pinned is None:
             binding = await self._resolve(ctx)
-            toolset = await self._toolsets.get(binding)
+            toolset = await self._toolsets.get(binding, await self._snapshot(ctx))
             pages = toolset.pages(self._page_size, self._page_bytes)
             start, end = pages.span(decode_cursor(params.cursor if params else None))
         else:
@@ -379,8 +393,8 @@ class McpFace:
         self, ctx: ServerRequestContext[Any, Any], params: CallToolRequestParams
     ) -> CallToolResult | InputRequiredResult:
         binding = await self._resolve(ctx)
-        toolset = await self._toolsets.get(binding)
-        target = toolset.targets.get(params.name)
+        current = await self._toolsets.current(binding, await self._snapshot(ctx))
+        target = current.toolset.targets.get(params.name)
         if target is None:
             raise MCPError(INVALID_PARAMS, f"Unknown tool: {params.name[:100]}")
         arguments = dict(params.arguments or {})
@@ -403,6 +417,8 @@ class McpFace:
             approval_reuse_window=True,
             mcp_server_id=binding.server.id if binding.server is not None else None,
             client=(channel := ClientChannel(ctx, self._log_floor(ctx))),
+            # The configuration this tool was listed from: the pipeline does not read it again.
+            config=current.config,
         )
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._report_progress, ctx)
@@ -411,8 +427,10 @@ class McpFace:
         if channel.missing is not None:
             raise _missing_capability(channel.missing)
         if isinstance(outcome, ApprovalPending) and self._pause is not None:
+            # A person decides later: the run after the decision reads the configuration then.
+            rerun = replace(request, config=None)
             return await self._pause.pause(
-                ctx, params, outcome, binding.actor, lambda: self._executor.execute(request)
+                ctx, params, outcome, binding.actor, lambda: self._executor.execute(rerun)
             )
         return to_result(outcome, declares_output=target.action.output_schema is not None)
 

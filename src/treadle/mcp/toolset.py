@@ -25,9 +25,11 @@ from treadle.engine.policies import may_pause
 from treadle.mcp.binding import Binding
 from treadle.mcp.naming import assign_names
 from treadle.store import Store, WorkspaceConfig
+from treadle.store.config_cache import ConfigSnapshot
 from treadle.store.gates import ApprovalPolicy
 from treadle.store.mcp_servers import McpServer, ToolOverride
 from treadle.store.records import Partial, WorkspaceIntegration
+from treadle.store.versioned_memo import KeyedLocks
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +288,16 @@ class _Built:
     toolset: ToolSet
 
 
+@dataclass(frozen=True, slots=True)
+class Current:
+    """A server's tool set at one configuration snapshot, and the workspace configuration it
+    was built from: a call hands that same configuration to the pipeline, so what the tool
+    advertised and what the call enforces come from one read. None: the workspace is gone."""
+
+    toolset: ToolSet
+    config: WorkspaceConfig | None
+
+
 class ToolsetCache:
     """The latest tool set per server, rebuilt only when what it is built from changed: the
     workspace's configuration (by identity: the config cache keeps equal content as the same
@@ -295,36 +307,51 @@ class ToolsetCache:
         self._store = store
         self._catalog = catalog
         self._entries: dict[str, _Built] = {}
+        # After a change, concurrent requests for one server wait for one build (10,000
+        # tools take a while), not build it side by side.
+        self._building: KeyedLocks[str] = KeyedLocks()
 
     @property
     def catalog(self) -> Catalog:
         return self._catalog
 
-    async def get(self, binding: Binding) -> ToolSet:
+    async def snapshot(self) -> ConfigSnapshot:
+        return await self._store.config.snapshot()
+
+    async def get(self, binding: Binding, snapshot: ConfigSnapshot | None = None) -> ToolSet:
+        return (await self.current(binding, snapshot)).toolset
+
+    async def current(self, binding: Binding, snapshot: ConfigSnapshot | None = None) -> Current:
+        """The tool set at `snapshot` (the request's; None: read the version now)."""
         # The catalog is read once, before any await: a list is always built from exactly the
         # catalog version it is cached under, even if an integration is added meanwhile.
         catalog = self._catalog.snapshot()
-        config = await self._store.config.workspace(binding.org_id, binding.workspace_id)
+        if snapshot is None:
+            snapshot = await self._store.config.snapshot()
+        config = await snapshot.workspace(binding.org_id, binding.workspace_id)
         if config is None:
             # The workspace is gone (deleted since the client connected): nothing to offer.
-            return _EMPTY
+            return Current(_EMPTY, None)
         server = binding.server
         if server is not None:
             # Overrides may have changed since the binding was made: use the current record.
-            server = await self._store.config.mcp_server(server.id) or server
-        cached = self._entries.get(binding.cache_key)
-        if (
-            cached is not None
-            and cached.config is config
-            and cached.server == server
-            and cached.catalog_version == catalog.version
-        ):
-            return cached.toolset
-        toolset = build_toolset(
-            catalog, server, list(config.integrations), list(config.partials), config.policies
-        )
-        self._entries[binding.cache_key] = _Built(config, server, catalog.version, toolset)
-        return toolset
+            server = await snapshot.mcp_server(server.id) or server
+        key = binding.cache_key
+        cached = self._entries.get(key)
+        if cached is None or not _built_from(cached, config, server, catalog.version):
+            async with self._building.hold(key):
+                cached = self._entries.get(key)
+                if cached is None or not _built_from(cached, config, server, catalog.version):
+                    toolset = build_toolset(
+                        catalog,
+                        server,
+                        list(config.integrations),
+                        list(config.partials),
+                        config.policies,
+                    )
+                    cached = _Built(config, server, catalog.version, toolset)
+                    self._entries[key] = cached
+        return Current(cached.toolset, config)
 
     def latest(self, cache_key: str) -> ToolSet | None:
         """The most recently built list of a server, whatever version it was built for."""
@@ -335,3 +362,13 @@ class ToolsetCache:
         """The input schema of a tool from the latest cached list (sync: for header checks)."""
         cached = self._entries.get(cache_key)
         return None if cached is None else cached.toolset.input_schema(name)
+
+
+def _built_from(
+    built: _Built, config: WorkspaceConfig, server: McpServer | None, catalog_version: int
+) -> bool:
+    return (
+        built.config is config
+        and built.server == server
+        and built.catalog_version == catalog_version
+    )

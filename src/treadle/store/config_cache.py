@@ -5,7 +5,11 @@ request needs its credential resolved. Read from the database each time, that is
 transactions per call. Every write to any of these bumps the global configuration version in
 the same transaction (`WriteTxn.changed`), so an entry tagged with the version read *before*
 it was loaded is exact for as long as the version stays put: this cache never serves stale
-configuration, in this process or after another process's commit, and needs no TTL.
+configuration, in this process or after another process's commit, and needs no TTL. When the
+version moves, entries of workspaces the change did not touch stay (`versioned_memo`).
+
+A request reads the version once (`snapshot`) and makes every lookup at it: the credential,
+the server record, the workspace's configuration for the tool list and for the pipeline.
 
 API keys are the one exception to "every write bumps": creating a key does not, so only keys
 that exist are cached (there is no key revocation yet; when there is, it must bump).
@@ -13,11 +17,7 @@ that exist are cached (there is no key revocation yet; when there is, it must bu
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
-
-import anyio
 
 from treadle.ids import hash_token
 from treadle.store.configuration import Partials, WorkspaceIntegrations
@@ -26,12 +26,7 @@ from treadle.store.gates import ApprovalPolicies, ApprovalPolicy
 from treadle.store.mcp_servers import McpServer, McpServers
 from treadle.store.records import ApiKey, Org, Partial, Workspace, WorkspaceIntegration
 from treadle.store.tenancy import ApiKeys, Orgs, Workspaces
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-# Bounds memory when many keys or workspaces are seen; an evicted entry is simply re-read.
-MAX_ENTRIES = 10_000
+from treadle.store.versioned_memo import VersionedMemo
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,38 +43,18 @@ class WorkspaceConfig:
     policies: tuple[ApprovalPolicy, ...]
 
 
-class _VersionedMemo(Generic[K, V]):
-    """Values tagged with the configuration version they were loaded under."""
+def _workspace_of_key(key: tuple[str, str], _value: WorkspaceConfig | None) -> str:
+    return key[1]
 
-    def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
-        self._entries: dict[K, tuple[int, V]] = {}
-        self._max = max_entries
-        # One load at a time: after a change, concurrent calls wait for one load, not run 32.
-        self._loading = anyio.Lock()
 
-    async def get(
-        self,
-        key: K,
-        version: int,
-        load: Callable[[], Awaitable[V | None]],
-    ) -> V | None:
-        found = self._entries.get(key)
-        if found is not None and found[0] == version:
-            return found[1]
-        async with self._loading:
-            found = self._entries.get(key)
-            if found is not None and found[0] == version:
-                return found[1]
-            value = await load()
-            if value is None:
-                self._entries.pop(key, None)
-                return None
-            if found is not None and found[1] == value:
-                value = found[1]  # unchanged: keep the object others may have keyed on
-            if len(self._entries) >= self._max:
-                self._entries.pop(next(iter(self._entries)))
-            self._entries[key] = (version, value)
-            return value
+def _workspace_of_server(_key: str, value: McpServer | None) -> str | None:
+    # Known once loaded: a server never moves to another workspace.
+    return None if value is None else value.workspace_id
+
+
+def _workspace_of_key_record(_key: str, value: ApiKey | None) -> str | None:
+    # Keys of the whole org change with no workspace: they follow the global version.
+    return None if value is None else value.workspace_id
 
 
 class ConfigCache:
@@ -103,18 +78,43 @@ class ConfigCache:
         self._partials = partials
         self._policies = policies
         self._mcp_servers = mcp_servers
-        self._workspace_configs: _VersionedMemo[tuple[str, str], WorkspaceConfig] = _VersionedMemo()
-        self._keys: _VersionedMemo[str, ApiKey] = _VersionedMemo()
-        self._servers: _VersionedMemo[str, McpServer] = _VersionedMemo()
-        self._server_tokens: _VersionedMemo[str, McpServer] = _VersionedMemo()
+        scoped = db.version
+        self._workspace_configs: VersionedMemo[tuple[str, str], WorkspaceConfig] = VersionedMemo(
+            scope_of=_workspace_of_key, scope_version=scoped
+        )
+        self._keys: VersionedMemo[str, ApiKey] = VersionedMemo(
+            scope_of=_workspace_of_key_record, scope_version=scoped
+        )
+        self._servers: VersionedMemo[str, McpServer] = VersionedMemo(
+            scope_of=_workspace_of_server, scope_version=scoped
+        )
+        self._server_tokens: VersionedMemo[str, McpServer] = VersionedMemo(
+            scope_of=_workspace_of_server, scope_version=scoped
+        )
 
     async def version(self) -> int:
         return await self._db.config_version()
 
+    async def snapshot(self) -> ConfigSnapshot:
+        """Lookups at the version as it is now: one read, however many lookups follow."""
+        return ConfigSnapshot(self, await self._db.config_version())
+
     async def workspace(self, org_id: str, workspace_id: str) -> WorkspaceConfig | None:
         """The workspace's configuration, or None if the org has no such workspace."""
-        version = await self.version()
+        return await self.workspace_at(await self.version(), org_id, workspace_id)
 
+    async def api_key(self, token: str) -> ApiKey | None:
+        return await self.api_key_at(await self.version(), token)
+
+    async def mcp_server(self, server_id: str) -> McpServer | None:
+        return await self.mcp_server_at(await self.version(), server_id)
+
+    async def mcp_server_for_token(self, token: str) -> McpServer | None:
+        return await self.mcp_server_for_token_at(await self.version(), token)
+
+    async def workspace_at(
+        self, version: int, org_id: str, workspace_id: str
+    ) -> WorkspaceConfig | None:
         async def load() -> WorkspaceConfig | None:
             org = await self._orgs.get(org_id)
             workspace = None if org is None else await self._workspaces.get(org_id, workspace_id)
@@ -130,19 +130,38 @@ class ConfigCache:
 
         return await self._workspace_configs.get((org_id, workspace_id), version, load)
 
-    async def api_key(self, token: str) -> ApiKey | None:
-        digest = hash_token(token)
+    async def api_key_at(self, version: int, token: str) -> ApiKey | None:
         return await self._keys.get(
-            digest, await self.version(), lambda: self._api_keys.authenticate(token)
+            hash_token(token), version, lambda: self._api_keys.authenticate(token)
         )
+
+    async def mcp_server_at(self, version: int, server_id: str) -> McpServer | None:
+        return await self._servers.get(server_id, version, lambda: self._mcp_servers.get(server_id))
+
+    async def mcp_server_for_token_at(self, version: int, token: str) -> McpServer | None:
+        return await self._server_tokens.get(
+            hash_token(token), version, lambda: self._mcp_servers.by_token(token)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSnapshot:
+    """The configuration as one read of the version found it: what one request sees.
+
+    Faces read it once per request and hand it on (to the tool set, to the pipeline), so a
+    request costs one version read however many lookups it makes."""
+
+    cache: ConfigCache
+    version: int
+
+    async def workspace(self, org_id: str, workspace_id: str) -> WorkspaceConfig | None:
+        return await self.cache.workspace_at(self.version, org_id, workspace_id)
+
+    async def api_key(self, token: str) -> ApiKey | None:
+        return await self.cache.api_key_at(self.version, token)
 
     async def mcp_server(self, server_id: str) -> McpServer | None:
-        return await self._servers.get(
-            server_id, await self.version(), lambda: self._mcp_servers.get(server_id)
-        )
+        return await self.cache.mcp_server_at(self.version, server_id)
 
     async def mcp_server_for_token(self, token: str) -> McpServer | None:
-        digest = hash_token(token)
-        return await self._server_tokens.get(
-            digest, await self.version(), lambda: self._mcp_servers.by_token(token)
-        )
+        return await self.cache.mcp_server_for_token_at(self.version, token)
