@@ -18,6 +18,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
+
+from databases import ON_POSTGRESQL, SERVER_URL
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
@@ -71,16 +74,28 @@ class FakeDNS:
         ]
 
 
+def _test_database_address() -> tuple[str, int] | None:
+    """The PostgreSQL server the suite's own store talks to, when it runs on one: the gateway
+    under test writes its activity there, which is no outbound call of an action."""
+    if not ON_POSTGRESQL:
+        return None
+    url = urlsplit(SERVER_URL)
+    return (url.hostname or "127.0.0.1", url.port or 5432)
+
+
 @dataclass
 class SocketRecorder:
     connects: list[str] = field(default_factory=list)
     lookups: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    store: tuple[str, int] | None = field(default_factory=_test_database_address)
 
     def on_connect(self, address: object) -> None:
         if not isinstance(address, tuple):
             return  # a Unix socket path: never the network
         host = str(address[0])
+        if self.store is not None and (host, address[1]) == self.store:
+            return
         self.connects.append(host)
         if not is_loopback(host):
             self.refused.append(f"connect {host}")
