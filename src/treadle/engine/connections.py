@@ -33,6 +33,7 @@ class ConnectionResolver:
                 + (f" at {url}" if url else ""),
                 **({"connectUrl": url} if url else {}),
             )
+        # The query that chose it read its secret too: no second query here.
         credentials = await self._connections.credentials(chosen)
         if self._oauth is not None:
             # An access token about to expire is refreshed before the action runs.
@@ -63,6 +64,7 @@ class ConnectionResolver:
                 workspace_id=request.workspace_id,
                 end_user_external_id=request.end_user_id,
                 integration_name=integration.name,
+                with_secret=True,
             )
             if own:
                 return own[0]
@@ -71,6 +73,7 @@ class ConnectionResolver:
                 request.org_id,
                 workspace_id=request.workspace_id,
                 connection_id=configured.connection_id,
+                with_secret=True,
             )
             if fallback:
                 return fallback[0]
@@ -113,6 +116,7 @@ class ConnectionResolver:
             connection_id=by_id,
             external_id=external,
             integration_name=integration.name,
+            with_secret=True,
         )
         # Another end user's personal connection is never selectable; among the rest the
         # caller's own comes first, then the workspace's shared one, then an org-wide one.

@@ -29,6 +29,9 @@ class Succeeded:
     output: Any
     duration_ms: int
     rate: RateStatus | None = None
+    # `output` as compact JSON (UTF-8 text, not ASCII-escaped), encoded once when the pipeline
+    # checked that it is JSON: faces reuse it instead of encoding the output again.
+    encoded: str | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

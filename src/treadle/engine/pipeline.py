@@ -420,21 +420,30 @@ _RESERVED_FIELDS = frozenset({"error", "message"})
 
 
 def _is_json(value: Any) -> bool:
+    return _encoded(value) is not None
+
+
+def _encoded(value: Any) -> str | None:
+    """`value` as compact JSON, or None when it is not JSON (NaN and infinities included)."""
     try:
-        json.dumps(value, allow_nan=False)
+        return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError, RecursionError):
-        return False
-    return True
+        return None
 
 
 def _outward(action: Action, outcome: Outcome, secrets: tuple[str, ...]) -> Outcome:
     """What an action reported, made safe to answer: JSON only, no credentials quoted back."""
     match outcome:
         case Succeeded():
-            if _is_json(outcome.output):
-                # An upstream may echo the credentials it was sent (a debug endpoint, a
-                # request echo) inside a perfectly good answer.
-                return replace(outcome, output=scrub(outcome.output, secrets))
+            encoded = _encoded(outcome.output)
+            if encoded is not None:
+                output = outcome.output
+                if secrets:
+                    # An upstream may echo the credentials it was sent (a debug endpoint, a
+                    # request echo) inside a perfectly good answer.
+                    output = scrub(output, secrets)
+                    encoded = _encoded(output)
+                return replace(outcome, output=output, encoded=encoded)
             log.error("action %s returned output that is not JSON", action.name)
             return Refused(
                 ErrorCode.ACTION_FAILED,

@@ -98,10 +98,12 @@ def to_result(outcome: Outcome, *, declares_output: bool = False) -> CallToolRes
                 content=[_block(block) for block in content.blocks],
                 structured_content=content.structured,
             )
-        case Succeeded(output=output):
+        case Succeeded(output=output, encoded=encoded):
             structured = output if isinstance(output, dict) else None
+            # The pipeline's one encoding of the output (compact: fewer tokens for the model).
+            text = output if isinstance(output, str) or encoded is None else encoded
             return CallToolResult(
-                content=[TextContent(type="text", text=render(output))],
+                content=[TextContent(type="text", text=render(text))],
                 structured_content=structured,
             )
         case UpstreamFailed(error=error, detail=detail):

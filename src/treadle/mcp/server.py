@@ -412,8 +412,11 @@ class McpFace:
             end_user_id=binding.end_user_id,
             tool_override=target.override,
             refuse_enforced_keys=True,
-            # The same call again (server, end user, tool, arguments) finds its approval.
-            approval_key=approval_key(binding, target.name, arguments),
+            # The same call again (server, end user, tool, arguments) finds its approval; a
+            # tool no policy can pause needs none (hashing the arguments costs every call).
+            approval_key=approval_key(binding, target.name, arguments)
+            if target.may_pause
+            else None,
             approval_reuse_window=True,
             mcp_server_id=binding.server.id if binding.server is not None else None,
             client=(channel := ClientChannel(ctx, self._log_floor(ctx))),

@@ -48,6 +48,10 @@ class ToolTarget:
     # tool and applies (or refuses) the override's partial ids.
     override: ToolOverride | None
     listed: bool
+    # Whether an approval policy could make a call wait for a person (judged as the listing
+    # is: `may_pause`); only then does a call need its approval key. An unlisted target is
+    # refused before any gate.
+    may_pause: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,13 +186,27 @@ def build_toolset(
             name = names[(wi.alias, action.name)]
             override = overrides.get((wi.alias, action.name))
             enabled = override.enabled if override is not None else True
+            listed = enabled and wi.allows(action.name)
+            gated = listed and any(
+                may_pause(
+                    p,
+                    workspace_id=wi.workspace_id,
+                    integration_name=integration.name,
+                    alias=wi.alias,
+                    action_name=action.name,
+                    connection_strategy=wi.connection_strategy.value,
+                    mcp_server_id=server.id if server is not None else None,
+                )
+                for p in policies
+            )
             target = ToolTarget(
                 name=name,
                 integration=integration,
                 action=action,
                 configured=wi,
                 override=override,
-                listed=enabled and wi.allows(action.name),
+                listed=listed,
+                may_pause=gated,
             )
             targets[name] = target
             if target.listed:
@@ -208,18 +226,6 @@ def build_toolset(
                 description = override.description if override is not None else None
                 # A call that may pause for approval answers with a status object, which
                 # would not satisfy the action's output schema: declare none then.
-                gated = any(
-                    may_pause(
-                        p,
-                        workspace_id=wi.workspace_id,
-                        integration_name=integration.name,
-                        alias=wi.alias,
-                        action_name=action.name,
-                        connection_strategy=wi.connection_strategy.value,
-                        mcp_server_id=server.id if server is not None else None,
-                    )
-                    for p in policies
-                )
                 tools.append(_tool(target, chosen, shared, description, gated))
     tools.sort(key=lambda tool: tool.name)
     return _toolset(tools, targets)

@@ -128,11 +128,12 @@ _CONNECTION_COLUMNS = (
 )
 
 
-def _connection_query() -> sa.Select[Any]:
+def _connection_query(with_secret: bool = False) -> sa.Select[Any]:
     joined = schema.connections.outerjoin(
         schema.end_users, schema.connections.c.end_user_id == schema.end_users.c.id
     )
-    return sa.select(*_CONNECTION_COLUMNS).select_from(joined)
+    secret = (schema.connections.c.secret,) if with_secret else ()
+    return sa.select(*_CONNECTION_COLUMNS, *secret).select_from(joined)
 
 
 def _connection(row: sa.Row[Any]) -> Connection:
@@ -150,6 +151,7 @@ def _connection(row: sa.Row[Any]) -> Connection:
         status=row.status,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        sealed_secret=row._mapping.get("secret"),
     )
 
 
@@ -238,10 +240,12 @@ class Connections:
         external_id: str | None = None,
         end_user_external_id: str | None = None,
         integration_name: str | None = None,
+        with_secret: bool = False,
     ) -> list[Connection]:
-        """Connections visible from one workspace (its own and org-wide ones) matching filters."""
+        """Connections visible from one workspace (its own and org-wide ones) matching filters;
+        `with_secret`: each carries its sealed secret too (for `credentials`, no second query)."""
         table = schema.connections
-        query = _connection_query().where(
+        query = _connection_query(with_secret).where(
             table.c.org_id == org_id,
             sa.or_(table.c.workspace_id == workspace_id, table.c.workspace_id.is_(None)),
         )
@@ -293,10 +297,12 @@ class Connections:
         )
 
     async def credentials(self, connection: Connection) -> ConnectionCredentials:
-        table = schema.connections
-        async with self._db.read() as conn:
-            query = sa.select(table.c.secret).where(table.c.id == connection.id)
-            sealed = (await conn.execute(query)).scalar_one()
+        sealed = connection.sealed_secret
+        if sealed is None:
+            table = schema.connections
+            async with self._db.read() as conn:
+                query = sa.select(table.c.secret).where(table.c.id == connection.id)
+                sealed = (await conn.execute(query)).scalar_one()
         return ConnectionCredentials(
             id=connection.id,
             external_id=connection.external_id,

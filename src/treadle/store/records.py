@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -107,6 +107,10 @@ class Connection:
     status: str
     created_at: str
     updated_at: str
+    # The secret as stored (sealed by the vault), when the query that found the connection
+    # read it too (`Connections.find(with_secret=True)`): a call then opens it without a
+    # second query. Never part of any output.
+    sealed_secret: str | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
