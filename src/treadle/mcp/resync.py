@@ -58,6 +58,8 @@ class _Server:
     # Fingerprints of the lists these clients may hold. Empty: unknown, so the next pass tells
     # them (a connection whose registration did not finish).
     held: set[str] = field(default_factory=set)
+    # Clients inside `remember` now: while held is still empty, they compare for themselves.
+    registering: int = 0
 
     @property
     def idle(self) -> bool:
@@ -108,6 +110,7 @@ class ResyncHub:
         self.servers: dict[str, _Server] = {}
         self.bus = RoutingBus(self)
         self.notifications_sent = 0
+        self.passes = 0  # resync passes started
 
     # -- who is connected ------------------------------------------------------------------
 
@@ -152,19 +155,31 @@ class ResyncHub:
 
         Called right after `add_session`, or right before the listen stream subscribes (no
         await in between, so the entry created here is not idle when a pass looks at it)."""
-        shown = self._toolsets.latest(binding.cache_key)
-        before = await self._version()
-        current = await self._toolsets.get(binding)
-        settled = (
-            before == self._compared
-            and not self._catalog_changed
-            and await self._version() == before
-        )
-        held = {current.fingerprint}
-        if shown is not None and not settled:
-            # A change is in flight: the client may have been shown the list built before it.
-            held.add(shown.fingerprint)
-        self._entry(binding).held |= held
+        entry = self._entry(binding)
+        entry.registering += 1
+        passes = self.passes
+        try:
+            shown = self._toolsets.latest(binding.cache_key)
+            before = await self._version()
+            current = await self._toolsets.get(binding)
+            settled = (
+                before == self._compared
+                and not self._catalog_changed
+                and await self._version() == before
+            )
+            held = {current.fingerprint}
+            if shown is not None and not settled:
+                # A change is in flight: the client may have been shown the list built before.
+                held.add(shown.fingerprint)
+            entry.held |= held
+            if self.passes != passes:
+                # A pass ran meanwhile and left this entry to us (its baseline was not known
+                # yet): compare as it would have, now that it is. (Where the version read
+                # suspends, on PostgreSQL, a pass lands here often; telling the client about
+                # a change that never happened would be a spurious list_changed.)
+                await self._compare(entry)
+        finally:
+            entry.registering -= 1
 
     # -- when to tell them -----------------------------------------------------------------
 
@@ -237,6 +252,7 @@ class ResyncHub:
 
     async def resync(self) -> int:
         """Notify every connected server whose tool list changed; returns how many."""
+        self.passes += 1
         changed = 0
         for key, entry in list(self.servers.items()):
             if entry.idle:
@@ -244,17 +260,24 @@ class ResyncHub:
                 if self.servers.get(key) is entry:
                     del self.servers[key]
                 continue
-            try:
-                toolset = await self._toolsets.get(entry.binding)
-            except Exception:
-                log.exception("could not rebuild the tool list of %s", key)
-                continue
-            if entry.held == {toolset.fingerprint}:
-                continue
-            entry.held = {toolset.fingerprint}
-            changed += 1
-            await self._notify(entry)
+            if entry.registering and not entry.held:
+                continue  # `remember` compares for it once its baseline is known
+            if await self._compare(entry):
+                changed += 1
         return changed
+
+    async def _compare(self, entry: _Server) -> bool:
+        """Notify the entry's clients if its list is not the one they hold; True if told."""
+        try:
+            toolset = await self._toolsets.get(entry.binding)
+        except Exception:
+            log.exception("could not rebuild the tool list of %s", entry.binding.cache_key)
+            return False
+        if entry.held == {toolset.fingerprint}:
+            return False
+        entry.held = {toolset.fingerprint}
+        await self._notify(entry)
+        return True
 
     async def _notify(self, entry: _Server) -> None:
         self.notifications_sent += 1
