@@ -8,19 +8,27 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import anyio
+import httpx2
 import pytest
 import sqlalchemy as sa
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from test_execute_connections import KEYED, OPEN, SECRETS, connect, used, whoami
+from treadle.app import Gateway
 from treadle.catalog import Catalog
+from treadle.http_app import build_http_app
 from treadle.mcp.binds import bind_server
 from treadle.mcp.runtime import McpRuntime
 from treadle.mcp.toolset import build_toolset
 from treadle.settings import Settings
 from treadle.store import Database
 
-from conftest import Api, open_api
+import loopback
+import testkit_integrations
+from conftest import Api, api_on, open_api
+from mcp_harness import test_catalog as kit_catalog
 
 pytestmark = pytest.mark.anyio
 
@@ -115,3 +123,58 @@ async def test_only_a_tool_a_policy_may_pause_needs_an_approval_key(api: Api) ->
         "open__whoami": False,
         "keyed__whoami": True,
     }
+
+
+@pytest.mark.parametrize("era", ["legacy", "2026-07-28"])
+async def test_an_http_client_that_asked_for_progress_gets_it(settings: Settings, era: str) -> None:
+    """Calls start the progress reporter only when they carry a progress token; over HTTP
+    the token is on the wire, in both eras."""
+    release = testkit_integrations.release["event"] = anyio.Event()
+    gateway = await Gateway.open(settings, catalog=kit_catalog())
+    try:
+        async with api_on(gateway) as api:
+            await api.post(
+                f"/workspaces/{api.workspace_id}/integrations",
+                {
+                    "integrationName": "testkit",
+                    "integrationAlias": "kit",
+                    "connectionStrategy": "fixed",
+                },
+            )
+            made = await api.post("/mcp/servers", {"workspaceId": api.workspace_id, "name": "p"})
+            assert made.status_code == 201, made.text
+            server_id, token = made.json()["server"]["id"], made.json()["token"]
+            app = build_http_app(gateway, McpRuntime(gateway, progress_seconds=0.05))
+            seen: list[float] = []
+            enough = anyio.Event()
+
+            async def on_progress(progress: float, _total: float | None, _msg: str | None) -> None:
+                seen.append(progress)
+                if len(seen) >= 2:
+                    enough.set()
+
+            async with loopback.serve(app, lifespan="on") as port:
+                headers = {"Authorization": f"Bearer {token}"}
+                url = f"http://127.0.0.1:{port}/mcp/{server_id}"
+                async with (
+                    httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30)) as http,
+                    Client(streamable_http_client(url, http_client=http), mode=era) as client,
+                    anyio.create_task_group() as tg,
+                ):
+                    results: list[Any] = []
+
+                    async def call() -> None:
+                        results.append(
+                            await client.call_tool("kit__wait", {}, progress_callback=on_progress)
+                        )
+
+                    tg.start_soon(call)
+                    with anyio.fail_after(10):
+                        await enough.wait()
+                    release.set()
+            assert len(results) == 1
+            assert not results[0].is_error
+            assert seen == sorted(seen)
+            assert all(p > 0 for p in seen)
+    finally:
+        await gateway.close()
