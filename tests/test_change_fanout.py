@@ -102,9 +102,7 @@ async def replicas(request: pytest.FixtureRequest, settings: Settings) -> AsyncI
         yield Replicas(a, b, runtime, heard_a, heard_b)
 
 
-def test_on_postgresql_the_hub_waits_for_notifications_and_never_polls(
-    settings: Settings,
-) -> None:
+def test_on_postgresql_the_hub_waits_for_notifications_and_never_polls() -> None:
     assert PostgresChanges.poll_seconds == math.inf
     assert RedisChanges.poll_seconds < math.inf  # at most once: a backstop reads the version
 
