@@ -1,7 +1,7 @@
 """CPU per request through treadle's whole ASGI app and the bare SDK's, in one process.
 
-    python -m bench.inproc [--calls 1500] [--repeat 5] [--cases legacy,2026-07-28,rest]
-                           [--against DIR] [--rounds 3]
+    python -m bench.inproc [--calls 1500] [--repeat 5] [--against DIR] [--rounds 3]
+                           [--cases legacy,2026-07-28,rest,list-legacy,list-2026-07-28]
 
 No sockets, no uvicorn, no other process: a raw JSON-RPC client (`bench.rawmcp`) drives each
 app through `httpx2.ASGITransport`, and the figure is this process's CPU time (every thread:
@@ -10,9 +10,12 @@ server-process benchmarks show as noise (other jobs on the machine, scheduling, 
 stays out, so differences of tens of µs show up; the absolute figures are not a server's.
 
 Each case prints treadle's and the bare app's µs per request (medians of `--repeat` runs) and
-what treadle adds. `--against DIR` runs the same measurement, in a child process each round,
-on the source tree `DIR/src/treadle` (e.g. `git archive` of an earlier commit) and on this
-one, rounds alternating, and prints both: the price of a change, measured the same way.
+what treadle adds. The list cases list a 10,000-tool workspace (400 aliases x 25 actions; the
+bare app has the same tools) from cache, page after page: their unit is one whole listing, and
+`--calls` is divided by 100 for them. `--against DIR` runs the same measurement, in a child
+process each round, on the source tree `DIR/src/treadle` (e.g. `git archive` of an earlier
+commit) and on this one, rounds alternating, and prints both: the price of a change, measured
+the same way.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from bench.config import ARGS, ONE_TOOL
 from bench.procs import EXTRA_INTEGRATIONS, REPO
 from bench.rawmcp import ERAS, RawSession
 
-CASES = (*ERAS, "rest")
+CASES = (*ERAS, "rest", *(f"list-{era}" for era in ERAS))
+ALIASES = 400
 Measured = dict[str, tuple[float, float]]  # case -> (treadle µs, bare µs)
 
 
@@ -88,6 +92,24 @@ async def _treadle() -> AsyncIterator[tuple[httpx2.AsyncClient, str, str, dict[s
                 )
                 server.raise_for_status()
                 found = server.json()
+                large = await http.post(f"{rest}/workspaces", json={"name": "large"})
+                large.raise_for_status()
+                large_id = large.json()["workspace"]["id"]
+                for index in range(ALIASES):
+                    made = await http.post(
+                        f"{rest}/workspaces/{large_id}/integrations",
+                        json={
+                            **body,
+                            "integrationName": "bench-many",
+                            "integrationAlias": f"a{index:03d}",
+                        },
+                    )
+                    made.raise_for_status()
+                big = await http.post(
+                    f"{rest}/mcp/servers", json={"workspaceId": large_id, "name": "large"}
+                )
+                big.raise_for_status()
+                _LARGE[:] = [f"/mcp/{big.json()['server']['id']}", big.json()["token"]]
                 execute = {
                     "workspaceId": ids.workspace_id,
                     "integrationName": "bench-one",
@@ -102,16 +124,20 @@ async def _treadle() -> AsyncIterator[tuple[httpx2.AsyncClient, str, str, dict[s
 
 @asynccontextmanager
 async def _bare() -> AsyncIterator[tuple[httpx2.AsyncClient, str, str | None, dict[str, Any]]]:
-    from starlette.routing import Route
+    from starlette.routing import Mount, Route
 
-    sys.path.insert(0, str(REPO / "bench"))
-    from bare_server import BareServer, rest_echo
+    from bench.bare_server import BareServer, rest_echo
 
     bare = BareServer(0)
     app = bare.server.streamable_http_app(streamable_http_path="/mcp")
     app.router.routes.append(Route("/rest/echo", rest_echo, methods=["POST"]))
+    large = BareServer(ALIASES)
+    big = large.server.streamable_http_app(streamable_http_path="/mcp")
+    app.router.routes.append(Mount("/large", big))
+    _LARGE_BARE[:] = ["/large/mcp"]
     async with (
         app.router.lifespan_context(app),
+        big.router.lifespan_context(big),
         httpx2.AsyncClient(
             transport=httpx2.ASGITransport(app=app), base_url="http://127.0.0.1:8400"
         ) as http,
@@ -120,10 +146,13 @@ async def _bare() -> AsyncIterator[tuple[httpx2.AsyncClient, str, str | None, di
 
 
 Loop = Callable[[int], Awaitable[None]]
+# The large workspace's server: [path, token] (treadle), [path] (bare).
+_LARGE: list[str] = []
+_LARGE_BARE: list[str] = []
 
 
 async def _loop(
-    http: httpx2.AsyncClient, path: str, token: str | None, case: str, rest: Any
+    http: httpx2.AsyncClient, path: str, token: str | None, rest: Any, case: str
 ) -> Loop:
     if case == "rest":
         url = "/api/v1/actions/execute" if path.startswith("/mcp/") else "/rest/echo"
@@ -135,6 +164,22 @@ async def _loop(
                     raise RuntimeError(f"REST {response.status_code}: {response.text[:300]}")
 
         return posts
+    if case.startswith("list-"):
+        era = case.removeprefix("list-")
+        treadle = path.startswith("/mcp/")
+        url, key = (_LARGE[0], _LARGE[1]) if treadle else (_LARGE_BARE[0], None)
+        lister = await RawSession(http, url, era, key).open()
+
+        async def listings(n: int) -> None:
+            for _ in range(n):
+                cursor: str | None = None
+                while True:
+                    page, _size = await lister.list_page(cursor)
+                    cursor = page.get("nextCursor")
+                    if not cursor:
+                        break
+
+        return listings
     session = RawSession(http, path, case, token)
     await session.open()
 
@@ -148,7 +193,7 @@ async def _loop(
 
 
 async def _per_request(loop: Loop, calls: int, repeat: int) -> float:
-    await loop(max(20, calls // 10))  # warm-up: caches, first pages, the ledger's connection
+    await loop(max(2, calls // 10))  # warm-up: caches, first pages, the ledger's connection
     gc.collect()
     samples = []
     for _ in range(repeat):
@@ -165,10 +210,11 @@ async def measure(cases: list[str], calls: int, repeat: int) -> Measured:
         for case in cases:
             mine = await _loop(*treadle, case)
             theirs = await _loop(*bare, case)
+            count = max(2, calls // 100) if case.startswith("list-") else calls
             # Interleaved halves, so a drift of the machine lands on both.
-            first = await _per_request(mine, calls, repeat)
-            base = await _per_request(theirs, calls, repeat)
-            second = await _per_request(mine, calls, repeat)
+            first = await _per_request(mine, count, repeat)
+            base = await _per_request(theirs, count, repeat)
+            second = await _per_request(mine, count, repeat)
             found[case] = ((first + second) / 2, base)
     return found
 
