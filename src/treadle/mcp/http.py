@@ -33,6 +33,7 @@ from treadle.errors import ErrorCode, Refusal, ValidationFailed
 from treadle.ids import hash_token
 from treadle.mcp.binding import Binding
 from treadle.mcp.drain import StreamDrain, only_listens
+from treadle.mcp.modern_route import ModernRoute, routed
 from treadle.mcp.runtime import McpRuntime
 from treadle.mcp.sessions import (
     CountedSessionManager,
@@ -152,6 +153,15 @@ class McpEndpoint:
             max_request_body_size=MAX_BODY_BYTES,
         )
         self.drain = StreamDrain()
+        # 2026-07-28 tools/call and tools/list: treadle's own route in front of the SDK's
+        # (treadle.mcp.modern_route); the manager's lifespan state has no public accessor.
+        self.modern = ModernRoute(
+            self.face.server,
+            security or transport_security(),
+            MAX_BODY_BYTES,
+            lambda: getattr(self.manager, "_lifespan_state", None),
+            self.manager.handle_request,
+        )
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -274,6 +284,8 @@ class McpEndpoint:
                 await self._open_session(binding, scope, receive, send)
             elif only_listens(scope):
                 await self.drain.serve(self.manager.handle_request, scope, receive, send)
+            elif routed(scope):
+                await self.modern(scope, receive, send)
             else:
                 await self.manager.handle_request(scope, receive, send)
         finally:
