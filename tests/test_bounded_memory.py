@@ -11,12 +11,16 @@ from collections.abc import AsyncIterator
 import anyio
 import anyio.lowlevel
 import pytest
+from mcp import Client
 
 from test_gates_execute import Gates, open_gates, pending
 from test_gates_webhooks import Delivered, receiver
 from treadle.engine.approvals import ApprovalDesk
 from treadle.engine.webhooks import WebhookNotifier
 from treadle.mcp.binds import bind_server
+from treadle.mcp.runtime import McpRuntime
+from treadle.mcp.server import PAGE_BYTES, encode_cursor
+from treadle.mcp.toolset import ToolsetCache
 from treadle.net.guard import build_http_client
 from treadle.oauth.refresh import _Locks
 from treadle.settings import Settings
@@ -228,3 +232,66 @@ async def test_refresh_locks_are_dropped_when_nobody_holds_or_waits_for_them() -
             release.set()
     assert entered == 100
     assert locks._locks == {}
+
+
+# -- tool lists: kept pages and kept tool sets --------------------------------------------
+
+
+@pytest.mark.parametrize("era", ["legacy", "2026-07-28"])
+async def test_forged_cursors_are_answered_but_keep_no_pages(mcp_env: McpEnv, era: str) -> None:
+    """Any offset is a valid cursor to answer, but only the list's own pages are kept."""
+    await mcp_env.configure("testkit", integrationAlias="kit")
+    server_id = await mcp_env.create_server()
+    runtime = McpRuntime(mcp_env.runtime.gateway, page_size=2)
+    binding = await bind_server(runtime.gateway.store, server_id, None)
+    async with Client(runtime.bound_face(binding).server, mode=era) as client:
+        listed = await client.list_tools()
+        while listed.next_cursor:
+            listed = await client.list_tools(cursor=listed.next_cursor)
+        toolset = runtime.toolsets.latest(binding.cache_key)
+        assert toolset is not None
+        pages = toolset.pages(2, PAGE_BYTES)
+        kept = set(pages.shaped)
+        assert {start for start, _ in kept} == set(pages.cuts[:-1])
+        for offset in range(300):
+            page = await client.list_tools(cursor=encode_cursor(offset), cache_mode="refresh")
+            assert len(page.tools) <= 2
+        assert set(pages.shaped) == kept
+
+
+async def test_the_tool_set_cache_keeps_at_most_its_cap_and_the_latest_used(
+    mcp_env: McpEnv,
+) -> None:
+    await mcp_env.configure("testkit", integrationAlias="kit", allowedActions=["echo"])
+    store = mcp_env.runtime.gateway.store
+    cache = ToolsetCache(store, mcp_env.runtime.gateway.catalog, max_entries=5)
+    bindings = [await bind_server(store, await mcp_env.create_server(), None) for _ in range(12)]
+    for binding in bindings:
+        assert [t.name for t in (await cache.get(binding)).tools] == ["kit__echo"]
+        assert len(cache) <= 5
+    await cache.get(bindings[0])  # used again: now the latest
+    await cache.get(bindings[-1])
+    kept = {b.cache_key for b in bindings if cache.latest(b.cache_key) is not None}
+    assert len(kept) == 5
+    assert {bindings[0].cache_key, bindings[-1].cache_key} <= kept
+
+
+async def test_a_deleted_server_or_workspace_takes_its_tool_set_with_it(
+    mcp_env: McpEnv,
+) -> None:
+    await mcp_env.configure("testkit", integrationAlias="kit", allowedActions=["echo"])
+    store = mcp_env.runtime.gateway.store
+    cache = ToolsetCache(store, mcp_env.runtime.gateway.catalog)
+    server = await bind_server(store, await mcp_env.create_server(), None)
+    await cache.get(server)
+    deleted = await mcp_env.rest.delete(f"/api/v1/mcp/servers/{server.cache_key}")
+    assert deleted.status_code in (200, 204), deleted.text
+    assert (await cache.get(server)).tools == ()
+    assert cache.latest(server.cache_key) is None
+
+    other = await bind_server(store, await mcp_env.create_server(), None)
+    await cache.get(other)
+    gone = await mcp_env.rest.delete(f"/api/v1/workspaces/{mcp_env.workspace_id}")
+    assert gone.status_code in (200, 204), gone.text
+    assert (await cache.get(other)).tools == ()
+    assert len(cache) == 0

@@ -33,6 +33,10 @@ from treadle.store.versioned_memo import KeyedLocks
 
 log = logging.getLogger(__name__)
 
+# Tool sets kept (one per server in use). A 10,000-tool set with its kept pages is tens of MB;
+# most sets are a few dozen tools. An evicted one is rebuilt on its next request.
+MAX_TOOLSETS = 1024
+
 
 @dataclass(frozen=True, slots=True)
 class ToolTarget:
@@ -62,7 +66,9 @@ class Pages:
     the tool set and the caps, so a list always pages the same way. `shaped` holds each page's
     result as the SDK serialised it, per (first index, protocol version): the MCP face fills
     it on the first request for a page and answers later ones from it, for as long as this
-    tool set is current (a change builds a new tool set, and new pages with it).
+    tool set is current (a change builds a new tool set, and new pages with it). Only pages
+    that start at a cut are kept: a cursor is the client's to forge, and any offset answers,
+    so kept pages are bounded by the list's own pages, not by the cursors clients send.
     """
 
     cuts: tuple[int, ...]
@@ -82,9 +88,19 @@ class Pages:
             return start, start
         return start, self.cuts[after]
 
+    def holds(self, start: int) -> bool:
+        """Whether a page of this list starts at `start` (an empty list has one, at 0)."""
+        if len(self.cuts) == 1:
+            return start == 0
+        index = bisect_right(self.cuts, start) - 1
+        return index < len(self.cuts) - 1 and self.cuts[index] == start
+
     def keep(self, start: int, version: str, result: dict[str, Any]) -> None:
         """Remember a page's serialised result; versions whose tools come out the same
-        share one list of them (a 10,000-tool list is ~16 MB of dicts per copy)."""
+        share one list of them (a 10,000-tool list is ~16 MB of dicts per copy). A start
+        that is no page of this list (a forged or stale cursor) is answered, not kept."""
+        if not self.holds(start):
+            return
         tools = result.get("tools")
         for (other_start, _), other in self.shaped.items():
             if other_start == start and other.get("tools") == tools:
@@ -307,11 +323,16 @@ class Current:
 class ToolsetCache:
     """The latest tool set per server, rebuilt only when what it is built from changed: the
     workspace's configuration (by identity: the config cache keeps equal content as the same
-    object), the server record (overrides) or the catalog."""
+    object), the server record (overrides) or the catalog.
 
-    def __init__(self, store: Store, catalog: Catalog) -> None:
+    At most `max_entries` servers' sets are kept, the least recently used one leaving first
+    (it is rebuilt if asked for again), and a server or workspace found deleted takes its
+    set with it."""
+
+    def __init__(self, store: Store, catalog: Catalog, max_entries: int = MAX_TOOLSETS) -> None:
         self._store = store
         self._catalog = catalog
+        self._max = max_entries
         self._entries: dict[str, _Built] = {}
         # After a change, concurrent requests for one server wait for one build (10,000
         # tools take a while), not build it side by side.
@@ -334,16 +355,23 @@ class ToolsetCache:
         catalog = self._catalog.snapshot()
         if snapshot is None:
             snapshot = await self._store.config.snapshot()
+        key = binding.cache_key
         config = await snapshot.workspace(binding.org_id, binding.workspace_id)
         if config is None:
             # The workspace is gone (deleted since the client connected): nothing to offer.
+            self._entries.pop(key, None)
             return Current(_EMPTY, None)
         server = binding.server
         if server is not None:
             # Overrides may have changed since the binding was made: use the current record.
-            server = await snapshot.mcp_server(server.id) or server
-        key = binding.cache_key
-        cached = self._entries.get(key)
+            server = await snapshot.mcp_server(server.id)
+            if server is None:
+                # Deleted since the client connected (a stdio client; HTTP ones are refused).
+                self._entries.pop(key, None)
+                return Current(_EMPTY, config)
+        cached = self._entries.pop(key, None)
+        if cached is not None:
+            self._entries[key] = cached  # most recently used: last to leave
         if cached is None or not _built_from(cached, config, server, catalog.version):
             async with self._building.hold(key):
                 cached = self._entries.get(key)
@@ -356,8 +384,17 @@ class ToolsetCache:
                         config.policies,
                     )
                     cached = _Built(config, server, catalog.version, toolset)
-                    self._entries[key] = cached
+                    self._keep(key, cached)
         return Current(cached.toolset, config)
+
+    def _keep(self, key: str, built: _Built) -> None:
+        self._entries.pop(key, None)
+        while len(self._entries) >= self._max:
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[key] = built
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def latest(self, cache_key: str) -> ToolSet | None:
         """The most recently built list of a server, whatever version it was built for."""
