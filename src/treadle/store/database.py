@@ -6,8 +6,8 @@ another process (say `treadle stdio` beside `treadle serve`) waits its turn via 
 PostgreSQL runs writers side by side; see store/portable.py for how they stay exact.
 
 The hot path's group commits (store/ledger.py) may instead run as one function over a plain
-sqlite3 connection in a worker thread (`write_direct`), behind the same lock: one thread hop
-per transaction, where aiosqlite makes one per statement.
+sqlite3 connection (`write_direct`), behind the same lock: no thread hop while no other process
+writes, one per transaction when one does, where aiosqlite makes one per statement.
 """
 
 from __future__ import annotations
@@ -140,15 +140,33 @@ def sqlite_file(engine: AsyncEngine) -> str | None:
     return url.database
 
 
+class NotNow(Exception):
+    """A direct transaction that cannot run on the loop right now; nothing was written."""
+
+
 class DirectSqlite:
-    """One plain sqlite3 connection that runs whole write transactions, one at a time, from
-    whichever worker thread the caller hands them to."""
+    """Plain sqlite3 connections that run whole write transactions, one at a time.
+
+    A transaction is first tried on the caller's thread (the event loop) on a connection
+    that never waits for the file's lock: when no other process is writing, a small commit
+    in WAL mode with synchronous=NORMAL costs tens of microseconds, less than handing it to
+    a worker thread and back. When another process holds the lock (`treadle stdio` beside
+    `treadle serve`), that attempt fails at once, before anything is written, and the same
+    work runs in a worker thread on a second connection that waits for the lock (busy_timeout),
+    so the loop never blocks on another process. WAL checkpoints, which write the database
+    file and so take milliseconds, never run on the loop either: the inline connection has
+    automatic checkpoints off, and every `CHECKPOINT_EVERY` inline commits the next
+    transaction runs in the thread and checkpoints after it."""
+
+    CHECKPOINT_EVERY = 500
 
     def __init__(self, path: str) -> None:
         self._path = path
-        self._conn: sqlite3.Connection | None = None
+        self._inline: sqlite3.Connection | None = None
+        self._waiting: sqlite3.Connection | None = None
+        self._since_checkpoint = 0
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, *, busy_ms: int, autocheckpoint: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         # As `_configure_sqlite` sets up every SQLAlchemy connection. In WAL mode NORMAL
         # keeps every commit through a process crash (`kill -9`); only power loss may undo
@@ -156,19 +174,48 @@ class DirectSqlite:
         for pragma in (
             "PRAGMA journal_mode=WAL",
             "PRAGMA synchronous=NORMAL",
-            "PRAGMA busy_timeout=10000",
+            f"PRAGMA busy_timeout={busy_ms}",
             "PRAGMA foreign_keys=ON",
+            *(() if autocheckpoint else ("PRAGMA wal_autocheckpoint=0",)),
         ):
             conn.execute(pragma)
         return conn
 
-    def transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work` in one `BEGIN IMMEDIATE` transaction and commit it (blocking)."""
-        if self._conn is None:
-            self._conn = self._connect()
-        conn = self._conn
+    def run_inline(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` here if the lock is free at once; `NotNow` (nothing written) when
+        another process is writing or a checkpoint is due."""
+        if self._since_checkpoint >= self.CHECKPOINT_EVERY:
+            raise NotNow
+        if self._inline is None:
+            self._inline = self._connect(busy_ms=0, autocheckpoint=False)
+        conn = self._inline
         try:
             conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as failed:
+            if failed.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise NotNow from None
+            raise
+        result = self._finish(conn, work, inline=True)
+        self._since_checkpoint += 1
+        return result
+
+    def transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` in one `BEGIN IMMEDIATE` transaction and commit it, waiting for the
+        file's lock as long as busy_timeout allows (blocking: for a worker thread)."""
+        if self._waiting is None:
+            self._waiting = self._connect(busy_ms=10000, autocheckpoint=True)
+        conn = self._waiting
+        conn.execute("BEGIN IMMEDIATE")
+        result = self._finish(conn, work, inline=False)
+        if self._since_checkpoint >= self.CHECKPOINT_EVERY:
+            self._since_checkpoint = 0
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        return result
+
+    def _finish(
+        self, conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T], *, inline: bool
+    ) -> T:
+        try:
             result = work(conn)
             conn.execute("COMMIT")
         except BaseException:
@@ -176,14 +223,22 @@ class DirectSqlite:
                 if conn.in_transaction:
                     conn.rollback()
             except sqlite3.Error:
-                self.close()  # unusable: the next transaction opens a fresh connection
+                self._drop(inline)  # unusable: the next transaction opens a fresh one
             raise
         return result
 
+    def _drop(self, inline: bool) -> None:
+        conn = self._inline if inline else self._waiting
+        if conn is not None:
+            conn.close()
+        if inline:
+            self._inline = None
+        else:
+            self._waiting = None
+
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._drop(True)
+        self._drop(False)
 
 
 class Database:
@@ -263,15 +318,19 @@ class Database:
         return self._direct is not None
 
     async def write_direct(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work` in one write transaction of a plain sqlite3 connection, in a worker
-        thread, queued with this process's other writes. No change events: for the
+        """Run `work` in one write transaction of a plain sqlite3 connection (`DirectSqlite`:
+        on the loop when the file's lock is free, else in a worker thread), queued with this
+        process's other writes. No change events: for the
         execution ledger, which changes no configuration."""
         assert self._direct is not None, "write_direct needs a file-backed SQLite database"
         # Shielded like `write`: a transaction once started finishes (the thread cannot be
         # stopped half-way anyway), and the lock is only let go after it.
         with anyio.CancelScope(shield=True):
             async with self._write_lock:
-                result = await anyio.to_thread.run_sync(self._direct.transaction, work)
+                try:
+                    result = self._direct.run_inline(work)
+                except NotNow:
+                    result = await anyio.to_thread.run_sync(self._direct.transaction, work)
         return result
 
     async def config_version(self) -> int:
