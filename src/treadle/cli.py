@@ -143,10 +143,33 @@ async def cmd_org_create(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_migrate(args: argparse.Namespace) -> int:
+    from treadle.schema_upgrade import upgrade
+
+    done = await upgrade(Settings.from_env(args.data_dir))
+    for name in done.applied:
+        print(f"applied {name}")
+    state = f"applied {len(done.applied)} of" if done.applied else "already up to date:"
+    print(f"database {done.database} {state} {done.total} migrations")
+    return 0
+
+
 async def cmd_serve(args: argparse.Namespace) -> int:
     from treadle.server import serve
 
-    await serve(Settings.from_env(args.data_dir), host=args.host, port=args.port)
+    settings = Settings.from_env(args.data_dir)
+    if args.no_migrate:
+        from treadle.schema_upgrade import pending
+
+        # Deployments that run `treadle migrate` as their own step: a replica never changes
+        # the schema, and one started before that step refuses instead of serving on it.
+        missing = await pending(settings)
+        if missing:
+            raise SetupError(
+                f"the database lacks {len(missing)} migrations ({missing[0]} first); "
+                "run `treadle migrate`"
+            )
+    await serve(settings, host=args.host, port=args.port)
     return 0
 
 
@@ -271,9 +294,16 @@ def build_parser() -> argparse.ArgumentParser:
     org_output.add_argument("--shell", action="store_true", help="print export lines for a shell")
     org_create.set_defaults(handler=cmd_org_create)
 
+    command("migrate", cmd_migrate, "apply the database's pending migrations, then exit")
+
     serve = command("serve", cmd_serve, "serve the REST API and MCP endpoints")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8400)
+    serve.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="do not migrate on start; refuse to start if `treadle migrate` has not run",
+    )
 
     stdio = command("stdio", cmd_stdio, "serve one MCP server over stdin/stdout")
     target = stdio.add_mutually_exclusive_group(required=True)
