@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from treadle.api import (
     actions,
     activity,
+    api_keys,
     approval_policies,
     approvals,
     connections,
@@ -110,6 +111,7 @@ def api_routes() -> Mount:
         *approval_policies.routes,
         *approvals.routes,
         *oauth_apps.routes,
+        *api_keys.routes,
     ]
     return Mount("/api/v1", routes=routes)
 

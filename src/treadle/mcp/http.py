@@ -28,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 
 from treadle.api.auth import bearer_token
 from treadle.app import Gateway
+from treadle.clock import now_iso
 from treadle.engine.end_user_ids import check_end_user_id
 from treadle.errors import ErrorCode, Refusal, ValidationFailed
 from treadle.ids import hash_token
@@ -128,6 +129,11 @@ def _too_many_sessions(over: OverLimit) -> Refusal:
 class _Admission:
     binding: Binding
     user: AuthenticatedUser
+    # The API key's expiry: expiry moves no version, so a remembered admission checks it.
+    expires_at: str | None = None
+
+    def lapsed(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= now_iso()
 
 
 class McpEndpoint:
@@ -207,7 +213,7 @@ class McpEndpoint:
         version = snapshot.version
         key = (server_id, hash_token(token), end_user_header)
         remembered = self._admissions.get(key)
-        if remembered is not None and remembered[0] == version:
+        if remembered is not None and remembered[0] == version and not remembered[1].lapsed():
             return remembered[1]
         admission = await self._admit(snapshot, server_id, token, end_user_header)
         if admission is not None:
@@ -223,6 +229,7 @@ class McpEndpoint:
         if server is None:
             return None
         end_user = server.end_user_id
+        expires_at = None
         if token.startswith("mcp_"):
             if await config.mcp_server_for_token(token) != server:
                 return None
@@ -234,6 +241,7 @@ class McpEndpoint:
             if key.workspace_id is not None and key.workspace_id != server.workspace_id:
                 return None
             principal = f"api_key:{key.id}"
+            expires_at = key.expires_at
             # A platform acting for many users names the end user per request: by the same
             # rule as everywhere, refused rather than trimmed or cut to fit.
             if end_user is None:
@@ -256,7 +264,7 @@ class McpEndpoint:
                 claims={"iss": "treadle"},
             )
         )
-        return _Admission(binding, user)
+        return _Admission(binding, user, expires_at)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:

@@ -12,7 +12,8 @@ A request reads the version once (`snapshot`) and makes every lookup at it: the 
 the server record, the workspace's configuration for the tool list and for the pipeline.
 
 API keys are the one exception to "every write bumps": creating a key does not, so only keys
-that exist are cached (there is no key revocation yet; when there is, it must bump).
+that exist are cached; revoking one bumps its scope (`ApiKeys.revoke`). A key past its expiry
+stays cached but is answered as no key: expiry moves no version.
 """
 
 from __future__ import annotations
@@ -131,9 +132,10 @@ class ConfigCache:
         return await self._workspace_configs.get((org_id, workspace_id), version, load)
 
     async def api_key_at(self, version: int, token: str) -> ApiKey | None:
-        return await self._keys.get(
+        key = await self._keys.get(
             hash_token(token), version, lambda: self._api_keys.authenticate(token)
         )
+        return None if key is None or key.expired() else key
 
     async def mcp_server_at(self, version: int, server_id: str) -> McpServer | None:
         return await self._servers.get(server_id, version, lambda: self._mcp_servers.get(server_id))

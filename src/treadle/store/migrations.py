@@ -238,6 +238,11 @@ MIGRATIONS: tuple[Migration, ...] = (
                 current_count INTEGER NOT NULL, previous_count INTEGER NOT NULL)""",
         ),
     ),
+    Migration(
+        "0008_api_key_expiry",
+        # Keys from before this step never expire (NULL), as they did not.
+        ("ALTER TABLE api_keys ADD COLUMN expires_at TEXT",),
+    ),
 )
 
 _CREATE_LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (

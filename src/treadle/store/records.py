@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from treadle.clock import now_iso
+
 
 class ConnectionStrategy(StrEnum):
     FIXED = "fixed"
@@ -54,6 +56,12 @@ class ApiKey:
     name: str
     key_prefix: str
     created_at: str
+    # After this moment the key is refused everywhere; None: it never expires.
+    expires_at: str | None = None
+
+    def expired(self) -> bool:
+        # ISO 8601 UTC with milliseconds and `Z` throughout: compared as text.
+        return self.expires_at is not None and self.expires_at <= now_iso()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -63,6 +71,7 @@ class ApiKey:
             "name": self.name,
             "keyPrefix": self.key_prefix,
             "createdAt": self.created_at,
+            "expiresAt": self.expires_at,
         }
 
 

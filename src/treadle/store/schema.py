@@ -67,6 +67,7 @@ api_keys = sa.Table(
     sa.Column("key_prefix", sa.Text, nullable=False),
     sa.Column("key_hash", sa.Text, nullable=False),
     sa.Column("created_at", sa.Text, nullable=False),
+    sa.Column("expires_at", sa.Text),
 )
 
 end_users = sa.Table(

@@ -42,7 +42,15 @@ def _workspace(row: sa.Row[Any]) -> Workspace:
 
 
 def _api_key(row: sa.Row[Any]) -> ApiKey:
-    return ApiKey(row.id, row.org_id, row.workspace_id, row.name, row.key_prefix, row.created_at)
+    return ApiKey(
+        row.id,
+        row.org_id,
+        row.workspace_id,
+        row.name,
+        row.key_prefix,
+        row.created_at,
+        row.expires_at,
+    )
 
 
 class Orgs:
@@ -263,11 +271,19 @@ class ApiKeys:
         self._db = db
 
     async def create(
-        self, txn: WriteTxn, org_id: str, *, name: str, workspace_id: str | None = None
+        self,
+        txn: WriteTxn,
+        org_id: str,
+        *,
+        name: str,
+        workspace_id: str | None = None,
+        expires_at: str | None = None,
     ) -> tuple[ApiKey, str]:
-        """Returns the record and the secret token, which is never retrievable again."""
+        """Returns the record and the secret token, which is never retrievable again.
+
+        Creating a key bumps no version: no cache can hold a key that did not exist."""
         token = new_token(API_KEY_PREFIX)
-        key = ApiKey(new_uuid(), org_id, workspace_id, name, token[:10], now_iso())
+        key = ApiKey(new_uuid(), org_id, workspace_id, name, token[:10], now_iso(), expires_at)
         await txn.conn.execute(
             schema.api_keys.insert().values(
                 id=key.id,
@@ -277,19 +293,54 @@ class ApiKeys:
                 key_prefix=key.key_prefix,
                 key_hash=hash_token(token),
                 created_at=key.created_at,
+                expires_at=expires_at,
             )
         )
         return key, token
 
     async def authenticate(self, token: str) -> ApiKey | None:
+        """The key `token` is the secret of, expired or not (`ApiKey.expired` tells)."""
         table = schema.api_keys
         async with self._db.read() as conn:
             query = table.select().where(table.c.key_hash == hash_token(token))
             row = (await conn.execute(query)).first()
         return None if row is None else _api_key(row)
 
-    async def list(self, org_id: str) -> list[ApiKey]:
+    async def get(self, org_id: str, key_id: str) -> ApiKey | None:
         table = schema.api_keys
         async with self._db.read() as conn:
-            query = table.select().where(table.c.org_id == org_id).order_by(table.c.created_at)
-            return [_api_key(row) for row in await conn.execute(query)]
+            query = table.select().where(table.c.org_id == org_id, table.c.id == key_id)
+            row = (await conn.execute(query)).first()
+        return None if row is None else _api_key(row)
+
+    async def list(self, org_id: str, workspace_ids: set[str] | None = None) -> list[ApiKey]:
+        """The org's keys, oldest first; with `workspace_ids`, only the keys restricted to one
+        of them (an org-wide key is not a workspace's to see)."""
+        table = schema.api_keys
+        query = table.select().where(table.c.org_id == org_id)
+        if workspace_ids is not None:
+            query = query.where(table.c.workspace_id.in_(sorted(workspace_ids)))
+        async with self._db.read() as conn:
+            rows = await conn.execute(query.order_by(table.c.created_at, table.c.id))
+            return [_api_key(row) for row in rows]
+
+    async def revoke(self, txn: WriteTxn, key: ApiKey) -> bool:
+        """Delete the key; False when it was already gone (another revocation won).
+
+        The change bumps the version of the key's scope (its workspace, or the whole org's
+        `*`), so every process's cached keys and MCP admissions drop it at their next
+        request: revocation is refused at once everywhere, with no TTL to wait out."""
+        table = schema.api_keys
+        deleted = await txn.conn.execute(
+            table.delete().where(table.c.org_id == key.org_id, table.c.id == key.id)
+        )
+        if not deleted.rowcount:
+            return False
+        await txn.changed(
+            org_id=key.org_id,
+            workspace_id=key.workspace_id,
+            target_type="api_key",
+            target_id=key.id,
+            change="deleted",
+        )
+        return True
