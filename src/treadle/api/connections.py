@@ -39,7 +39,7 @@ class CreateConnection(Body):
 async def create_connection(request: Request) -> Response:
     gw, principal = await caller(request)
     body = await read_body(request, CreateConnection)
-    if gw.catalog.get(body.integrationName) is None:
+    if gw.catalog.get(body.integrationName, principal.org_id) is None:
         raise ValidationFailed(
             f"Unknown integration '{body.integrationName}'", field="integrationName"
         )

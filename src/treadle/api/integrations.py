@@ -46,15 +46,15 @@ def integration_json(integration: Integration) -> dict[str, Any]:
 
 
 async def list_integrations(request: Request) -> Response:
-    gw, _principal = await caller(request)
+    gw, principal = await caller(request)
     name = request.query_params.get("name")
-    chosen = [i for i in gw.catalog if name is None or i.name == name]
+    chosen = [i for i in gw.catalog.for_org(principal.org_id) if name is None or i.name == name]
     return ok({"integrations": [integration_json(i) for i in chosen], "total": len(chosen)})
 
 
 async def get_integration(request: Request) -> Response:
-    gw, _principal = await caller(request)
-    found = gw.catalog.get(path_param(request, "name", "Integration"))
+    gw, principal = await caller(request)
+    found = gw.catalog.get(path_param(request, "name", "Integration"), principal.org_id)
     if found is None:
         raise NotFound("Integration")
     return ok({"integration": integration_json(found)})

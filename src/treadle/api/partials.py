@@ -84,7 +84,7 @@ async def create_partial(request: Request) -> Response:
     gw, principal = await caller(request)
     body = await read_body(request, CreatePartial)
     workspace = await accessible_workspace(gw.store, principal, body.workspaceId)
-    integration = gw.catalog.get(body.integrationName)
+    integration = gw.catalog.get(body.integrationName, principal.org_id)
     if integration is None:
         raise ValidationFailed(
             f"Unknown integration '{body.integrationName}'", field="integrationName"
@@ -161,7 +161,7 @@ async def update_partial(request: Request) -> Response:
             changes[column] = value
     values = changes.get("values", current.values)
     enforced = list(changes.get("enforced_keys", current.enforced_keys))
-    integration = gw.catalog.get(current.integration_name)
+    integration = gw.catalog.get(current.integration_name, principal.org_id)
     if integration is not None:
         _check_values(integration, current.action_name, values, enforced)
     if "enforced_keys" in changes:

@@ -42,8 +42,8 @@ class UpdateWorkspaceIntegration(Body):
     integrationAlias: Slug | None = None
 
 
-def _integration(gw: Gateway, name: str) -> Integration:
-    found = gw.catalog.get(name)
+def _integration(gw: Gateway, name: str, org_id: str) -> Integration:
+    found = gw.catalog.get(name, org_id)
     if found is None:
         raise ValidationFailed(f"Unknown integration '{name}'", field="integrationName")
     return found
@@ -130,7 +130,7 @@ async def list_workspace_integrations(request: Request) -> Response:
 async def create_workspace_integration(request: Request) -> Response:
     gw, principal, workspace = await _workspace(request)
     body = await read_body(request, CreateWorkspaceIntegration)
-    integration = _integration(gw, body.integrationName)
+    integration = _integration(gw, body.integrationName, principal.org_id)
     strategy = ConnectionStrategy(body.connectionStrategy)
     connection_id = await _connection_id(
         gw, principal, workspace, integration, strategy, body.connectionId
@@ -174,7 +174,7 @@ async def update_workspace_integration(request: Request) -> Response:
     given = body.model_fields_set
     if not given:
         raise Refusal(ErrorCode.NO_UPDATES, "No fields provided to update")
-    integration = _integration(gw, current.integration_name)
+    integration = _integration(gw, current.integration_name, principal.org_id)
     # Unlike connectionId and allowedActions, a strategy has no "unset" meaning for null.
     if "connectionStrategy" in given and body.connectionStrategy is None:
         raise ValidationFailed("connectionStrategy cannot be null", field="connectionStrategy")

@@ -23,10 +23,17 @@ class Catalog:
 
     `version` bumps whenever an integration is added, so tool lists derived from the catalog
     can be cached against it.
+
+    Besides the installed integrations every org sees, an org may have integrations of its
+    own (its upstream MCP servers, `treadle.catalog.upstream`): `get(name, org_id)` finds
+    those too, and only for that org. Installed names come first and cannot be shadowed.
     """
 
     def __init__(self, integrations: Iterable[Integration] = ()) -> None:
         self._by_name: dict[str, Integration] = {}
+        # org id -> name -> integration; inner dicts are replaced, never changed in place,
+        # so a snapshot may share them.
+        self._scoped: dict[str, dict[str, Integration]] = {}
         self._listeners: list[Callable[[], None]] = []
         self.version = 0
         for integration in integrations:
@@ -44,6 +51,26 @@ class Catalog:
         if len(names) != len(set(names)):
             raise ValueError(f"integration {integration.name!r} declares an action twice")
         self._by_name[integration.name] = integration
+        self._changed()
+
+    def put_scoped(self, org_id: str, integration: Integration) -> None:
+        """Add or replace one org's own integration (an upstream MCP server's)."""
+        if integration.name in self._by_name:
+            raise ValueError(f"integration {integration.name!r} is installed for every org")
+        current = self._scoped.get(org_id, {})
+        if current.get(integration.name) == integration:
+            return
+        self._scoped[org_id] = {**current, integration.name: integration}
+        self._changed()
+
+    def remove_scoped(self, org_id: str, name: str) -> None:
+        current = self._scoped.get(org_id, {})
+        if name not in current:
+            return
+        self._scoped[org_id] = {k: v for k, v in current.items() if k != name}
+        self._changed()
+
+    def _changed(self) -> None:
         self.version += 1
         for listener in list(self._listeners):
             listener()
@@ -52,11 +79,23 @@ class Catalog:
         """A frozen copy at the current version (later additions do not reach it)."""
         copy = Catalog()
         copy._by_name = dict(self._by_name)  # already validated: no need to add() again
+        copy._scoped = dict(self._scoped)
         copy.version = self.version
         return copy
 
-    def get(self, name: str) -> Integration | None:
-        return self._by_name.get(name)
+    def get(self, name: str, org_id: str | None = None) -> Integration | None:
+        """The installed integration `name`, else (given `org_id`) that org's own one."""
+        found = self._by_name.get(name)
+        if found is None and org_id is not None:
+            scoped = self._scoped.get(org_id)
+            if scoped is not None:
+                return scoped.get(name)
+        return found
+
+    def for_org(self, org_id: str) -> list[Integration]:
+        """Every integration `org_id` may use, by name."""
+        every = [*self._by_name.values(), *self._scoped.get(org_id, {}).values()]
+        return sorted(every, key=lambda i: i.name)
 
     def __iter__(self) -> Iterator[Integration]:
         return iter(sorted(self._by_name.values(), key=lambda i: i.name))

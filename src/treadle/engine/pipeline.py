@@ -146,7 +146,7 @@ class Executor:
         if config is None:
             raise NotFound("Workspace")
         org = config.org
-        integration = self._catalog.get(request.integration_name)
+        integration = self._catalog.get(request.integration_name, request.org_id)
         if integration is None:
             raise Refusal(
                 ErrorCode.INTEGRATION_NOT_FOUND,

@@ -182,7 +182,7 @@ def build_toolset(
     partials: list[Partial],
     policies: Sequence[ApprovalPolicy] = (),
 ) -> ToolSet:
-    known = [(wi, catalog.get(wi.integration_name)) for wi in configured]
+    known = [(wi, catalog.get(wi.integration_name, wi.org_id)) for wi in configured]
     pairs = [(wi.alias, a.name) for wi, i in known if i is not None for a in i.actions]
     given = server.tool_overrides if server is not None else ()
     renamed = {(o.integration_alias, o.action_name): o.name for o in given if o.name is not None}

@@ -100,7 +100,7 @@ async def _section(
     token: str,
     csrf: str,
 ) -> str:
-    integration = gateway.catalog.get(configured.integration_name)
+    integration = gateway.catalog.get(configured.integration_name, configured.org_id)
     if integration is None:
         return ""
     own = await gateway.store.connections.find(
@@ -167,7 +167,7 @@ async def save_key(request: Request) -> Response:
         return verified
     form, claims, user, configured = verified
     gateway = gateway_of(request)
-    integration = gateway.catalog.get(configured.integration_name)
+    integration = gateway.catalog.get(configured.integration_name, configured.org_id)
     if integration is None or integration.auth_kind not in _KEY_KINDS:
         return _refused("This integration does not take a key.", 400)
     key = form.get("key", "").strip()
