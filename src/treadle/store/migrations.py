@@ -243,6 +243,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         # Keys from before this step never expire (NULL), as they did not.
         ("ALTER TABLE api_keys ADD COLUMN expires_at TEXT",),
     ),
+    Migration(
+        "0010_upstreams",
+        (
+            # Upstream MCP servers (treadle.catalog.upstream): an org's own integrations.
+            """CREATE TABLE upstreams (
+                id TEXT PRIMARY KEY, org_id TEXT NOT NULL, name TEXT NOT NULL,
+                display_name TEXT NOT NULL, description TEXT, transport TEXT NOT NULL,
+                allow_private_network BOOLEAN NOT NULL, auth TEXT NOT NULL,
+                catalog TEXT NOT NULL, catalog_hash TEXT, health TEXT NOT NULL,
+                created_at TEXT NOT NULL, updated_at TEXT NOT NULL, UNIQUE (org_id, name))""",
+        ),
+    ),
 )
 
 _CREATE_LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (

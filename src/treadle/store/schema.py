@@ -314,3 +314,22 @@ oauth_states = sa.Table(
     sa.Column("used_at", sa.Text),
     sa.Column("created_at", sa.Text, nullable=False),
 )
+
+upstreams = sa.Table(
+    "upstreams",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("org_id", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("display_name", sa.Text, nullable=False),
+    sa.Column("description", sa.Text),
+    sa.Column("transport", JSONText, nullable=False),
+    sa.Column("allow_private_network", sa.Boolean, nullable=False),
+    sa.Column("auth", JSONText, nullable=False),
+    sa.Column("catalog", JSONText, nullable=False),
+    sa.Column("catalog_hash", sa.Text),
+    sa.Column("health", JSONText, nullable=False),
+    sa.Column("created_at", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Text, nullable=False),
+    sa.UniqueConstraint("org_id", "name"),
+)
