@@ -41,6 +41,8 @@ class Gateway:
     request_state_key: bytes
     _exit: AsyncExitStack
     oauth: OAuth
+    # Seals what must be read back (identity providers' client secrets, sign-in verifiers).
+    vault: Vault
 
     @classmethod
     async def open(
@@ -105,6 +107,7 @@ class Gateway:
             vault.derive("treadle mcp request state"),
             exit_stack,
             oauth,
+            vault,
         )
 
     async def run_background(self) -> None:
