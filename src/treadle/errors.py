@@ -38,6 +38,7 @@ class ErrorCode(StrEnum):
     IDEMPOTENCY_KEY_MISMATCH = "IDEMPOTENCY_KEY_MISMATCH"
     IDEMPOTENCY_KEY_IN_USE = "IDEMPOTENCY_KEY_IN_USE"
     FORBIDDEN = "FORBIDDEN"
+    IDENTITY_PROVIDER_UNAVAILABLE = "IDENTITY_PROVIDER_UNAVAILABLE"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
     @property
@@ -72,6 +73,8 @@ _STATUS: dict[ErrorCode, int] = {
     ErrorCode.IDEMPOTENCY_KEY_MISMATCH: 422,
     ErrorCode.IDEMPOTENCY_KEY_IN_USE: 409,
     ErrorCode.FORBIDDEN: 403,
+    # An identity provider's or external authorization server's documents could not be read.
+    ErrorCode.IDENTITY_PROVIDER_UNAVAILABLE: 502,
     ErrorCode.INTERNAL_ERROR: 500,
 }
 
