@@ -14,7 +14,6 @@ opens the same data dir. What the clients saw decides what must hold:
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -26,13 +25,15 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
+import sqlalchemy as sa
 
 from test_cli_serve import Output, environment, free_port, treadle_command, wait_for_port
 from treadle.app import Gateway
 from treadle.bootstrap import initialise
-from treadle.settings import Settings, sqlite_url
+from treadle.settings import Settings
+from treadle.store.database import create_engine
 
-from databases import only_on_sqlite
+from databases import database_url
 
 pytestmark = pytest.mark.anyio
 
@@ -131,18 +132,18 @@ async def executions(client: httpx2.AsyncClient) -> Counter[int]:
             return seen
 
 
-def _counted(path: Path) -> int:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        (count,) = conn.execute("SELECT COALESCE(SUM(count), 0) FROM usage_counters").fetchone()
-    finally:
-        conn.close()
-    return int(count)
-
-
 async def counted(data_dir: Path) -> int:
-    """Executions counted against the quota, as the database file holds them."""
-    return await anyio.to_thread.run_sync(_counted, data_dir / "treadle.db")
+    """Executions counted against the quota, as the database holds them (read on a
+    connection of the test's own, not through the server)."""
+    engine = create_engine(database_url(data_dir))
+    try:
+        async with engine.connect() as conn:
+            found = await conn.execute(
+                sa.text("SELECT COALESCE(SUM(count), 0) FROM usage_counters")
+            )
+            return int(found.scalar_one())
+    finally:
+        await engine.dispose()
 
 
 async def retry_until_settled(client: httpx2.AsyncClient, body: dict[str, Any]) -> httpx2.Response:
@@ -155,15 +156,12 @@ async def retry_until_settled(client: httpx2.AsyncClient, body: dict[str, Any]) 
         assert response.json()["error"] == "IDEMPOTENCY_KEY_IN_USE", response.text
 
 
-@only_on_sqlite(
-    "reads the SQLite file directly after the kill (PostgreSQL run still to be written)"
-)
 async def test_kill_9_under_load_loses_no_answered_call_and_leaves_no_key_stuck(
     tmp_path: Path,
 ) -> None:
     data_dir = tmp_path / "data"
     # What `treadle init` does, in this process (a subprocess would only add its start-up).
-    gateway = await Gateway.open(Settings(data_dir, sqlite_url(data_dir / "treadle.db"), None))
+    gateway = await Gateway.open(Settings(data_dir, database_url(data_dir), None))
     try:
         made = await initialise(gateway.store, data_dir)
     finally:
