@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from treadle.api.routes import EXCEPTION_HANDLERS, AccessLog, api_routes
 from treadle.app import Gateway
+from treadle.auth.server import routes as authorization_routes
 from treadle.body_guard import BodyGuard
 from treadle.mcp.http import McpEndpoint
 from treadle.mcp.runtime import McpRuntime
@@ -36,6 +37,7 @@ def build_http_app(gateway: Gateway, runtime: McpRuntime | None = None) -> Starl
             *approval_page.routes,
             *connect_page.routes,
             *oauth_routes.routes,
+            *authorization_routes.routes,
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
@@ -43,6 +45,7 @@ def build_http_app(gateway: Gateway, runtime: McpRuntime | None = None) -> Starl
     app.state.gateway = gateway
     app.state.mcp = runtime
     app.state.mcp_endpoint = endpoint
+    app.state.mcp_auth = endpoint.auth
     app.add_middleware(BodyGuard)
     app.add_middleware(AccessLog)  # added last: outermost, so it sees what BodyGuard raises
     return app

@@ -1,7 +1,8 @@
 """Streamable HTTP at `/mcp/{serverId}`: bearer auth, DNS-rebinding checks, body limit.
 
-Accepted tokens: the server's own `mcp_…` token, or an API key that may use the server's
-workspace. A handshake-era session belongs to the (server, principal, end user) that opened
+Accepted tokens: the server's own `mcp_…` token, an API key that may use the server's
+workspace, or an OAuth access token issued for this endpoint (`treadle.auth.server`, which
+also words the 401/403 challenges that start a client's sign-in). A handshake-era session belongs to the (server, principal, end user) that opened
 it: the SDK's session manager answers 404 to anyone else presenting its session ID. Sessions
 are bounded per principal, server and org (`treadle.mcp.sessions`).
 
@@ -28,6 +29,8 @@ from starlette.types import Receive, Scope, Send
 
 from treadle.api.auth import bearer_token
 from treadle.app import Gateway
+from treadle.auth.server import tokens as oauth_tokens
+from treadle.auth.server.authority import Authority
 from treadle.clock import now_iso
 from treadle.engine.end_user_ids import check_end_user_id
 from treadle.errors import ErrorCode, Refusal, ValidationFailed
@@ -148,6 +151,8 @@ class McpEndpoint:
         self._gateway = gateway
         self._runtime = runtime
         self._admissions: dict[tuple[str, str, str | None], tuple[int, _Admission]] = {}
+        # OAuth access tokens (treadle.auth): who they stand for is asked there.
+        self.auth = Authority(gateway)
         self.face = runtime.face(self._resolve, self._schema, self._snapshot)
         limits = gateway.settings.mcp_sessions
         self.sessions = SessionLedger(limits)
@@ -216,7 +221,8 @@ class McpEndpoint:
         if remembered is not None and remembered[0] == version and not remembered[1].lapsed():
             return remembered[1]
         admission = await self._admit(snapshot, server_id, token, end_user_header)
-        if admission is not None:
+        # An OAuth token is checked afresh every time: its revocation must stop it at once.
+        if admission is not None and not oauth_tokens.is_oauth_token(token):
             if len(self._admissions) >= MAX_ADMISSIONS:
                 self._admissions.pop(next(iter(self._admissions)))
             self._admissions[key] = (version, admission)
@@ -230,7 +236,12 @@ class McpEndpoint:
             return None
         end_user = server.end_user_id
         expires_at = None
-        if token.startswith("mcp_"):
+        if oauth_tokens.is_oauth_token(token):
+            signed_in = await oauth_tokens.admit(self.auth, server, token)
+            if signed_in is None:
+                return None
+            principal, end_user = signed_in.actor, signed_in.end_user_id
+        elif token.startswith("mcp_"):
             if await config.mcp_server_for_token(token) != server:
                 return None
             principal = f"mcp_server:{server.id}"
@@ -272,15 +283,27 @@ class McpEndpoint:
         except ValidationFailed as refused:
             await _send_rpc_error(send, refused.code.status, refused)
             return
+        except oauth_tokens.InsufficientScope as lacking:
+            await _send_json(
+                send,
+                403,
+                {"error": "FORBIDDEN", "message": str(lacking)},
+                oauth_tokens.challenge(self.auth, scope, error="insufficient_scope"),
+            )
+            return
         if found is None:
+            presented = bearer_token(Request(scope)) is not None
             await _send_json(
                 send,
                 401,
                 {
                     "error": "UNAUTHORIZED",
-                    "message": "A valid MCP server token or API key is required",
+                    "message": "A valid MCP server token, API key or OAuth access token is "
+                    "required",
                 },
-                [(b"www-authenticate", b'Bearer realm="treadle", error="invalid_token"')],
+                oauth_tokens.challenge(
+                    self.auth, scope, error="invalid_token" if presented else None
+                ),
             )
             return
         binding = found.binding

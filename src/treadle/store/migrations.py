@@ -244,6 +244,38 @@ MIGRATIONS: tuple[Migration, ...] = (
         ("ALTER TABLE api_keys ADD COLUMN expires_at TEXT",),
     ),
     Migration(
+        "0009_mcp_authorization",
+        (
+            # The built-in OAuth 2.1 authorization server of the MCP endpoints (treadle.auth):
+            # codes, tokens and client secrets are stored as hashes only.
+            """CREATE TABLE oauth_clients (
+                client_id TEXT PRIMARY KEY, client_name TEXT, redirect_uris TEXT NOT NULL,
+                secret_hash TEXT, auth_method TEXT NOT NULL, client_uri TEXT,
+                created_at TEXT NOT NULL)""",
+            """CREATE TABLE oauth_org_clients (
+                org_id TEXT NOT NULL, client_id TEXT NOT NULL, client_name TEXT,
+                kind TEXT NOT NULL, first_seen_at TEXT NOT NULL, last_seen_at TEXT NOT NULL,
+                revoked_at TEXT, PRIMARY KEY (org_id, client_id))""",
+            """CREATE TABLE oauth_grants (
+                id TEXT PRIMARY KEY, org_id TEXT NOT NULL, workspace_id TEXT NOT NULL,
+                server_id TEXT NOT NULL, client_id TEXT NOT NULL, end_user_id TEXT,
+                signed_in_as TEXT NOT NULL, scopes TEXT NOT NULL, resource TEXT NOT NULL,
+                created_at TEXT NOT NULL, last_used_at TEXT, revoked_at TEXT,
+                revoked_reason TEXT)""",
+            "CREATE INDEX oauth_grants_org_client ON oauth_grants (org_id, client_id)",
+            "CREATE INDEX oauth_grants_server ON oauth_grants (server_id)",
+            """CREATE TABLE oauth_codes (
+                code_hash TEXT PRIMARY KEY, grant_id TEXT NOT NULL, client_id TEXT NOT NULL,
+                redirect_uri TEXT NOT NULL, code_challenge TEXT NOT NULL,
+                expires_at TEXT NOT NULL, used_at TEXT)""",
+            """CREATE TABLE oauth_tokens (
+                token_hash TEXT PRIMARY KEY, grant_id TEXT NOT NULL, kind TEXT NOT NULL,
+                expires_at TEXT NOT NULL, created_at TEXT NOT NULL, used_at TEXT,
+                revoked_at TEXT)""",
+            "CREATE INDEX oauth_tokens_grant ON oauth_tokens (grant_id)",
+        ),
+    ),
+    Migration(
         "0010_upstreams",
         (
             # Upstream MCP servers (treadle.catalog.upstream): an org's own integrations.
