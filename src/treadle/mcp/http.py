@@ -46,6 +46,7 @@ from treadle.mcp.sessions import (
     opens_session,
     pending,
 )
+from treadle.mcp.shared_sessions import SharedSessions, not_found, session_id_of
 from treadle.store.config_cache import ConfigSnapshot
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -162,6 +163,15 @@ class McpEndpoint:
             limits,
             security_settings=security or transport_security(),
             max_request_body_size=MAX_BODY_BYTES,
+        )
+        # Sessions any replica continues (treadle.mcp.shared_sessions).
+        self.shared = SharedSessions(
+            gateway.store,
+            self.manager,
+            self.sessions,
+            runtime.hub,
+            idle_seconds=limits.idle_seconds,
+            max_body_bytes=MAX_BODY_BYTES,
         )
         self.drain = StreamDrain()
         # 2026-07-28 tools/call and tools/list: treadle's own route in front of the SDK's
@@ -313,14 +323,45 @@ class McpEndpoint:
         try:
             if opens_session(scope):
                 await self._open_session(binding, scope, receive, send)
-            elif only_listens(scope):
-                await self.drain.serve(self.manager.handle_request, scope, receive, send)
-            elif routed(scope):
-                await self.modern(scope, receive, send)
             else:
-                await self.manager.handle_request(scope, receive, send)
+                await self._continue(binding, found.user, scope, receive, send)
         finally:
             _current.reset(reset)
+
+    async def _continue(
+        self, binding: Binding, user: AuthenticatedUser, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """A request of a session (served here whichever replica opened it), or one that
+        needs none (2026-07-28)."""
+        session_id = session_id_of(scope)
+        if session_id is None:
+            await self._serve(scope, receive, send)
+            return
+        resumed = await self.shared.resume(binding, session_id, user, scope["method"])
+        if resumed is None:
+            await not_found(send)
+        elif isinstance(resumed, OverLimit):
+            await self._over_limit(send, resumed)
+        elif scope["method"] == "DELETE":
+            await self.manager.handle_request(scope, receive, self.shared.ending(resumed, send))
+        elif scope["method"] == "GET":
+            async with self.shared.streaming(session_id, resumed):
+                await self._serve(scope, receive, send)
+        else:
+            await self._serve(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if only_listens(scope):
+            await self.drain.serve(self.manager.handle_request, scope, receive, send)
+        elif routed(scope):
+            await self.modern(scope, receive, send)
+        else:
+            await self.manager.handle_request(scope, receive, send)
+
+    @staticmethod
+    async def _over_limit(send: Send, over: OverLimit) -> None:
+        status = 503 if over.scope == "total" else ErrorCode.TOO_MANY_SESSIONS.status
+        await _send_rpc_error(send, status, _too_many_sessions(over))
 
     async def _open_session(
         self, binding: Binding, scope: Scope, receive: Receive, send: Send
@@ -329,12 +370,11 @@ class McpEndpoint:
         the session keeps it if one opens, otherwise it is given back."""
         reserved = self.sessions.reserve(binding)
         if isinstance(reserved, OverLimit):
-            status = 503 if reserved.scope == "total" else ErrorCode.TOO_MANY_SESSIONS.status
-            await _send_rpc_error(send, status, _too_many_sessions(reserved))
+            await self._over_limit(send, reserved)
             return
         reset = pending.set(reserved)
         try:
-            await self.manager.handle_request(scope, receive, send)
+            await self.shared.open(binding, scope, receive, send, self.manager.handle_request)
         finally:
             pending.reset(reset)
             if not reserved.claimed:

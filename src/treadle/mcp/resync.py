@@ -31,9 +31,9 @@ import contextvars
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import anyio
-from mcp.server.session import ServerSession
 from mcp.server.subscriptions import ServerEvent, ToolsListChanged
 
 from treadle.mcp.binding import Binding
@@ -50,10 +50,17 @@ listening: contextvars.ContextVar[Binding | None] = contextvars.ContextVar(
 Listener = Callable[[ServerEvent], None]
 
 
+class Notifiable(Protocol):
+    """A handshake-era connection to tell (the SDK's ServerSession, or its Connection when
+    treadle restores a session another replica opened: treadle.mcp.shared_sessions)."""
+
+    async def send_tool_list_changed(self) -> None: ...
+
+
 @dataclass(slots=True)
 class _Server:
     binding: Binding
-    sessions: dict[int, ServerSession] = field(default_factory=dict)
+    sessions: dict[int, Notifiable] = field(default_factory=dict)
     listeners: dict[object, Listener] = field(default_factory=dict)
     # Fingerprints of the lists these clients may hold. Empty: unknown, so the next pass tells
     # them (a connection whose registration did not finish).
@@ -125,7 +132,7 @@ class ResyncHub:
         if entry is not None and entry.idle:
             del self.servers[key]
 
-    def add_session(self, binding: Binding, connection_key: int, session: ServerSession) -> bool:
+    def add_session(self, binding: Binding, connection_key: int, session: Notifiable) -> bool:
         """Track a handshake-era connection; True when it is new."""
         entry = self._entry(binding)
         is_new = connection_key not in entry.sessions

@@ -11,19 +11,29 @@ Sessions leave the count however they end: DELETE, idle timeout, a failed openin
 from __future__ import annotations
 
 import contextvars
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio
+import anyio.abc
 from mcp.server.auth.middleware.bearer_auth import AuthorizationContext
+from mcp.server.connection import Connection
+from mcp.server.runner import serve_connection
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
+from mcp.shared.transport_context import TransportContext
+from mcp.types import InitializeRequestParams
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.types import Scope
 
 from treadle.mcp.binding import Binding
 from treadle.settings import McpSessionLimits
+
+log = logging.getLogger(__name__)
 
 LimitScope = Literal["principal", "server", "org", "total"]
 
@@ -95,6 +105,13 @@ class SessionLedger:
             self._open[key] = self._open.get(key, 0) + 1
         return Reservation(keys)
 
+    def hold(self, binding: Binding) -> Reservation:
+        """A place in the counts whatever the limits: for a session that is only being ended."""
+        keys = _keys(binding)
+        for key in keys:
+            self._open[key] = self._open.get(key, 0) + 1
+        return Reservation(keys)
+
     def release(self, reservation: Reservation) -> None:
         if reservation.released:
             return
@@ -123,6 +140,12 @@ class SessionLedger:
 pending: contextvars.ContextVar[Reservation | None] = contextvars.ContextVar(
     "treadle_session_reservation", default=None
 )
+# The ID the session opened by that request gets: its state, sealed (treadle.mcp.sealed_sessions).
+opening_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "treadle_opening_session_id", default=None
+)
+
+OnConnection = Callable[[Connection], Awaitable[None]]
 
 
 class CountedSessionManager(StreamableHTTPSessionManager):
@@ -151,18 +174,124 @@ class CountedSessionManager(StreamableHTTPSessionManager):
         )
         self._ledger = ledger
         self._held: dict[str, tuple[Reservation, StreamableHTTPServerTransport]] = {}
+        self._restoring: dict[str, anyio.Event] = {}
 
     def _admit_session(
         self, requestor: AuthorizationContext | None
     ) -> StreamableHTTPServerTransport | None:
+        # The SDK's own admission (2.3), but the session takes the ID the endpoint sealed
+        # for it rather than a random one, so any replica can continue it.
         reservation = pending.get()
-        if reservation is None or reservation.released:
+        session_id = opening_id.get()
+        if reservation is None or reservation.released or session_id is None:
             return None
-        transport = super()._admit_session(requestor)
-        if transport is not None and transport.mcp_session_id is not None:
-            reservation.claimed = True
-            self._held[transport.mcp_session_id] = (reservation, transport)
+        if self.max_sessions is not None and len(self._server_instances) >= self.max_sessions:
+            return None
+        transport = self._transport(session_id)
+        self._register(session_id, transport, requestor, reservation)
         return transport
+
+    def _transport(self, session_id: str) -> StreamableHTTPServerTransport:
+        return StreamableHTTPServerTransport(
+            mcp_session_id=session_id,
+            is_json_response_enabled=self.json_response,
+            event_store=self.event_store,
+            security_settings=self.security_settings,
+            retry_interval=self.retry_interval,
+            idle_timeout=self.session_idle_timeout,
+        )
+
+    def _register(
+        self,
+        session_id: str,
+        transport: StreamableHTTPServerTransport,
+        requestor: AuthorizationContext | None,
+        reservation: Reservation,
+    ) -> None:
+        if requestor is not None:
+            self._session_owners[session_id] = requestor
+        self._server_instances[session_id] = transport
+        reservation.claimed = True
+        self._held[session_id] = (reservation, transport)
+
+    def holds(self, session_id: str) -> bool:
+        """Whether this process serves the session now (it opened or restored it)."""
+        return session_id in self._server_instances
+
+    async def end_here(self, session_id: str) -> None:
+        """Stop serving the session in this process (it was ended through another one)."""
+        transport = self._server_instances.get(session_id)
+        if transport is not None:
+            await self._discard_session(session_id, transport)
+
+    async def restore(
+        self,
+        session_id: str,
+        requestor: AuthorizationContext | None,
+        reservation: Reservation,
+        client_params: InitializeRequestParams,
+        on_connection: OnConnection,
+    ) -> None:
+        """Serve here a session another replica opened, as already initialised with what its
+        client declared then; the next request reaches it as it would any session.
+
+        The connection is built as the SDK's `serve_loop` builds it, then given the
+        handshake's outcome (`client_params`, version, initialized) that its `initialize`
+        would have committed. `on_connection` runs before any request is served (resync
+        registration). Concurrent requests for the same session restore it once."""
+        restoring = self._restoring.get(session_id)
+        if restoring is not None:
+            self._ledger.release(reservation)
+            await restoring.wait()
+            return
+        if self.holds(session_id):
+            self._ledger.release(reservation)
+            return
+        done = self._restoring[session_id] = anyio.Event()
+        transport = self._transport(session_id)
+        self._register(session_id, transport, requestor, reservation)
+
+        async def run(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            async with transport.connect() as (read_stream, write_stream):
+                try:
+                    idle_scope = transport.idle_scope or anyio.CancelScope()
+                    with idle_scope:
+                        dispatcher: JSONRPCDispatcher[TransportContext] = JSONRPCDispatcher(
+                            read_stream, write_stream, inline_methods=frozenset({"initialize"})
+                        )
+                        connection = Connection.for_loop(
+                            dispatcher,
+                            session_id=session_id,
+                            protocol_version_hint=client_params.protocol_version,
+                        )
+                        connection.client_params = client_params
+                        connection.initialized.set()
+                        try:
+                            await on_connection(connection)
+                        finally:
+                            task_status.started()
+                        await serve_connection(
+                            self.app,
+                            dispatcher,
+                            connection=connection,
+                            lifespan_state=self._lifespan_state,
+                        )
+                except Exception:
+                    log.exception("restored session %s crashed", session_id[:16])
+                finally:
+                    await self._discard_session(session_id, transport)
+
+        try:
+            task_group: anyio.abc.TaskGroup | None = getattr(self, "_task_group", None)
+            if task_group is None:
+                raise RuntimeError("the session manager is not running")
+            await task_group.start(run)
+        except BaseException:
+            await self._discard_session(session_id, transport)
+            raise
+        finally:
+            del self._restoring[session_id]
+            done.set()
 
     async def _discard_session(
         self, session_id: str, transport: StreamableHTTPServerTransport

@@ -16,6 +16,7 @@ from treadle.store.gates import (
 )
 from treadle.store.ledger import ExecutionLedger
 from treadle.store.mcp_servers import McpServers
+from treadle.store.mcp_sessions import McpSessions
 from treadle.store.people import Connections, EndUsers
 from treadle.store.state import KeyValueNamespace, UsageCounters
 from treadle.store.tenancy import ApiKeys, Orgs, Workspaces
@@ -29,6 +30,7 @@ class Store:
         self, db: Database, vault: Vault, *, idempotency_lease: timedelta = IDEMPOTENCY_LEASE
     ) -> None:
         self.db = db
+        self.vault = vault
         self.orgs = Orgs(db)
         self.workspaces = Workspaces(db)
         self.api_keys = ApiKeys(db)
@@ -40,6 +42,7 @@ class Store:
         self.ledger = ExecutionLedger(db, self.usage)
         self.activity = Activity(db, self.ledger)
         self.mcp_servers = McpServers(db)
+        self.mcp_sessions = McpSessions(db)
         self.approval_policies = ApprovalPolicies(db)
         self.approvals = Approvals(db)
         self.idempotency = IdempotencyRecords(db, lease=idempotency_lease)

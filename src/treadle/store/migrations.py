@@ -287,6 +287,16 @@ MIGRATIONS: tuple[Migration, ...] = (
                 created_at TEXT NOT NULL, updated_at TEXT NOT NULL, UNIQUE (org_id, name))""",
         ),
     ),
+    Migration(
+        "0012_mcp_sessions",
+        (
+            # Handshake-era MCP sessions on any replica (treadle.store.mcp_sessions).
+            """CREATE TABLE mcp_sessions (
+                session_key TEXT PRIMARY KEY, server_id TEXT NOT NULL,
+                opened_at INTEGER NOT NULL, last_seen INTEGER NOT NULL, ended_at INTEGER)""",
+            "CREATE INDEX mcp_sessions_last_seen ON mcp_sessions (last_seen)",
+        ),
+    ),
 )
 
 _CREATE_LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (

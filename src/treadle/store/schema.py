@@ -194,6 +194,18 @@ rate_windows = sa.Table(
     sa.Column("previous_count", sa.BigInteger, nullable=False),
 )
 
+# Handshake-era MCP sessions, for every replica: ended or still open, and when last used
+# (treadle.store.mcp_sessions; the session's own state is sealed in its ID).
+mcp_sessions = sa.Table(
+    "mcp_sessions",
+    metadata,
+    sa.Column("session_key", sa.Text, primary_key=True),
+    sa.Column("server_id", sa.Text, nullable=False),
+    sa.Column("opened_at", sa.BigInteger, nullable=False),
+    sa.Column("last_seen", sa.BigInteger, nullable=False),
+    sa.Column("ended_at", sa.BigInteger),
+)
+
 mcp_servers = sa.Table(
     "mcp_servers",
     metadata,
