@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from treadle.api.routes import EXCEPTION_HANDLERS, AccessLog, api_routes
 from treadle.app import Gateway
+from treadle.auth.identity import signin
 from treadle.auth.server import routes as authorization_routes
 from treadle.body_guard import BodyGuard
 from treadle.mcp.http import McpEndpoint
@@ -37,6 +38,7 @@ def build_http_app(gateway: Gateway, runtime: McpRuntime | None = None) -> Starl
             *approval_page.routes,
             *connect_page.routes,
             *oauth_routes.routes,
+            *signin.routes,
             *authorization_routes.routes,
         ],
         exception_handlers=EXCEPTION_HANDLERS,

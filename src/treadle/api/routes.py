@@ -21,6 +21,7 @@ from treadle.api import (
     approvals,
     connections,
     end_users,
+    identity_providers,
     integrations,
     mcp_oauth,
     mcp_servers,
@@ -114,6 +115,7 @@ def api_routes() -> Mount:
         *approvals.routes,
         *oauth_apps.routes,
         *api_keys.routes,
+        *identity_providers.routes,
     ]
     return Mount("/api/v1", routes=routes)
 

@@ -297,6 +297,31 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX mcp_sessions_last_seen ON mcp_sessions (last_seen)",
         ),
     ),
+    Migration(
+        "0013_identity_providers",
+        (
+            # An org's identity providers (treadle.auth.identity): OpenID Connect sign-in and
+            # external authorization servers. Client secrets are sealed; a sign-in's state,
+            # nonce and ticket are stored as hashes only.
+            """CREATE TABLE identity_providers (
+                id TEXT PRIMARY KEY, org_id TEXT NOT NULL, name TEXT NOT NULL,
+                kind TEXT NOT NULL, issuer TEXT NOT NULL, client_id TEXT, client_secret TEXT,
+                scopes TEXT NOT NULL, claim TEXT NOT NULL,
+                allow_create_end_users BOOLEAN NOT NULL, audience TEXT,
+                allow_private_network BOOLEAN NOT NULL, created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL, UNIQUE (org_id, name))""",
+            """CREATE TABLE identity_provider_servers (
+                server_id TEXT PRIMARY KEY, idp_id TEXT NOT NULL, org_id TEXT NOT NULL)""",
+            "CREATE INDEX identity_provider_servers_idp ON identity_provider_servers (idp_id)",
+            """CREATE TABLE idp_sign_ins (
+                state_hash TEXT PRIMARY KEY, org_id TEXT NOT NULL, idp_id TEXT NOT NULL,
+                workspace_id TEXT, nonce_hash TEXT NOT NULL, code_verifier TEXT NOT NULL,
+                return_to TEXT NOT NULL, created_at TEXT NOT NULL, expires_at TEXT NOT NULL,
+                used_at TEXT, ticket_hash TEXT UNIQUE, ticket_expires_at TEXT,
+                ticket_used_at TEXT, external_id TEXT, end_user_id TEXT)""",
+            "CREATE INDEX idp_sign_ins_expires ON idp_sign_ins (expires_at)",
+        ),
+    ),
 )
 
 _CREATE_LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (

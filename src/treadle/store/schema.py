@@ -345,3 +345,57 @@ upstreams = sa.Table(
     sa.Column("updated_at", sa.Text, nullable=False),
     sa.UniqueConstraint("org_id", "name"),
 )
+
+# An org's identity providers (treadle.auth.identity). The client secret is sealed with the
+# vault like connection secrets.
+identity_providers = sa.Table(
+    "identity_providers",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("org_id", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),  # oidc | external_as
+    sa.Column("issuer", sa.Text, nullable=False),
+    sa.Column("client_id", sa.Text),
+    sa.Column("client_secret", sa.Text),
+    sa.Column("scopes", JSONText, nullable=False),
+    sa.Column("claim", sa.Text, nullable=False),
+    sa.Column("allow_create_end_users", sa.Boolean, nullable=False),
+    sa.Column("audience", sa.Text),
+    sa.Column("allow_private_network", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Text, nullable=False),
+    sa.UniqueConstraint("org_id", "name"),
+)
+
+# Which MCP servers an `external_as` provider authorizes: at most one provider per server
+# (the primary key), so two concurrent claims of one server cannot both succeed.
+identity_provider_servers = sa.Table(
+    "identity_provider_servers",
+    metadata,
+    sa.Column("server_id", sa.Text, primary_key=True),
+    sa.Column("idp_id", sa.Text, nullable=False),
+    sa.Column("org_id", sa.Text, nullable=False),
+)
+
+# One browser sign-in at an `oidc` provider, from its start to the ticket's single use. State,
+# nonce and ticket are stored as hashes, the PKCE verifier sealed.
+idp_sign_ins = sa.Table(
+    "idp_sign_ins",
+    metadata,
+    sa.Column("state_hash", sa.Text, primary_key=True),
+    sa.Column("org_id", sa.Text, nullable=False),
+    sa.Column("idp_id", sa.Text, nullable=False),
+    sa.Column("workspace_id", sa.Text),
+    sa.Column("nonce_hash", sa.Text, nullable=False),
+    sa.Column("code_verifier", sa.Text, nullable=False),
+    sa.Column("return_to", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Text, nullable=False),
+    sa.Column("expires_at", sa.Text, nullable=False),
+    sa.Column("used_at", sa.Text),
+    sa.Column("ticket_hash", sa.Text, unique=True),
+    sa.Column("ticket_expires_at", sa.Text),
+    sa.Column("ticket_used_at", sa.Text),
+    sa.Column("external_id", sa.Text),
+    sa.Column("end_user_id", sa.Text),
+)
