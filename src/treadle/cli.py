@@ -9,16 +9,22 @@ import os
 import shlex
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
 
 import anyio
+from sqlalchemy.engine import make_url
 
 from treadle import __version__
 from treadle.app import Gateway
 from treadle.bootstrap import InitResult, create_org, initialise
+from treadle.clock import iso, utcnow
 from treadle.errors import SetupError
 from treadle.settings import Settings
 
 Command = Callable[[argparse.Namespace], Awaitable[int]]
+
+MAX_KEY_DAYS = 36_500  # a hundred years: longer is a typo
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -74,24 +80,179 @@ def _print_org(result: InitResult) -> None:
 
 
 async def cmd_keys_create(args: argparse.Namespace) -> int:
+    from treadle.engine.api_keys import create_key, expiry
+    from treadle.errors import Refusal, ValidationFailed
+
     gateway = await _open(args)
     try:
         result = await initialise(gateway.store, gateway.settings.data_dir)
-        if args.workspace is not None:
-            workspace = await gateway.store.workspaces.get(result.org_id, args.workspace)
-            if workspace is None:
-                print(f"error: no workspace {args.workspace!r}", file=sys.stderr)
-                return 2
-        async with gateway.store.db.write("cli") as txn:
-            key, token = await gateway.store.api_keys.create(
-                txn, result.org_id, name=args.name, workspace_id=args.workspace
+        try:
+            expires_at = None
+            if args.expires_in_days is not None:
+                if args.expires_in_days > MAX_KEY_DAYS:
+                    raise ValidationFailed(f"--expires-in-days is at most {MAX_KEY_DAYS}")
+                expires_at = expiry(iso(utcnow() + timedelta(days=args.expires_in_days)))
+            key, token = await create_key(
+                gateway.store,
+                "cli",
+                result.org_id,
+                name=args.name,
+                workspace_id=args.workspace,
+                expires_at=expires_at,
             )
+        except Refusal as refused:
+            print(f"error: {refused.message}", file=sys.stderr)
+            return 2
     finally:
         await gateway.close()
     if args.json:
-        print(json.dumps({"id": key.id, "apiKey": token, "workspaceId": key.workspace_id}))
+        print(
+            json.dumps(
+                {
+                    "id": key.id,
+                    "apiKey": token,
+                    "workspaceId": key.workspace_id,
+                    "expiresAt": key.expires_at,
+                }
+            )
+        )
     else:
         print(token)
+    return 0
+
+
+async def _open_initialised(args: argparse.Namespace) -> Gateway | None:
+    """The gateway of a data dir `treadle init` (or `demo`, `serve`) set up; None, with one
+    line on stderr naming where it looked, for a data dir that was never initialised (a typo
+    in --data-dir must not quietly create an empty database)."""
+    settings = Settings.from_env(args.data_dir)
+    missing = uninitialised_database(settings)
+    if missing is not None:
+        print(f"error: {missing}", file=sys.stderr)
+        return None
+    gateway = await Gateway.open(settings)
+    if await gateway.store.orgs.first() is None:
+        await gateway.close()
+        print(f"error: {_never_initialised(settings)}", file=sys.stderr)
+        return None
+    return gateway
+
+
+def uninitialised_database(settings: Settings) -> str | None:
+    """Why the data dir's SQLite database is not there (checked before opening it, which
+    would create it); None when it exists or the database lives elsewhere."""
+    url = make_url(settings.database_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    if Path(url.database).exists():
+        return None
+    return _never_initialised(settings)
+
+
+def _never_initialised(settings: Settings) -> str:
+    return (
+        f"treadle was never initialised in data dir {settings.data_dir} (no database there); "
+        "check --data-dir or TREADLE_DATA_DIR, or run `treadle init` first"
+    )
+
+
+def _table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+async def cmd_keys_list(args: argparse.Namespace) -> int:
+    gateway = await _open_initialised(args)
+    if gateway is None:
+        return 2
+    try:
+        org = await gateway.store.orgs.first()
+        assert org is not None
+        keys = await gateway.store.api_keys.list(org.id)
+    finally:
+        await gateway.close()
+    if args.json:
+        print(json.dumps({"apiKeys": [key.to_json() for key in keys]}))
+        return 0
+    rows = [
+        [
+            key.id,
+            f"{key.key_prefix}…",
+            key.name,
+            key.workspace_id or "(org-wide)",
+            key.created_at,
+            key.expires_at or "never",
+        ]
+        for key in keys
+    ]
+    _table(rows, ["ID", "PREFIX", "NAME", "WORKSPACE", "CREATED", "EXPIRES"])
+    return 0
+
+
+async def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from treadle.engine.api_keys import revoke_key
+    from treadle.errors import Refusal
+
+    gateway = await _open_initialised(args)
+    if gateway is None:
+        return 2
+    try:
+        org = await gateway.store.orgs.first()
+        assert org is not None
+        key = await gateway.store.api_keys.get(org.id, args.key_id)
+        if key is None:
+            print(f"error: no API key {args.key_id!r} (see treadle keys list)", file=sys.stderr)
+            return 2
+        try:
+            await revoke_key(gateway.store, "cli", key)
+        except Refusal as refused:
+            print(f"error: {refused.message}", file=sys.stderr)
+            return 2
+    finally:
+        await gateway.close()
+    print(f"revoked API key {key.id} ({key.key_prefix}…); it is refused from now on")
+    return 0
+
+
+async def cmd_workspaces_list(args: argparse.Namespace) -> int:
+    gateway = await _open_initialised(args)
+    if gateway is None:
+        return 2
+    try:
+        org = await gateway.store.orgs.first()
+        assert org is not None
+        workspaces = await gateway.store.workspaces.list(org.id)
+    finally:
+        await gateway.close()
+    if args.json:
+        print(json.dumps({"workspaces": [workspace.to_json() for workspace in workspaces]}))
+        return 0
+    _table([[w.id, w.name, w.created_at] for w in workspaces], ["ID", "NAME", "CREATED"])
+    return 0
+
+
+async def cmd_servers_list(args: argparse.Namespace) -> int:
+    gateway = await _open_initialised(args)
+    if gateway is None:
+        return 2
+    try:
+        org = await gateway.store.orgs.first()
+        assert org is not None
+        servers = await gateway.store.mcp_servers.list(org.id)
+        names = {w.id: w.name for w in await gateway.store.workspaces.list(org.id)}
+    finally:
+        await gateway.close()
+    if args.json:
+        print(json.dumps({"servers": [server.to_json() for server in servers]}))
+        return 0
+    rows = [
+        [s.id, s.name, names.get(s.workspace_id, s.workspace_id), s.mode, s.end_user_id or "-"]
+        for s in servers
+    ]
+    _table(rows, ["ID", "NAME", "WORKSPACE", "MODE", "END USER"])
     return 0
 
 
@@ -179,7 +340,9 @@ async def cmd_stdio(args: argparse.Namespace) -> int:
     from treadle.mcp.binds import bind_server, bind_workspace
     from treadle.mcp.stdio import serve_stdio
 
-    gateway = await _open(args)
+    gateway = await _open_initialised(args)
+    if gateway is None:
+        return 2
     try:
         try:
             end_user = check_end_user_id(args.end_user, field="--end-user")
@@ -188,7 +351,11 @@ async def cmd_stdio(args: argparse.Namespace) -> int:
             else:
                 binding = await bind_workspace(gateway.store, args.workspace, end_user)
         except Refusal as refused:
-            print(f"error: {refused.message}", file=sys.stderr)
+            # A server or workspace that is not found may be in another data dir: name this one.
+            print(
+                f"error: {refused.message} in data dir {gateway.settings.data_dir}",
+                file=sys.stderr,
+            )
             return 2
         await serve_stdio(gateway, binding)
     finally:
@@ -216,25 +383,30 @@ async def cmd_mcp_config(args: argparse.Namespace) -> int:
 
 async def cmd_demo(args: argparse.Namespace) -> int:
     from treadle.demo import claude_desktop_entry, ensure_demo
-    from treadle.server import serve
+    from treadle.server import bind, serve
 
     settings = Settings.from_env(args.data_dir)
+    # Refused before anything is set up or said: a port that is taken is one line, not a
+    # "ready" message followed by a traceback.
+    bind(args.host, args.port).close()
     gateway = await Gateway.open(settings)
     try:
         demo = await ensure_demo(gateway.store, settings.data_dir)
     finally:
         await gateway.close()
-    url = f"http://{args.host}:{args.port}/mcp/{demo.server.id}"
-    print("treadle demo is ready.\n")
-    print(f"  MCP endpoint (streamable HTTP): {url}")
-    print(f"  Bearer token:                   {demo.token}\n")
-    print("  Claude Desktop (claude_desktop_config.json), over stdio:\n")
-    entry = claude_desktop_entry(
-        demo.server, settings.data_dir, database_url=os.environ.get("TREADLE_DATABASE_URL")
-    )
-    print(json.dumps(entry, indent=2))
-    print("\nServing; press Ctrl+C to stop.", flush=True)
-    await serve(settings, host=args.host, port=args.port)
+
+    def ready(base_url: str) -> None:
+        print("treadle demo is ready.\n")
+        print(f"  MCP endpoint (streamable HTTP): {base_url}/mcp/{demo.server.id}")
+        print(f"  Bearer token:                   {demo.token}\n")
+        print("  Claude Desktop (claude_desktop_config.json), over stdio:\n")
+        entry = claude_desktop_entry(
+            demo.server, settings.data_dir, database_url=os.environ.get("TREADLE_DATABASE_URL")
+        )
+        print(json.dumps(entry, indent=2))
+        print("\nServing; press Ctrl+C to stop.", flush=True)
+
+    await serve(settings, host=args.host, port=args.port, announce=ready)
     return 0
 
 
@@ -271,8 +443,35 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--data-dir")
     create.add_argument("--workspace", help="restrict the key to one workspace ID")
     create.add_argument("--name", default="cli key")
+    create.add_argument(
+        "--expires-in-days", type=_positive, help="refuse the key after this many days"
+    )
     create.add_argument("--json", action="store_true")
     create.set_defaults(handler=cmd_keys_create)
+    keys_list = keys.add_parser("list", help="list API keys (their prefixes, never secrets)")
+    keys_list.add_argument("--data-dir")
+    keys_list.add_argument("--json", action="store_true")
+    keys_list.set_defaults(handler=cmd_keys_list)
+    revoke = keys.add_parser("revoke", help="revoke an API key: refused at once, everywhere")
+    revoke.add_argument("--data-dir")
+    revoke.add_argument("key_id", help="the key's ID (treadle keys list)")
+    revoke.set_defaults(handler=cmd_keys_revoke)
+
+    workspaces = commands.add_parser("workspaces", help="workspaces").add_subparsers(
+        dest="workspaces", required=True
+    )
+    workspaces_list = workspaces.add_parser("list", help="list the org's workspaces")
+    workspaces_list.add_argument("--data-dir")
+    workspaces_list.add_argument("--json", action="store_true")
+    workspaces_list.set_defaults(handler=cmd_workspaces_list)
+
+    servers = commands.add_parser("servers", help="MCP servers").add_subparsers(
+        dest="servers", required=True
+    )
+    servers_list = servers.add_parser("list", help="list the org's MCP servers")
+    servers_list.add_argument("--data-dir")
+    servers_list.add_argument("--json", action="store_true")
+    servers_list.set_defaults(handler=cmd_servers_list)
 
     org = commands.add_parser("org", help="the org").add_subparsers(dest="org", required=True)
     limits = org.add_parser("limits", help="show or set plan, monthly quota and rate limit")

@@ -7,6 +7,7 @@ enforced key (the `web` alias of `http` may only GET), and an MCP server over al
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -114,4 +115,11 @@ def claude_desktop_entry(
     }
     if database_url:
         entry["env"] = {"TREADLE_DATABASE_URL": database_url}
-    return {"mcpServers": {name or f"treadle-{server.name}": entry}}
+    return {"mcpServers": {name or client_name(server): entry}}
+
+
+def client_name(server: McpServer) -> str:
+    """The key a client config names the server by: `treadle-` and the server's name in
+    `[A-Za-z0-9_-]` (Claude Code refuses others), runs of anything else as one `-`."""
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", server.name).strip("-")[:48]
+    return f"treadle-{slug}" if slug else f"treadle-{server.id}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 DEFAULT_DATA_DIR = "~/.treadle"
@@ -39,8 +39,10 @@ class Settings:
     data_dir: Path
     database_url: str
     secret_key: str | None
-    # Base of links handed to people (hosted approval pages); TREADLE_PUBLIC_URL behind a proxy.
+    # Base of links handed to people (approval, connect, OAuth redirect); TREADLE_PUBLIC_URL
+    # behind a proxy. Unset, `serve` derives it from the address it bound (`bound_to`).
     public_url: str = "http://127.0.0.1:8400"
+    public_url_from_env: bool = False
     webhooks_allow_private: bool = False
     # Slow clients: the seconds a request's headers, then its body, may take to arrive.
     header_timeout: float = 10.0
@@ -64,6 +66,7 @@ class Settings:
             database_url=url,
             secret_key=os.environ.get("TREADLE_SECRET_KEY"),
             public_url=os.environ.get("TREADLE_PUBLIC_URL") or "http://127.0.0.1:8400",
+            public_url_from_env=bool(os.environ.get("TREADLE_PUBLIC_URL")),
             webhooks_allow_private=os.environ.get("TREADLE_WEBHOOKS_ALLOW_PRIVATE") == "1",
             header_timeout=_seconds("TREADLE_HEADER_TIMEOUT", 10.0),
             body_timeout=_seconds("TREADLE_BODY_TIMEOUT", 30.0),
@@ -71,6 +74,23 @@ class Settings:
             mcp_sessions=McpSessionLimits.from_env(),
             redis_url=os.environ.get("TREADLE_REDIS_URL") or None,
         )
+
+    def bound_to(self, host: str, port: int) -> Settings:
+        """These settings once serving on `host`:`port`: links for people point there, unless
+        TREADLE_PUBLIC_URL says where the gateway is reached (a proxy, a public name)."""
+        if self.public_url_from_env:
+            return self
+        return replace(self, public_url=local_url(host, port))
+
+
+def local_url(host: str, port: int) -> str:
+    """The URL of a gateway bound to `host`:`port`, as a browser on this machine opens it: a
+    wildcard bind (all interfaces) is reached on loopback."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _seconds(name: str, default: float) -> float:
