@@ -24,6 +24,11 @@ from treadle.settings import Settings
 
 Command = Callable[[argparse.Namespace], Awaitable[int]]
 
+MODES = ("TOOLS", "DISCOVERY", "AUTO")
+MODE_HELP = (
+    "what to list instead of the server's own mode: TOOLS (every tool), DISCOVERY "
+    "(search_tools, describe_tools, call_tool) or AUTO (tools up to the server's autoThreshold)"
+)
 MAX_KEY_DAYS = 36_500  # a hundred years: longer is a typo
 
 
@@ -335,6 +340,8 @@ async def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def cmd_stdio(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from treadle.engine.end_user_ids import check_end_user_id
     from treadle.errors import Refusal
     from treadle.mcp.binds import bind_server, bind_workspace
@@ -357,6 +364,8 @@ async def cmd_stdio(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+        if args.mode is not None:
+            binding = replace(binding, mode=args.mode)
         await serve_stdio(gateway, binding)
     finally:
         await gateway.close()
@@ -375,7 +384,10 @@ async def cmd_mcp_config(args: argparse.Namespace) -> int:
         print(f"error: no MCP server {args.server!r}", file=sys.stderr)
         return 2
     entry = claude_desktop_entry(
-        server, gateway.settings.data_dir, database_url=os.environ.get("TREADLE_DATABASE_URL")
+        server,
+        gateway.settings.data_dir,
+        database_url=os.environ.get("TREADLE_DATABASE_URL"),
+        mode=args.mode,
     )
     print(json.dumps(entry, indent=2))
     return 0
@@ -509,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--server", help="an MCP server ID (srv_…)")
     target.add_argument("--workspace", help="a workspace ID: all of its tools")
     stdio.add_argument("--end-user", help="the end user's externalId for per-user connections")
+    stdio.add_argument("--mode", choices=MODES, help=MODE_HELP)
 
     demo = command("demo", cmd_demo, "create a demo workspace and MCP server, then serve")
     demo.add_argument("--host", default="127.0.0.1")
@@ -516,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = command("mcp-config", cmd_mcp_config, "print a Claude Desktop config entry")
     config.add_argument("--server", required=True, help="an MCP server ID (srv_…)")
+    config.add_argument("--mode", choices=MODES, help=MODE_HELP)
     return parser
 
 

@@ -105,7 +105,12 @@ def treadle_command() -> str:
 
 
 def claude_desktop_entry(
-    server: McpServer, data_dir: Path, name: str | None = None, *, database_url: str | None = None
+    server: McpServer,
+    data_dir: Path,
+    name: str | None = None,
+    *,
+    database_url: str | None = None,
+    mode: str | None = None,
 ) -> dict[str, Any]:
     """`database_url`: the TREADLE_DATABASE_URL this gateway runs on, if any (a PostgreSQL
     database lives outside the data dir, and the stdio process must open the same one)."""
@@ -113,6 +118,8 @@ def claude_desktop_entry(
         "command": treadle_command(),
         "args": ["stdio", "--server", server.id, "--data-dir", str(data_dir)],
     }
+    if mode is not None:
+        entry["args"] += ["--mode", mode]
     if database_url:
         entry["env"] = {"TREADLE_DATABASE_URL": database_url}
     return {"mcpServers": {name or client_name(server): entry}}

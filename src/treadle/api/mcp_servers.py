@@ -20,10 +20,13 @@ from treadle.api.fields import ActionName, EndUserId, Identifier, Name, Slug
 from treadle.api.responses import ok
 from treadle.app import Gateway
 from treadle.errors import ErrorCode, NotFound, Refusal, ValidationFailed
-from treadle.store.mcp_servers import McpServer, ToolOverride
+from treadle.store.mcp_servers import DEFAULT_AUTO_THRESHOLD, McpServer, ToolOverride
 
 ToolDescription = Annotated[str, StringConstraints(max_length=2000)]
 ToolName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+Mode = Literal["TOOLS", "DISCOVERY", "AUTO"]
+# AUTO lists the tools while there are at most this many (0: always the meta-tools).
+AutoThreshold = Annotated[int, Field(ge=0, le=100_000, strict=True)]
 
 
 class Override(Body):
@@ -41,13 +44,16 @@ Overrides = Annotated[list[Override], Field(max_length=1000)]
 class CreateServer(Body):
     workspaceId: Identifier
     name: Name
-    mode: Literal["TOOLS"] = "TOOLS"
+    mode: Mode = "TOOLS"
+    autoThreshold: AutoThreshold = DEFAULT_AUTO_THRESHOLD
     endUserId: EndUserId | None = None
     toolOverrides: Overrides = []
 
 
 class UpdateServer(Body):
     name: Name | None = None
+    mode: Mode | None = None
+    autoThreshold: AutoThreshold | None = None
     endUserId: EndUserId | None = None
     toolOverrides: Overrides | None = None
 
@@ -103,6 +109,7 @@ async def create_server(request: Request) -> Response:
             workspace_id=workspace.id,
             name=body.name,
             mode=body.mode,
+            auto_threshold=body.autoThreshold,
             end_user_id=body.endUserId,
             tool_overrides=overrides,
         )
@@ -145,6 +152,12 @@ async def update_server(request: Request) -> Response:
         if body.name is None:
             raise ValidationFailed("name cannot be null", field="name")
         changes["name"] = body.name
+    for field, column in (("mode", "mode"), ("autoThreshold", "auto_threshold")):
+        if field in given:
+            value = getattr(body, field)
+            if value is None:
+                raise ValidationFailed(f"{field} cannot be null", field=field)
+            changes[column] = value
     if "endUserId" in given:
         changes["end_user_id"] = body.endUserId
     if "toolOverrides" in given:

@@ -15,7 +15,10 @@ class Binding:
     server: McpServer | None
     end_user_id: str | None
     actor: str
+    # `treadle stdio --mode`: what this process lists, instead of the server record's mode.
+    mode: str | None = None
 
     @property
     def cache_key(self) -> str:
-        return self.server.id if self.server is not None else f"workspace:{self.workspace_id}"
+        key = self.server.id if self.server is not None else f"workspace:{self.workspace_id}"
+        return key if self.mode is None else f"{key}:{self.mode}"

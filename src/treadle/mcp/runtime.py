@@ -8,6 +8,7 @@ from mcp.server import ServerRequestContext
 
 from treadle.app import Gateway
 from treadle.mcp.binding import Binding
+from treadle.mcp.discovery import SearchIndexes
 from treadle.mcp.resync import ResyncHub
 from treadle.mcp.server import (
     PAGE_SIZE,
@@ -34,6 +35,8 @@ class McpRuntime:
         self.page_size = page_size
         self.request_state_key = gateway.request_state_key
         self.toolsets = ToolsetCache(gateway.store, gateway.catalog)
+        # DISCOVERY mode's search indexes, shared by every face of the process as tool sets are.
+        self.search = SearchIndexes()
         self.hub = ResyncHub(gateway.store, self.toolsets, poll_seconds=poll_seconds)
 
     def face(
@@ -55,6 +58,7 @@ class McpRuntime:
             approvals=self.gateway.approvals,
             request_state_key=self.request_state_key,
             snapshot=snapshot,
+            search=self.search,
         )
 
     def bound_face(self, binding: Binding) -> McpFace:

@@ -56,11 +56,14 @@ from treadle.catalog.model import (
 )
 from treadle.engine import ApprovalPending, ExecuteRequest, Executor, Source
 from treadle.engine.approvals import ApprovalDesk, canonical
+from treadle.mcp import discovery
 from treadle.mcp.approval_pause import ApprovalPause
 from treadle.mcp.binding import Binding
+from treadle.mcp.discovery import SearchIndexes
+from treadle.mcp.discovery_tools import META_NAMES
 from treadle.mcp.results import to_result
 from treadle.mcp.resync import ResyncHub, listening
-from treadle.mcp.toolset import ToolSet, ToolsetCache
+from treadle.mcp.toolset import Current, ToolSet, ToolsetCache, ToolTarget
 from treadle.store.config_cache import ConfigSnapshot
 
 log = logging.getLogger(__name__)
@@ -90,7 +93,11 @@ SchemaLookup = Callable[[str], dict[str, Any] | None]
 INSTRUCTIONS = (
     "Tools are the actions of this workspace's integrations, named {alias}__{action}. "
     "Some inputs are fixed by the workspace and are not part of a tool's schema. "
-    "A tool result with isError starts with an error code and says what to do next."
+    "A tool result with isError starts with an error code and says what to do next. "
+    "When the tools are search_tools, describe_tools and call_tool (discovery mode, for "
+    "workspaces with many tools): search_tools with the task in plain words finds the "
+    "tools that can do it, describe_tools gives their input schemas, and call_tool runs "
+    "one with its name and arguments, exactly as calling it directly would."
 )
 
 
@@ -270,8 +277,10 @@ class McpFace:
         approvals: ApprovalDesk | None = None,
         request_state_key: bytes | None = None,
         snapshot: SnapshotSource | None = None,
+        search: SearchIndexes | None = None,
     ) -> None:
         self._executor = executor
+        self._search = search or SearchIndexes()
         self._snapshot = snapshot or _fresh_snapshot(toolsets)
         self._pause = ApprovalPause(approvals, progress_seconds) if approvals else None
         self._toolsets = toolsets
@@ -410,8 +419,35 @@ class McpFace:
         current = await self._toolsets.current(binding, await self._snapshot(ctx))
         target = current.toolset.targets.get(params.name)
         if target is None:
+            full = current.toolset.full
+            if full is not None and params.name in META_NAMES:
+                # DISCOVERY mode: a meta-tool; call_tool comes back to `_call` below.
+                async def run(
+                    inner: ToolTarget, arguments: dict[str, Any]
+                ) -> CallToolResult | InputRequiredResult:
+                    return await self._call(ctx, params, binding, current, inner, arguments)
+
+                return await discovery.answer(
+                    self._search,
+                    binding.cache_key,
+                    full,
+                    params.name,
+                    dict(params.arguments or {}),
+                    run,
+                )
             raise MCPError(INVALID_PARAMS, f"Unknown tool: {params.name[:100]}")
-        arguments = dict(params.arguments or {})
+        return await self._call(ctx, params, binding, current, target, dict(params.arguments or {}))
+
+    async def _call(
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        params: CallToolRequestParams,
+        binding: Binding,
+        current: Current,
+        target: ToolTarget,
+        arguments: dict[str, Any],
+    ) -> CallToolResult | InputRequiredResult:
+        """One tool's call, listed directly or reached through `call_tool`."""
         # Every refusal past this point is the pipeline's (so it is in the activity log, under
         # the same rule as REST): the face only says what the server's override is.
         request = ExecuteRequest(

@@ -23,11 +23,12 @@ from treadle.catalog.registry import Catalog
 from treadle.engine.partials import effective_partials, prune_schema
 from treadle.engine.policies import may_pause
 from treadle.mcp.binding import Binding
+from treadle.mcp.discovery_tools import META_TOOLS, listed_mode
 from treadle.mcp.naming import assign_names
 from treadle.store import Store, WorkspaceConfig
 from treadle.store.config_cache import ConfigSnapshot
 from treadle.store.gates import ApprovalPolicy
-from treadle.store.mcp_servers import McpServer, ToolOverride
+from treadle.store.mcp_servers import DEFAULT_AUTO_THRESHOLD, McpServer, ToolOverride
 from treadle.store.records import Partial, WorkspaceIntegration
 from treadle.store.versioned_memo import KeyedLocks
 
@@ -135,6 +136,9 @@ class ToolSet:
     # Bytes of each tool's compact JSON, ASCII-escaped: what the 2026-07-28 transport sends
     # (json.dumps) and an upper bound of the handshake transport's UTF-8.
     sizes: tuple[int, ...]
+    # DISCOVERY mode: this set lists the meta-tools, and `full` is what they search, describe
+    # and call (the set TOOLS mode would list). None: this set is itself that list.
+    full: ToolSet | None = None
     by_name: dict[str, Tool] = field(init=False, compare=False, repr=False)
     _pages: dict[tuple[int, int], Pages] = field(init=False, compare=False, repr=False)
 
@@ -282,7 +286,9 @@ def _tool(
     )
 
 
-def _toolset(tools: list[Tool], targets: dict[str, ToolTarget]) -> ToolSet:
+def _toolset(
+    tools: list[Tool], targets: dict[str, ToolTarget], full: ToolSet | None = None
+) -> ToolSet:
     # One JSON encoding per tool gives both the fingerprint (key order does not count) and
     # its size on the wire (sorting keys does not change the length).
     encoded = [
@@ -294,10 +300,23 @@ def _toolset(tools: list[Tool], targets: dict[str, ToolTarget]) -> ToolSet:
         for tool in tools
     ]
     fingerprint = hashlib.sha256("\n".join(encoded).encode()).hexdigest()
-    return ToolSet(tuple(tools), targets, fingerprint, tuple(len(text) for text in encoded))
+    sizes = tuple(len(text) for text in encoded)
+    return ToolSet(tuple(tools), targets, fingerprint, sizes, full)
 
 
 _EMPTY = _toolset([], {})
+
+
+def as_listed(toolset: ToolSet, server: McpServer | None, mode: str | None = None) -> ToolSet:
+    """What a server lists of `toolset`: itself, or the meta-tools over it (DISCOVERY, or AUTO
+    past its threshold). `mode`: the binding's own (`treadle stdio --mode`), else the record's.
+    The meta-tools' list is the same whatever the tools, so its fingerprint changes (and
+    clients are told to list again) only when a server switches mode."""
+    mode = mode or (server.mode if server is not None else "TOOLS")
+    threshold = server.auto_threshold if server is not None else DEFAULT_AUTO_THRESHOLD
+    if listed_mode(mode, threshold, len(toolset.tools)) == "TOOLS":
+        return toolset
+    return _toolset(list(META_TOOLS), {}, toolset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +402,7 @@ class ToolsetCache:
                         list(config.partials),
                         config.policies,
                     )
+                    toolset = as_listed(toolset, server, binding.mode)
                     cached = _Built(config, server, catalog.version, toolset)
                     self._keep(key, cached)
         return Current(cached.toolset, config)

@@ -20,6 +20,11 @@ from treadle.store.database import Database, WriteTxn
 
 SERVER_TOKEN_PREFIX = "mcp"  # noqa: S105 (a prefix, not a secret)
 
+# What a server lists: its tools (TOOLS), three meta-tools that search, describe and call them
+# (DISCOVERY), or tools while there are at most `auto_threshold` of them, else the meta-tools.
+SERVER_MODES = ("TOOLS", "DISCOVERY", "AUTO")
+DEFAULT_AUTO_THRESHOLD = 40
+
 
 @dataclass(frozen=True, slots=True)
 class ToolOverride:
@@ -65,6 +70,7 @@ class McpServer:
     token_prefix: str
     created_at: str
     updated_at: str
+    auto_threshold: int = DEFAULT_AUTO_THRESHOLD
 
     def override_for(self, alias: str, action_name: str) -> ToolOverride | None:
         for override in self.tool_overrides:
@@ -79,6 +85,7 @@ class McpServer:
             "workspaceId": self.workspace_id,
             "name": self.name,
             "mode": self.mode,
+            "autoThreshold": self.auto_threshold,
             "endUserId": self.end_user_id,
             "toolOverrides": [o.to_json() for o in self.tool_overrides],
             "tokenPrefix": self.token_prefix,
@@ -100,6 +107,7 @@ def _server(row: sa.Row[Any]) -> McpServer:
         token_prefix=row.token_prefix,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        auto_threshold=row.auto_threshold,
     )
 
 
@@ -121,6 +129,7 @@ class McpServers:
         mode: str,
         end_user_id: str | None,
         tool_overrides: tuple[ToolOverride, ...],
+        auto_threshold: int = DEFAULT_AUTO_THRESHOLD,
     ) -> tuple[McpServer, str]:
         """Returns the record and its bearer token, which is never retrievable again."""
         token = new_token(SERVER_TOKEN_PREFIX)
@@ -133,6 +142,7 @@ class McpServers:
                 workspace_id=workspace_id,
                 name=name,
                 mode=mode,
+                auto_threshold=auto_threshold,
                 end_user_id=end_user_id,
                 tool_overrides=[o.to_json() for o in tool_overrides],
                 token_hash=hash_token(token),

@@ -322,6 +322,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX idp_sign_ins_expires ON idp_sign_ins (expires_at)",
         ),
     ),
+    Migration(
+        "0014_mcp_server_auto_threshold",
+        # AUTO mode lists tools while a server has at most this many, else the discovery
+        # meta-tools (existing servers keep mode TOOLS; 40 is the default for all of them).
+        ("ALTER TABLE mcp_servers ADD COLUMN auto_threshold INTEGER NOT NULL DEFAULT 40",),
+    ),
 )
 
 _CREATE_LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -216,6 +216,7 @@ mcp_servers = sa.Table(
     sa.Column("mode", sa.Text, nullable=False),
     sa.Column("end_user_id", sa.Text),
     sa.Column("tool_overrides", JSONText, nullable=False),
+    sa.Column("auto_threshold", sa.Integer, nullable=False, server_default="40"),
     sa.Column("token_hash", sa.Text, nullable=False),
     sa.Column("token_prefix", sa.Text, nullable=False),
     sa.Column("created_at", sa.Text, nullable=False),
