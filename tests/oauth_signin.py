@@ -97,14 +97,15 @@ class Person:
 
 def provider(
     server_url: str,
-    person: Person,
+    person: Any,
     storage: MemoryStorage,
     metadata_url: str | None = None,
+    redirect: str = REDIRECT,
 ) -> OAuthClientProvider:
     return OAuthClientProvider(
         server_url,
         OAuthClientMetadata(
-            redirect_uris=[REDIRECT],  # type: ignore[list-item]
+            redirect_uris=[redirect],  # type: ignore[list-item]
             client_name="Test MCP client",
             grant_types=["authorization_code", "refresh_token"],
             response_types=["code"],
