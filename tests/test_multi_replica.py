@@ -13,6 +13,7 @@ Runs in the PostgreSQL pass (TREADLE_TEST_DATABASE=postgresql), as .ci/run does.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import uuid
 from collections import Counter
@@ -46,7 +47,7 @@ WAIT = 10.0  # seconds: a deadline for a loaded CI machine, not a delay
 
 pytestmark = [
     pytest.mark.anyio,
-    pytest.mark.timeout(180),
+    pytest.mark.timeout(300),
     pytest.mark.skipif(
         not ON_POSTGRESQL,
         reason="replicas need PostgreSQL: runs in the TREADLE_TEST_DATABASE=postgresql pass",
@@ -431,3 +432,95 @@ async def test_idempotent_retries_across_replicas_run_once(cluster: deploy.Clust
         assert again.status_code == 200, again.text
         assert replayed(again)
     assert await list_items(tenant, "events") == ["once"]
+
+
+# -- the MCP conformance suite through the balancer --------------------------------------
+
+SCENARIOS = {
+    MODERN: (
+        "tools-list",
+        "tools-call-simple-text",
+        "tools-call-image",
+        "tools-call-audio",
+        "tools-call-embedded-resource",
+        "tools-call-mixed-content",
+        "tools-call-error",
+        "tools-call-with-progress",
+        "server-stateless",
+        "dns-rebinding-protection",
+        "http-header-validation",
+    ),
+}
+
+
+def run_conformance(
+    cluster: deploy.Cluster, version: str, scenarios: tuple[str, ...], out: Path
+) -> list[Any]:
+    """The suite's scenarios against the balancer, a few at a time; their results."""
+    sys.path.insert(0, str(REPO / "tests" / "conformance"))
+    import run as suite
+    from fixture_integration import tool_overrides
+    from live import BearerProxy, node_env, npm_tool
+
+    tenant_id = cluster.workspace_id
+    rest = httpx2.Client(
+        base_url=f"{cluster.url}/api/v1",
+        headers={"Authorization": f"Bearer {cluster.api_key}"},
+        timeout=30,
+    )
+    with rest:
+        alias = f"fx{uuid.uuid4().hex[:6]}"
+        made = rest.post(
+            f"/workspaces/{tenant_id}/integrations",
+            json={
+                "integrationName": "conformance",
+                "integrationAlias": alias,
+                "connectionStrategy": "fixed",
+            },
+        )
+        assert made.status_code == 201, made.text
+        server = rest.post(
+            "/mcp/servers",
+            json={
+                "workspaceId": tenant_id,
+                "name": f"conformance {alias}",
+                "toolOverrides": tool_overrides(alias),
+            },
+        )
+        assert server.status_code == 201, server.text
+    server_id, token = server.json()["server"]["id"], server.json()["token"]
+    results: list[Any] = []
+    with BearerProxy(cluster.port, token) as proxy:
+        url = f"http://127.0.0.1:{proxy.port}/mcp/{server_id}"
+        running = []
+        for index, scenario in enumerate(scenarios):
+            command = [str(npm_tool("conformance")), "server", "--url", url, "--scenario"]
+            command += [scenario, "--spec-version", version, "-o", str(out / str(index))]
+            running.append(
+                subprocess.Popen(
+                    command, env=node_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
+            )
+            if len(running) == 3 or index == len(scenarios) - 1:
+                for process in running:
+                    process.wait(timeout=300)
+                running = []
+        for index in range(len(scenarios)):
+            results += suite._collect(out / str(index), version)
+    return results
+
+
+@pytest.mark.parametrize("version", sorted(SCENARIOS))
+def test_the_conformance_suite_passes_through_the_balancer(
+    cluster: deploy.Cluster, version: str, tmp_path: Path
+) -> None:
+    sys.path.insert(0, str(REPO / "tests" / "conformance"))
+    from live import which_node_tool_missing
+
+    missing = which_node_tool_missing()
+    if missing is not None:
+        pytest.skip(missing)
+    results = run_conformance(cluster, version, SCENARIOS[version], tmp_path)
+    assert {r.scenario for r in results} == set(SCENARIOS[version])
+    failed = [f"{r.scenario}: {'; '.join(r.failures)}" for r in results if not r.ok]
+    assert failed == []
