@@ -42,6 +42,7 @@ from treadle.engine import (
 from treadle.engine.approvals import canonical
 from treadle.errors import ErrorCode, Refusal, ValidationFailed
 from treadle.store.gates import IdempotencyRecord
+from treadle.store.records import Workspace
 
 
 class ExecuteBody(Body):
@@ -66,6 +67,25 @@ def _one_of(first: str | None, second: str | None, names: str) -> str | None:
     return first if first is not None else second
 
 
+# Listed in the error up to this many: enough to pick from, bounded for an org with hundreds.
+_LISTED_WORKSPACES = 20
+
+
+def _workspace_needed(workspaces: list[Workspace]) -> ValidationFailed:
+    """The call named no workspace and the org has several (or none): say so, and which."""
+    if not workspaces:
+        return ValidationFailed("Missing required field: workspaceId", field="workspaceId")
+    shown = workspaces[:_LISTED_WORKSPACES]
+    named = ", ".join(f"{w.id} ({w.name})" for w in shown)
+    more = f" and {len(workspaces) - len(shown)} more" if len(workspaces) > len(shown) else ""
+    return ValidationFailed(
+        f"This org has {len(workspaces)} workspaces, so the call must name one in "
+        f"workspaceId: {named}{more}",
+        field="workspaceId",
+        workspaces=[{"id": w.id, "name": w.name} for w in shown],
+    )
+
+
 async def _workspace_id(gw: Gateway, principal: Principal, body: ExecuteBody) -> str:
     chosen = _one_of(body.workspaceId, body.projectId, "workspaceId and projectId")
     if chosen is None:
@@ -73,7 +93,7 @@ async def _workspace_id(gw: Gateway, principal: Principal, body: ExecuteBody) ->
     if chosen is None:
         workspaces = await gw.store.workspaces.list(principal.org_id)
         if len(workspaces) != 1:
-            raise ValidationFailed("Missing required field: workspaceId", field="workspaceId")
+            raise _workspace_needed(workspaces)
         chosen = workspaces[0].id
     return (await accessible_workspace(gw.store, principal, chosen)).id
 

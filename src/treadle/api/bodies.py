@@ -123,15 +123,27 @@ async def read_body(request: Request, model: type[Model]) -> Model:
 
 
 def _validation_failed(exc: ValidationError) -> ValidationFailed:
-    first = exc.errors(include_url=False, include_input=False)[0]
-    # Shortened: a location can hold a caller's dictionary key of any length.
-    field = _short(".".join(str(part) for part in first["loc"]) or None)
+    errors = exc.errors(include_url=False, include_input=False)
+    # Every missing field at once, before anything else: one attempt per field is no way to
+    # learn a body. Shortened: a location can hold a caller's dictionary key of any length.
+    missing = [_location(error["loc"]) for error in errors if error["type"] == "missing"][:20]
+    if len(missing) > 1:
+        names = ", ".join(str(name) for name in missing)
+        return ValidationFailed(
+            f"Missing required fields: {names}", field=missing[0], fields=missing
+        )
+    if missing:
+        return ValidationFailed(f"Missing required field: {missing[0]}", field=missing[0])
+    first = errors[0]
+    field = _location(first["loc"])
     kind = first["type"]
-    if kind == "missing":
-        return ValidationFailed(f"Missing required field: {field}", field=field)
     if kind == "extra_forbidden":
         return ValidationFailed(f"Unknown field: {field}", field=field)
     return ValidationFailed(f"Invalid value for field {field}: {first['msg']}", field=field)
+
+
+def _location(loc: tuple[int | str, ...]) -> str | None:
+    return _short(".".join(str(part) for part in loc) or None)
 
 
 def _short(text: str | None) -> str | None:
