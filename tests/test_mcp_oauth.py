@@ -26,6 +26,11 @@ import pytest
 import sqlalchemy as sa
 from mcp.types import CallToolResult
 
+from treadle.auth.server.tables import oauth_tokens
+from treadle.ids import hash_token
+
+from loopback import serve
+from mcp_harness import ERAS, McpEnv, ServeProcess, subprocess_env
 from oauth_signin import (
     REDIRECT,
     MemoryStorage,
@@ -36,11 +41,6 @@ from oauth_signin import (
     provider,
     signed_in_client,
 )
-from treadle.auth.server.tables import oauth_tokens
-from treadle.ids import hash_token
-
-from loopback import serve
-from mcp_harness import ERAS, McpEnv, ServeProcess, subprocess_env
 
 pytestmark = pytest.mark.anyio
 

@@ -10,6 +10,7 @@ Redirect URIs are compared exactly, except that a loopback redirect's port may d
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,10 @@ import httpx2
 from treadle.errors import TreadleError
 from treadle.net.guard import BlockedDestination, allow_private_network
 
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]{1,63}")
+_BROWSER_SCHEMES = frozenset(
+    {"javascript", "data", "file", "vbscript", "blob", "about", "filesystem", "ws", "wss"}
+)
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
 MAX_DOCUMENT_BYTES = 64 * 1024
 CACHE_SECONDS = 300.0
@@ -74,8 +79,7 @@ def _matches(asked: str, registered: str) -> bool:
 
 
 def valid_redirect_uri(uri: str) -> bool:
-    """HTTPS, loopback HTTP, or a private-use scheme of a native app (`cursor://…`); never a
-    fragment, and never a scheme that runs in the browser."""
+    """HTTPS, loopback HTTP, or a private-use scheme of a native app; never a fragment."""
     try:
         parts = urlsplit(uri)
     except ValueError:
@@ -89,7 +93,9 @@ def valid_redirect_uri(uri: str) -> bool:
         return parts.hostname is not None and (
             parts.hostname in LOOPBACK_HOSTS or f"[{parts.hostname}]" in LOOPBACK_HOSTS
         )
-    return "." in scheme and scheme not in {"javascript", "data", "file", "vbscript", "blob"}
+    # Native apps' own schemes (`cursor://…`, `com.example.app:/cb`, RFC 8252 §7.1); never one
+    # that runs or reads something in the browser itself.
+    return bool(_SCHEME.fullmatch(scheme)) and scheme not in _BROWSER_SCHEMES
 
 
 def is_metadata_url(client_id: str) -> bool:
