@@ -16,7 +16,7 @@ from treadle.auth.server import routes as authorization_routes
 from treadle.body_guard import BodyGuard
 from treadle.mcp.http import McpEndpoint
 from treadle.mcp.runtime import McpRuntime
-from treadle.web import approval_page, connect_page, oauth_routes
+from treadle.web import approval_page, connect_page, docs_page, oauth_routes
 
 
 def build_http_app(gateway: Gateway, runtime: McpRuntime | None = None) -> Starlette:
@@ -38,6 +38,7 @@ def build_http_app(gateway: Gateway, runtime: McpRuntime | None = None) -> Starl
             *approval_page.routes,
             *connect_page.routes,
             *oauth_routes.routes,
+            *docs_page.routes,
             *signin.routes,
             *authorization_routes.routes,
         ],

@@ -1,7 +1,7 @@
 """`POST /api/v1/actions/execute`, accepting both documented dialects.
 
-Doc 000: integrationName, workspaceId, workspaceIntegrationId, integrationAlias,
-connectionExternalId, endUserId, partialIds, idempotencyKey. Doc 001: pieceName, projectId,
+One dialect: integrationName, workspaceId, workspaceIntegrationId, integrationAlias,
+connectionExternalId, endUserId, partialIds, idempotencyKey. The other: pieceName, projectId,
 connectionId. When both names of a field are sent they must agree. Without a workspace, the
 key's own workspace or the org's only workspace is used.
 """
@@ -28,6 +28,8 @@ from treadle.api.fields import (
     Identifier,
     Slug,
 )
+from treadle.api.openapi import operation
+from treadle.api.resources import ApprovalRequired, Executed
 from treadle.api.responses import JSON
 from treadle.app import Gateway
 from treadle.engine import (
@@ -98,6 +100,35 @@ async def _workspace_id(gw: Gateway, principal: Principal, body: ExecuteBody) ->
     return (await accessible_workspace(gw.store, principal, chosen)).id
 
 
+@operation(
+    "Run an action of an installed integration",
+    description=(
+        "Both dialects are accepted: integrationName/workspaceId/connectionExternalId and "
+        "pieceName/projectId/connectionId; when both names of a field are sent they must "
+        "agree. Without a workspace, the key's own or the org's only workspace is used. With "
+        "an idempotencyKey the first completed answer is replayed for 24 hours "
+        "(`Idempotent-Replayed: true`). A call a policy pauses answers 202 with its approval."
+    ),
+    body=ExecuteBody,
+    responses={200: Executed, 202: ApprovalRequired},
+    errors=[
+        ErrorCode.NOT_FOUND,
+        ErrorCode.INTEGRATION_NOT_FOUND,
+        ErrorCode.ACTION_NOT_ALLOWED,
+        ErrorCode.ACTION_FAILED,
+        ErrorCode.ACTION_BLOCKED,
+        ErrorCode.CONNECTION_REQUIRED,
+        ErrorCode.CONNECTION_NOT_FOUND,
+        ErrorCode.CONNECTION_ERROR,
+        ErrorCode.RATE_LIMITED,
+        ErrorCode.QUOTA_EXCEEDED,
+        ErrorCode.APPROVAL_REJECTED,
+        ErrorCode.APPROVAL_EXPIRED,
+        ErrorCode.APPROVAL_NOT_PENDING,
+        ErrorCode.IDEMPOTENCY_KEY_MISMATCH,
+        ErrorCode.IDEMPOTENCY_KEY_IN_USE,
+    ],
+)
 async def execute(request: Request) -> Response:
     gw, principal = await caller(request)
     raw = await read_json_object(request)
@@ -202,7 +233,7 @@ def _respond(status: int, payload: Any, headers: dict[str, str]) -> Response:
 
 
 def render(outcome: Outcome) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """Status, body and headers of an outcome (documents 000 and 001)."""
+    """Status, body and headers of an outcome (the `execute` operation of /api/v1/openapi.json)."""
     headers = outcome.rate.headers() if outcome.rate is not None else {}
     match outcome:
         case Succeeded():

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from treadle.api.auth import accessible_workspace
 from treadle.api.context import caller
+from treadle.api.openapi import operation
 from treadle.api.query import bounded_int, choice, timestamp
+from treadle.api.resources import ActivityPage
 from treadle.api.responses import ok
+from treadle.errors import ErrorCode
 from treadle.store import ActivityFilter
 
 TYPES = {"action_execution", "config_change", "approval_decision"}
@@ -26,6 +32,23 @@ STATUSES = {
 }
 
 
+class ActivityQuery(BaseModel):
+    workspaceId: str | None = None
+    type: Literal["action_execution", "config_change", "approval_decision"] | None = None
+    status: str | None = Field(None, description=", ".join(sorted(STATUSES)))
+    source: str | None = None
+    since: str | None = Field(None, description="ISO 8601")
+    until: str | None = Field(None, description="ISO 8601")
+    cursor: str | None = Field(None, description="nextCursor of the previous page")
+    limit: Annotated[int, Field(ge=1, le=200)] | None = None
+
+
+@operation(
+    "The activity log, newest first (calls, refusals, approvals and changes)",
+    query=ActivityQuery,
+    responses={200: ActivityPage},
+    errors=[ErrorCode.NOT_FOUND],
+)
 async def list_activity(request: Request) -> Response:
     gw, principal = await caller(request)
     query = request.query_params

@@ -14,9 +14,12 @@ from treadle.api.auth import workspace_query
 from treadle.api.bodies import Body, read_body
 from treadle.api.context import caller, path_param
 from treadle.api.fields import Identifier, Name
+from treadle.api.openapi import operation
+from treadle.api.query import WorkspaceFilter
+from treadle.api.resources import ApiKey, Deleted, listing, one
 from treadle.api.responses import ok
 from treadle.engine.api_keys import create_key, expiry, revoke_key
-from treadle.errors import NotFound
+from treadle.errors import ErrorCode, NotFound
 
 
 class CreateApiKey(Body):
@@ -27,6 +30,12 @@ class CreateApiKey(Body):
     expiresAt: Identifier | None = None
 
 
+@operation(
+    "List API keys (prefixes, never secrets)",
+    query=WorkspaceFilter,
+    responses={200: listing("apiKeys", ApiKey)},
+    errors=[ErrorCode.NOT_FOUND],
+)
 async def list_api_keys(request: Request) -> Response:
     gw, principal = await caller(request)
     workspace_id = await workspace_query(gw.store, principal, request)
@@ -37,6 +46,12 @@ async def list_api_keys(request: Request) -> Response:
     return ok({"apiKeys": [key.to_json() for key in found], "total": len(found)})
 
 
+@operation(
+    "Create an API key; its secret is answered this once",
+    body=CreateApiKey,
+    responses={201: one("apiKey", ApiKey, token=str)},
+    errors=[ErrorCode.NOT_FOUND],
+)
 async def create_api_key(request: Request) -> Response:
     gw, principal = await caller(request)
     body = await read_body(request, CreateApiKey)
@@ -54,6 +69,10 @@ async def create_api_key(request: Request) -> Response:
     return ok({"apiKey": key.to_json(), "token": token}, status=201)
 
 
+@operation(
+    "Revoke an API key: refused at once on every path",
+    responses={200: Deleted},
+)
 async def revoke_api_key(request: Request) -> Response:
     gw, principal = await caller(request)
     key_id = path_param(request, "key_id", "API key")

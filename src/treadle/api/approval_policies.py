@@ -20,6 +20,10 @@ from treadle.api.auth import Principal, accessible_workspace, workspace_query
 from treadle.api.bodies import Body, read_body
 from treadle.api.context import caller, path_param
 from treadle.api.fields import ActionName, Description, Identifier, Name, Slug
+from treadle.api.openapi import operation
+from treadle.api.query import WorkspaceFilter
+from treadle.api.resources import ApprovalPolicy as PolicyOut
+from treadle.api.resources import Deleted, listing, one
 from treadle.api.responses import ok
 from treadle.app import Gateway
 from treadle.engine.policies import OPERATORS
@@ -143,6 +147,12 @@ def _columns(body: PolicyFields, fields: set[str]) -> dict[str, Any]:
     return values
 
 
+@operation(
+    "Create an approval policy (answers its webhookSecret once when it notifies a webhook)",
+    body=CreatePolicy,
+    responses={201: one("policy", PolicyOut)},
+    errors=[ErrorCode.NOT_FOUND, ErrorCode.DUPLICATE],
+)
 async def create_policy(request: Request) -> Response:
     gw, principal = await caller(request)
     body = await read_body(request, CreatePolicy)
@@ -166,6 +176,12 @@ async def create_policy(request: Request) -> Response:
     return ok(payload, status=201)
 
 
+@operation(
+    "List approval policies",
+    query=WorkspaceFilter,
+    responses={200: listing("policies", PolicyOut)},
+    errors=[ErrorCode.NOT_FOUND],
+)
 async def list_policies(request: Request) -> Response:
     gw, principal = await caller(request)
     workspace_id = await workspace_query(gw.store, principal, request)
@@ -185,11 +201,18 @@ async def _policy(request: Request) -> tuple[Gateway, Principal, ApprovalPolicy]
     return gw, principal, found
 
 
+@operation("Get an approval policy", responses={200: one("policy", PolicyOut)})
 async def get_policy(request: Request) -> Response:
     _gw, _principal, found = await _policy(request)
     return ok({"policy": found.to_json()})
 
 
+@operation(
+    "Update an approval policy",
+    body=UpdatePolicy,
+    responses={200: one("policy", PolicyOut)},
+    errors=[ErrorCode.NO_UPDATES, ErrorCode.DUPLICATE],
+)
 async def update_policy(request: Request) -> Response:
     gw, principal, current = await _policy(request)
     principal.check_scope(current.workspace_id)
@@ -208,6 +231,7 @@ async def update_policy(request: Request) -> Response:
     return ok(payload)
 
 
+@operation("Delete an approval policy", responses={200: Deleted})
 async def delete_policy(request: Request) -> Response:
     gw, principal, current = await _policy(request)
     principal.check_scope(current.workspace_id)

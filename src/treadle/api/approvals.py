@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import base64
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import StringConstraints
+from pydantic import BaseModel, Field, StringConstraints
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -13,7 +13,10 @@ from starlette.routing import Route
 from treadle.api.auth import Principal, accessible_workspace
 from treadle.api.bodies import Body, parse, read_json_object
 from treadle.api.context import caller, path_param
+from treadle.api.openapi import operation
 from treadle.api.query import bounded_int, choice, timestamp
+from treadle.api.resources import Approval as ApprovalOut
+from treadle.api.resources import ApprovalPage, one
 from treadle.api.responses import ok
 from treadle.app import Gateway
 from treadle.errors import ErrorCode, NotFound, Refusal, ValidationFailed
@@ -25,6 +28,15 @@ Reason = Annotated[str, StringConstraints(max_length=1000)]
 
 class Decision(Body):
     reason: Reason | None = None
+
+
+class ApprovalQuery(BaseModel):
+    workspaceId: str | None = None
+    status: Literal["pending", "approved", "rejected", "expired"] | None = None
+    since: str | None = Field(None, description="ISO 8601")
+    until: str | None = Field(None, description="ISO 8601")
+    cursor: str | None = Field(None, description="nextCursor of the previous page")
+    limit: Annotated[int, Field(ge=1, le=200)] | None = None
 
 
 def _cursor(value: str | None) -> tuple[str, str] | None:
@@ -39,6 +51,12 @@ def _cursor(value: str | None) -> tuple[str, str] | None:
     return created, approval_id
 
 
+@operation(
+    "List approvals, newest first",
+    query=ApprovalQuery,
+    responses={200: ApprovalPage},
+    errors=[ErrorCode.NOT_FOUND],
+)
 async def list_approvals(request: Request) -> Response:
     gw, principal = await caller(request)
     query = request.query_params
@@ -77,6 +95,7 @@ async def _approval(request: Request, gw: Gateway, principal: Principal) -> Appr
     return await gw.approvals.settle(found)
 
 
+@operation("Get an approval", responses={200: one("approval", ApprovalOut)})
 async def get_approval(request: Request) -> Response:
     found = await _approval(request, *await caller(request))
     return ok({"approval": found.to_json()})
@@ -116,10 +135,24 @@ async def _decide(request: Request, status: str) -> Response:
     return ok({"approval": decided.to_json()})
 
 
+@operation(
+    "Approve a pending call (the caller retries it with its idempotency key)",
+    body=Decision,
+    body_required=False,
+    responses={200: one("approval", ApprovalOut)},
+    errors=[ErrorCode.FORBIDDEN, ErrorCode.APPROVAL_NOT_PENDING],
+)
 async def approve(request: Request) -> Response:
     return await _decide(request, "approved")
 
 
+@operation(
+    "Reject a pending call",
+    body=Decision,
+    body_required=False,
+    responses={200: one("approval", ApprovalOut)},
+    errors=[ErrorCode.FORBIDDEN, ErrorCode.APPROVAL_NOT_PENDING],
+)
 async def reject(request: Request) -> Response:
     return await _decide(request, "rejected")
 

@@ -13,9 +13,13 @@ from treadle.api.auth import Principal, accessible_workspace, workspace_query
 from treadle.api.bodies import Body, read_body
 from treadle.api.context import caller, path_param
 from treadle.api.fields import EndUserId, ExternalId, Identifier, Name, Slug
+from treadle.api.openapi import operation
+from treadle.api.query import WorkspaceFilter
+from treadle.api.resources import Connection as ConnectionOut
+from treadle.api.resources import Deleted, listing, one
 from treadle.api.responses import ok
 from treadle.app import Gateway
-from treadle.errors import NotFound, ValidationFailed
+from treadle.errors import ErrorCode, NotFound, ValidationFailed
 from treadle.store.records import Connection
 
 SecretKey = Annotated[str, StringConstraints(min_length=1, max_length=100)]
@@ -36,6 +40,12 @@ class CreateConnection(Body):
     baseUrl: BaseUrl | None = None
 
 
+@operation(
+    "Store credentials for an integration (values go in, never out)",
+    body=CreateConnection,
+    responses={201: one("connection", ConnectionOut)},
+    errors=[ErrorCode.NOT_FOUND, ErrorCode.DUPLICATE],
+)
 async def create_connection(request: Request) -> Response:
     gw, principal = await caller(request)
     body = await read_body(request, CreateConnection)
@@ -74,6 +84,12 @@ async def create_connection(request: Request) -> Response:
     return ok({"connection": created.to_json()}, status=201)
 
 
+@operation(
+    "List connections",
+    query=WorkspaceFilter,
+    responses={200: listing("connections", ConnectionOut)},
+    errors=[ErrorCode.NOT_FOUND],
+)
 async def list_connections(request: Request) -> Response:
     gw, principal = await caller(request)
     workspace_id = await workspace_query(gw.store, principal, request)
@@ -92,11 +108,13 @@ async def _connection(request: Request) -> tuple[Gateway, Principal, Connection]
     return gw, principal, found
 
 
+@operation("Get a connection", responses={200: one("connection", ConnectionOut)})
 async def get_connection(request: Request) -> Response:
     _gw, _principal, found = await _connection(request)
     return ok({"connection": found.to_json()})
 
 
+@operation("Delete a connection", responses={200: Deleted})
 async def delete_connection(request: Request) -> Response:
     gw, principal, found = await _connection(request)
     principal.check_scope(found.workspace_id)

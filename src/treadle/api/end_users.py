@@ -13,9 +13,13 @@ from treadle.api.auth import Principal, accessible_workspace, workspace_query
 from treadle.api.bodies import Body, read_body
 from treadle.api.context import caller, path_param
 from treadle.api.fields import EndUserId, Identifier, Name
+from treadle.api.openapi import operation
+from treadle.api.query import WorkspaceFilter
+from treadle.api.resources import ConnectLink, Deleted, listing, one
+from treadle.api.resources import EndUser as EndUserOut
 from treadle.api.responses import ok
 from treadle.app import Gateway
-from treadle.errors import NotFound
+from treadle.errors import ErrorCode, NotFound
 from treadle.store.records import EndUser
 
 Email = Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
@@ -29,6 +33,12 @@ class CreateEndUser(Body):
     metadata: Annotated[dict[str, Any], Field(max_length=50)] | None = None
 
 
+@operation(
+    "Create an end user of a workspace",
+    body=CreateEndUser,
+    responses={201: one("endUser", EndUserOut)},
+    errors=[ErrorCode.NOT_FOUND, ErrorCode.DUPLICATE],
+)
 async def create_end_user(request: Request) -> Response:
     gw, principal = await caller(request)
     body = await read_body(request, CreateEndUser)
@@ -46,6 +56,12 @@ async def create_end_user(request: Request) -> Response:
     return ok({"endUser": user.to_json()}, status=201)
 
 
+@operation(
+    "List end users",
+    query=WorkspaceFilter,
+    responses={200: listing("endUsers", EndUserOut)},
+    errors=[ErrorCode.NOT_FOUND],
+)
 async def list_end_users(request: Request) -> Response:
     gw, principal = await caller(request)
     workspace_id = await workspace_query(gw.store, principal, request)
@@ -64,11 +80,13 @@ async def _end_user(request: Request) -> tuple[Gateway, Principal, EndUser]:
     return gw, principal, user
 
 
+@operation("Get an end user", responses={200: one("endUser", EndUserOut)})
 async def get_end_user(request: Request) -> Response:
     _gw, _principal, user = await _end_user(request)
     return ok({"endUser": user.to_json()})
 
 
+@operation("Delete an end user", responses={200: Deleted})
 async def delete_end_user(request: Request) -> Response:
     gw, principal, user = await _end_user(request)
     async with gw.store.db.write(principal.actor) as txn:
@@ -76,6 +94,10 @@ async def delete_end_user(request: Request) -> Response:
     return ok({"deleted": True, "id": user.id})
 
 
+@operation(
+    "A short-lived link where the end user connects their accounts",
+    responses={201: ConnectLink},
+)
 async def create_connect_token(request: Request) -> Response:
     """A short-lived link to the connect page where this end user connects their accounts."""
     gw, _principal, user = await _end_user(request)

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from treadle.api.context import caller, path_param
+from treadle.api.openapi import operation
+from treadle.api.resources import Integration as IntegrationOut
+from treadle.api.resources import listing, one
 from treadle.api.responses import ok
 from treadle.catalog.model import Action, Integration
 from treadle.errors import NotFound
+
+
+class IntegrationFilter(BaseModel):
+    name: str | None = None
 
 
 def action_json(action: Action) -> dict[str, Any]:
@@ -45,6 +53,11 @@ def integration_json(integration: Integration) -> dict[str, Any]:
     }
 
 
+@operation(
+    "List the integrations the org may install, with their actions",
+    query=IntegrationFilter,
+    responses={200: listing("integrations", IntegrationOut)},
+)
 async def list_integrations(request: Request) -> Response:
     gw, principal = await caller(request)
     name = request.query_params.get("name")
@@ -52,6 +65,10 @@ async def list_integrations(request: Request) -> Response:
     return ok({"integrations": [integration_json(i) for i in chosen], "total": len(chosen)})
 
 
+@operation(
+    "Get an integration and its actions",
+    responses={200: one("integration", IntegrationOut)},
+)
 async def get_integration(request: Request) -> Response:
     gw, principal = await caller(request)
     found = gw.catalog.get(path_param(request, "name", "Integration"), principal.org_id)

@@ -17,6 +17,10 @@ from treadle.api.auth import Principal, accessible_workspace, workspace_query
 from treadle.api.bodies import Body, read_body
 from treadle.api.context import caller, path_param
 from treadle.api.fields import ActionName, EndUserId, Identifier, Name, Slug
+from treadle.api.openapi import operation
+from treadle.api.query import WorkspaceFilter
+from treadle.api.resources import Deleted, listing, one
+from treadle.api.resources import McpServer as ServerOut
 from treadle.api.responses import ok
 from treadle.app import Gateway
 from treadle.errors import ErrorCode, NotFound, Refusal, ValidationFailed
@@ -97,6 +101,12 @@ async def _overrides(
     )
 
 
+@operation(
+    "Create an MCP server over a workspace; its token is answered this once",
+    body=CreateServer,
+    responses={201: one("server", ServerOut, token=str)},
+    errors=[ErrorCode.NOT_FOUND],
+)
 async def create_server(request: Request) -> Response:
     gw, principal = await caller(request)
     body = await read_body(request, CreateServer)
@@ -116,6 +126,12 @@ async def create_server(request: Request) -> Response:
     return ok({"server": server.to_json(), "token": token}, status=201)
 
 
+@operation(
+    "List MCP servers",
+    query=WorkspaceFilter,
+    responses={200: listing("servers", ServerOut)},
+    errors=[ErrorCode.NOT_FOUND],
+)
 async def list_servers(request: Request) -> Response:
     gw, principal = await caller(request)
     workspace_id = await workspace_query(gw.store, principal, request)
@@ -136,11 +152,18 @@ async def _server(request: Request) -> tuple[Gateway, Principal, McpServer]:
     return gw, principal, found
 
 
+@operation("Get an MCP server", responses={200: one("server", ServerOut)})
 async def get_server(request: Request) -> Response:
     _gw, _principal, found = await _server(request)
     return ok({"server": found.to_json()})
 
 
+@operation(
+    "Update an MCP server (its clients are told the tools changed)",
+    body=UpdateServer,
+    responses={200: one("server", ServerOut)},
+    errors=[ErrorCode.NO_UPDATES],
+)
 async def update_server(request: Request) -> Response:
     gw, principal, current = await _server(request)
     body = await read_body(request, UpdateServer)
@@ -169,6 +192,10 @@ async def update_server(request: Request) -> Response:
     return ok({"server": updated.to_json()})
 
 
+@operation(
+    "Replace an MCP server's token; the old one is refused at once",
+    responses={200: one("server", ServerOut, token=str)},
+)
 async def rotate_token(request: Request) -> Response:
     gw, principal, current = await _server(request)
     async with gw.store.db.write(principal.actor) as txn:
@@ -176,6 +203,7 @@ async def rotate_token(request: Request) -> Response:
     return ok({"server": updated.to_json(), "token": token})
 
 
+@operation("Delete an MCP server", responses={200: Deleted})
 async def delete_server(request: Request) -> Response:
     gw, principal, current = await _server(request)
     async with gw.store.db.write(principal.actor) as txn:

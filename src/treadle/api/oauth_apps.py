@@ -16,6 +16,9 @@ from starlette.routing import Route
 
 from treadle.api.bodies import Body, read_body
 from treadle.api.context import caller, path_param
+from treadle.api.openapi import operation
+from treadle.api.resources import Deleted, OAuthAppAnswer, listing
+from treadle.api.resources import OAuthApp as OAuthAppOut
 from treadle.api.responses import ok
 from treadle.errors import NotFound, ValidationFailed
 from treadle.oauth.providers import defaults_for
@@ -44,6 +47,11 @@ def _integration(request: Request) -> str:
     return path_param(request, "integration_name", "Integration")
 
 
+@operation(
+    "Create or replace the org's OAuth app for an integration (201 when created)",
+    body=PutOAuthApp,
+    responses={200: OAuthAppAnswer, 201: OAuthAppAnswer},
+)
 async def put_app(request: Request) -> Response:
     gw, principal = await caller(request)
     principal.check_org_wide()
@@ -84,6 +92,7 @@ async def put_app(request: Request) -> Response:
     )
 
 
+@operation("Get the OAuth app of an integration", responses={200: OAuthAppAnswer})
 async def get_app(request: Request) -> Response:
     gw, principal = await caller(request)
     app = await gw.oauth.apps.get(principal.org_id, _integration(request))
@@ -92,12 +101,14 @@ async def get_app(request: Request) -> Response:
     return ok({"oauthApp": app.to_json(), "redirectUri": gw.oauth.flow.redirect_uri})
 
 
+@operation("List OAuth apps", responses={200: listing("oauthApps", OAuthAppOut)})
 async def list_apps(request: Request) -> Response:
     gw, principal = await caller(request)
     apps = await gw.oauth.apps.list(principal.org_id)
     return ok({"oauthApps": [a.to_json() for a in apps], "total": len(apps)})
 
 
+@operation("Delete the OAuth app of an integration", responses={200: Deleted})
 async def delete_app(request: Request) -> Response:
     gw, principal = await caller(request)
     principal.check_org_wide()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from jsonschema import Draft202012Validator
-from pydantic import Field
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -19,10 +19,13 @@ from treadle.api.auth import Principal, accessible_workspace
 from treadle.api.bodies import Body, read_body
 from treadle.api.context import caller, path_param
 from treadle.api.fields import ActionName, Description, Identifier, Name, Slug
+from treadle.api.openapi import operation
+from treadle.api.resources import Deleted, listing, one
+from treadle.api.resources import Partial as PartialOut
 from treadle.api.responses import ok
 from treadle.app import Gateway
 from treadle.catalog.model import Integration
-from treadle.errors import NotFound, ValidationFailed
+from treadle.errors import ErrorCode, NotFound, ValidationFailed
 from treadle.store.records import Partial
 
 Values = Annotated[dict[str, Any], Field(max_length=200)]
@@ -80,6 +83,18 @@ def _check_values(
             )
 
 
+class PartialFilter(BaseModel):
+    workspaceId: str
+    integrationName: str | None = None
+    actionName: str | None = None
+
+
+@operation(
+    "Create a partial: preset (and optionally enforced) input values for an action",
+    body=CreatePartial,
+    responses={201: one("partial", PartialOut)},
+    errors=[ErrorCode.NOT_FOUND, ErrorCode.DUPLICATE],
+)
 async def create_partial(request: Request) -> Response:
     gw, principal = await caller(request)
     body = await read_body(request, CreatePartial)
@@ -111,6 +126,12 @@ async def create_partial(request: Request) -> Response:
     return ok({"partial": created.to_json()}, status=201)
 
 
+@operation(
+    "List a workspace's partials",
+    query=PartialFilter,
+    responses={200: listing("partials", PartialOut)},
+    errors=[ErrorCode.NOT_FOUND],
+)
 async def list_partials(request: Request) -> Response:
     gw, principal = await caller(request)
     query = request.query_params
@@ -135,11 +156,18 @@ async def _partial(request: Request) -> tuple[Gateway, Principal, Partial]:
     return gw, principal, found
 
 
+@operation("Get a partial", responses={200: one("partial", PartialOut)})
 async def get_partial(request: Request) -> Response:
     _gw, _principal, found = await _partial(request)
     return ok({"partial": found.to_json()})
 
 
+@operation(
+    "Update a partial",
+    body=UpdatePartial,
+    responses={200: one("partial", PartialOut)},
+    errors=[ErrorCode.DUPLICATE],
+)
 async def update_partial(request: Request) -> Response:
     gw, principal, current = await _partial(request)
     body = await read_body(request, UpdatePartial)
@@ -171,6 +199,7 @@ async def update_partial(request: Request) -> Response:
     return ok({"partial": updated.to_json()})
 
 
+@operation("Delete a partial", responses={200: Deleted})
 async def delete_partial(request: Request) -> Response:
     gw, principal, current = await _partial(request)
     async with gw.store.db.write(principal.actor) as txn:
@@ -178,6 +207,11 @@ async def delete_partial(request: Request) -> Response:
     return ok({"deleted": True, "id": current.id})
 
 
+@operation(
+    "Make a partial its action's default (or not)",
+    body=SetDefault,
+    responses={200: one("partial", PartialOut)},
+)
 async def set_default(request: Request) -> Response:
     gw, principal, current = await _partial(request)
     body = await read_body(request, SetDefault)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from pydantic import BaseModel
+
 from treadle.clock import iso, parse_iso
 from treadle.errors import ValidationFailed
 
@@ -32,3 +34,9 @@ def bounded_int(value: str | None, name: str, low: int, high: int) -> int | None
     if not _WHOLE_NUMBER.fullmatch(value) or not low <= int(value) <= high:
         raise ValidationFailed(f"{name} must be a whole number from {low} to {high}", field=name)
     return int(value)
+
+
+class WorkspaceFilter(BaseModel):
+    """The query of list endpoints filtered by workspace (an unknown one answers 404)."""
+
+    workspaceId: str | None = None

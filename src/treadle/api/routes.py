@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Mount
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from treadle.api import (
@@ -20,6 +20,7 @@ from treadle.api import (
     approval_policies,
     approvals,
     connections,
+    document,
     end_users,
     identity_providers,
     integrations,
@@ -101,6 +102,7 @@ def _loggable(path: str) -> str:
 
 def api_routes() -> Mount:
     routes = [
+        Route("/openapi.json", document.openapi_json, methods=["GET"]),
         *workspaces.routes,
         *workspace_integrations.routes,
         *integrations.routes,

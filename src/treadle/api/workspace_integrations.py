@@ -14,6 +14,9 @@ from treadle.api.auth import Principal, accessible_workspace
 from treadle.api.bodies import Body, read_body
 from treadle.api.context import caller, path_param
 from treadle.api.fields import ActionList, Identifier, Slug
+from treadle.api.openapi import operation
+from treadle.api.resources import Deleted, listing, one
+from treadle.api.resources import WorkspaceIntegration as InstalledOut
 from treadle.api.responses import ok
 from treadle.app import Gateway
 from treadle.catalog.model import AuthKind, Integration
@@ -121,12 +124,22 @@ async def _workspace(request: Request) -> tuple[Gateway, Principal, Workspace]:
     return gw, principal, await accessible_workspace(gw.store, principal, workspace_id)
 
 
+@operation(
+    "List the integrations installed in a workspace",
+    responses={200: listing("integrations", InstalledOut)},
+)
 async def list_workspace_integrations(request: Request) -> Response:
     gw, _principal, workspace = await _workspace(request)
     found = await gw.store.integrations.list(workspace.id)
     return ok({"integrations": [wi.to_json() for wi in found], "total": len(found)})
 
 
+@operation(
+    "Install an integration in a workspace",
+    body=CreateWorkspaceIntegration,
+    responses={201: one("integration", InstalledOut)},
+    errors=[ErrorCode.ALIAS_CONFLICT, ErrorCode.DUPLICATE],
+)
 async def create_workspace_integration(request: Request) -> Response:
     gw, principal, workspace = await _workspace(request)
     body = await read_body(request, CreateWorkspaceIntegration)
@@ -161,12 +174,22 @@ async def _configured(
     return found
 
 
+@operation(
+    "Get an installed integration",
+    responses={200: one("integration", InstalledOut)},
+)
 async def get_workspace_integration(request: Request) -> Response:
     gw, principal, workspace = await _workspace(request)
     found = await _configured(gw, principal, workspace, request)
     return ok({"integration": found.to_json()})
 
 
+@operation(
+    "Update an installed integration",
+    body=UpdateWorkspaceIntegration,
+    responses={200: one("integration", InstalledOut)},
+    errors=[ErrorCode.NO_UPDATES, ErrorCode.ALIAS_CONFLICT],
+)
 async def update_workspace_integration(request: Request) -> Response:
     gw, principal, workspace = await _workspace(request)
     current = await _configured(gw, principal, workspace, request)
@@ -205,6 +228,7 @@ async def update_workspace_integration(request: Request) -> Response:
     return ok({"integration": updated.to_json()})
 
 
+@operation("Uninstall an integration", responses={200: Deleted})
 async def delete_workspace_integration(request: Request) -> Response:
     gw, principal, workspace = await _workspace(request)
     current = await _configured(gw, principal, workspace, request)

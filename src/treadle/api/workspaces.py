@@ -10,6 +10,8 @@ from treadle.api.auth import accessible_workspace
 from treadle.api.bodies import Body, read_body
 from treadle.api.context import caller, path_param
 from treadle.api.fields import Name
+from treadle.api.openapi import operation
+from treadle.api.resources import Deleted, Workspace, listing, one
 from treadle.api.responses import ok
 from treadle.errors import ErrorCode, Refusal
 
@@ -22,12 +24,18 @@ class UpdateWorkspace(Body):
     name: Name | None = None
 
 
+@operation("List the workspaces the key reaches", responses={200: listing("workspaces", Workspace)})
 async def list_workspaces(request: Request) -> Response:
     gw, principal = await caller(request)
     found = await gw.store.workspaces.list(principal.org_id, principal.workspace_ids)
     return ok({"workspaces": [w.to_json() for w in found], "total": len(found)})
 
 
+@operation(
+    "Create a workspace (org-wide key)",
+    body=CreateWorkspace,
+    responses={201: one("workspace", Workspace)},
+)
 async def create_workspace(request: Request) -> Response:
     gw, principal = await caller(request)
     principal.check_org_wide()
@@ -37,6 +45,7 @@ async def create_workspace(request: Request) -> Response:
     return ok({"workspace": created.to_json()}, status=201)
 
 
+@operation("Get a workspace", responses={200: one("workspace", Workspace)})
 async def get_workspace(request: Request) -> Response:
     gw, principal = await caller(request)
     workspace_id = path_param(request, "workspace_id", "Workspace")
@@ -44,6 +53,12 @@ async def get_workspace(request: Request) -> Response:
     return ok({"workspace": workspace.to_json()})
 
 
+@operation(
+    "Rename a workspace",
+    body=UpdateWorkspace,
+    responses={200: one("workspace", Workspace)},
+    errors=[ErrorCode.NO_UPDATES],
+)
 async def update_workspace(request: Request) -> Response:
     gw, principal = await caller(request)
     workspace_id = path_param(request, "workspace_id", "Workspace")
@@ -56,6 +71,10 @@ async def update_workspace(request: Request) -> Response:
     return ok({"workspace": updated.to_json()})
 
 
+@operation(
+    "Delete a workspace with its MCP servers and its own approval policies",
+    responses={200: Deleted},
+)
 async def delete_workspace(request: Request) -> Response:
     gw, principal = await caller(request)
     workspace_id = path_param(request, "workspace_id", "Workspace")
