@@ -40,6 +40,8 @@ class IdentityProvider:
             "name": self.name,
             "kind": self.kind.value,
             "issuer": self.issuer,
+            # oidc: asked for besides `openid`; external_as: what every token must carry.
+            "scopes": list(self.scopes),
             "claim": self.claim,
             "allowCreateEndUsers": self.allow_create_end_users,
             "allowPrivateNetwork": self.allow_private_network,
@@ -50,7 +52,6 @@ class IdentityProvider:
             body.update(
                 clientId=self.client_id,
                 clientSecretSet=self.has_client_secret,
-                scopes=list(self.scopes),
                 redirectUri=redirect_uri,
             )
         else:
