@@ -61,6 +61,7 @@ class Store:
         return KeyValueNamespace(self.db, namespace, actor="system")
 
     async def close(self) -> None:
+        self.mcp_sessions.close()
         await self.db.close()
 
 
