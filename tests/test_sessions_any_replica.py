@@ -8,11 +8,12 @@ sticky routing. Its state is now sealed in its ID and its end recorded in the da
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ from treadle.app import Gateway
 from treadle.http_app import build_http_app
 from treadle.mcp.http import McpEndpoint
 from treadle.mcp.sealed_sessions import SessionSeal, SessionState
-from treadle.settings import Settings
+from treadle.settings import McpSessionLimits, Settings
 
 from conftest import Api, api_on
 from loopback import serve
@@ -169,8 +170,8 @@ def _message(response: httpx2.Response) -> dict[str, Any]:
     return dict(response.json()) if response.content else {}
 
 
-@pytest.fixture
-async def replicas(settings: Settings) -> AsyncIterator[Replicas]:
+@asynccontextmanager
+async def two_replicas(settings: Settings) -> AsyncIterator[Replicas]:
     async with AsyncExitStack() as stack:
         opened: list[Replica] = []
         for _ in range(2):
@@ -190,6 +191,12 @@ async def replicas(settings: Settings) -> AsyncIterator[Replicas]:
         assert made.status_code == 201, made.text
         http = await stack.enter_async_context(httpx2.AsyncClient(timeout=WAIT_SECONDS))
         yield Replicas(a, b, api, f"/mcp/{made.json()['server']['id']}", made.json()["token"], http)
+
+
+@pytest.fixture
+async def replicas(settings: Settings) -> AsyncIterator[Replicas]:
+    async with two_replicas(settings) as opened:
+        yield opened
 
 
 def tool_names(message: dict[str, Any]) -> list[str]:
@@ -448,3 +455,20 @@ async def test_an_approval_paused_on_a_and_retried_on_b_runs_once(replicas: Repl
     )
     assert listed.status_code == 200, listed.text
     assert listed.json()["output"]["value"] == ["ship"]
+
+
+async def test_a_session_idle_on_every_replica_expires_on_every_replica(
+    settings: Settings,
+) -> None:
+    idle = dataclasses.replace(settings, mcp_sessions=McpSessionLimits(idle_seconds=0.3))
+    async with two_replicas(idle) as replicas:
+        session_id = await replicas.initialize(replicas.a)
+        with anyio.fail_after(WAIT_SECONDS):
+            while replicas.a.endpoint.sessions.open_sessions() > 0:
+                await replicas.a.endpoint.sessions.released()  # A let it go: idle
+        # B never served it, and its shared clock says idle too: not restored.
+        status, message = await replicas.rpc(replicas.b, session_id, "tools/list")
+        assert not_found(status, message), (status, message)
+        assert replicas.b.endpoint.sessions.open_sessions() == 0
+        status, message = await replicas.rpc(replicas.a, session_id, "tools/list")
+        assert not_found(status, message), (status, message)
