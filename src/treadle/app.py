@@ -11,6 +11,7 @@ import anyio
 import httpx2
 
 from treadle.catalog import Catalog, load_catalog
+from treadle.catalog.upstream.federation import Federation
 from treadle.engine import Executor
 from treadle.engine.approval_links import ApprovalLinks
 from treadle.engine.approvals import ApprovalDesk
@@ -43,6 +44,8 @@ class Gateway:
     oauth: OAuth
     # Seals what must be read back (identity providers' client secrets, sign-in verifiers).
     vault: Vault
+    # Upstream MCP servers: their records, catalog sessions and pooled call sessions.
+    federation: Federation
 
     @classmethod
     async def open(
@@ -93,6 +96,9 @@ class Gateway:
                 approvals=approvals,
                 oauth=oauth,
             )
+            federation = Federation(store, chosen_catalog)
+            exit_stack.push_async_callback(federation.close)
+            await federation.load()
         except BaseException:
             await exit_stack.aclose()
             raise
@@ -108,6 +114,7 @@ class Gateway:
             exit_stack,
             oauth,
             vault,
+            federation,
         )
 
     async def run_background(self) -> None:
@@ -119,6 +126,7 @@ class Gateway:
             tg.start_soon(self.store.ledger.run)
             tg.start_soon(self.store.idempotency.keep_leases)
             tg.start_soon(self.webhooks.run)
+            tg.start_soon(self.federation.run)
 
     async def close(self) -> None:
         await self._exit.aclose()

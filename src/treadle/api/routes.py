@@ -28,6 +28,7 @@ from treadle.api import (
     mcp_servers,
     oauth_apps,
     partials,
+    upstreams,
     workspace_integrations,
     workspaces,
 )
@@ -116,6 +117,7 @@ def api_routes() -> Mount:
         *approval_policies.routes,
         *approvals.routes,
         *oauth_apps.routes,
+        *upstreams.routes,
         *api_keys.routes,
         *identity_providers.routes,
     ]

@@ -138,6 +138,20 @@ class ToolContent(dict[str, Any]):
         self.blocks: tuple[ContentBlock, ...] = tuple(blocks)
         self.structured = structured
 
+    @classmethod
+    def from_wire(
+        cls, content: Sequence[JSONObject], structured: JSONObject | None = None
+    ) -> ToolContent:
+        """Blocks already in MCP's wire shape (an upstream MCP server's), kept exactly as
+        they came: every field of every block kind, annotations and `_meta` included.
+        `blocks` is empty; faces read `self["content"]`."""
+        made = cls(())
+        made["content"] = [dict(block) for block in content]
+        if structured is not None:
+            made["structured"] = structured
+        made.structured = structured
+        return made
+
 
 # -- Talking back to the MCP client while an action runs ------------------------------------
 

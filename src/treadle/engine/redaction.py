@@ -7,6 +7,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from treadle.catalog.model import ToolContent
+
 REDACTED = "[redacted]"
 
 # Shorter connection values ("us", "1") would mangle text without protecting anything.
@@ -73,6 +75,10 @@ def scrub(value: Any, secrets: Sequence[str]) -> Any:
         for secret in secrets:
             value = value.replace(secret, REDACTED)
         return value
+    if isinstance(value, ToolContent):
+        # Still content blocks once scrubbed (not a plain object rendered as JSON text).
+        cleaned = scrub(dict(value), secrets)
+        return ToolContent.from_wire(cleaned["content"], cleaned.get("structured"))
     if isinstance(value, dict):
         return {scrub(key, secrets): scrub(item, secrets) for key, item in value.items()}
     if isinstance(value, list | tuple):

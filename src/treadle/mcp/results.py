@@ -23,6 +23,7 @@ from mcp.types import (
     TextContent,
     TextResourceContents,
 )
+from pydantic import TypeAdapter
 
 from treadle.catalog import model
 from treadle.engine import ApprovalPending, Outcome, Refused, Succeeded, UpstreamFailed
@@ -94,10 +95,12 @@ def to_result(outcome: Outcome, *, declares_output: bool = False) -> CallToolRes
     docstring for why its error results carry no `structuredContent`)."""
     match outcome:
         case Succeeded(output=model.ToolContent() as content):
-            return CallToolResult(
-                content=[_block(block) for block in content.blocks],
-                structured_content=content.structured,
+            blocks = (
+                [_block(block) for block in content.blocks]
+                if content.blocks
+                else [_WIRE_BLOCK.validate_python(block) for block in content["content"]]
             )
+            return CallToolResult(content=blocks, structured_content=content.structured)
         case Succeeded(output=output, encoded=encoded):
             structured = output if isinstance(output, dict) else None
             # The pipeline's one encoding of the output (compact: fewer tokens for the model).
@@ -120,6 +123,10 @@ def to_result(outcome: Outcome, *, declares_output: bool = False) -> CallToolRes
             return error_result(code, message, extra, declares_output=declares_output)
         case ApprovalPending():
             return pending_result(outcome)
+
+
+# Blocks that arrived in wire shape (`ToolContent.from_wire`) go back out as they came.
+_WIRE_BLOCK: TypeAdapter[ContentBlock] = TypeAdapter(ContentBlock)
 
 
 def _block(block: model.ContentBlock) -> ContentBlock:

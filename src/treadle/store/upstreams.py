@@ -211,7 +211,7 @@ class Upstreams:
             row = stored.first()
             if row is None:
                 return False  # deleted meanwhile
-            changed = row.catalog_hash != catalog_hash
+            changed = bool(row.catalog_hash != catalog_hash)
             values: dict[str, Any] = {"health": health.to_json()}
             if changed:
                 values.update(catalog=catalog, catalog_hash=catalog_hash, updated_at=now_iso())

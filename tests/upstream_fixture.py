@@ -1,0 +1,232 @@
+"""A small upstream MCP server (the Python SDK's low-level server) for federation tests.
+
+It injects the failures a gateway must survive: a slow tool (progress, then waits until
+cancelled), an `isError` result, a crash (the process exits), a tool list that changes at
+runtime (with `list_changed` to both eras) and, over HTTP, a bearer token it requires (401
+without one of its tokens). `whoami` answers with the Authorization header it received, so a
+test sees which end user's token reached it.
+
+Run: `python upstream_fixture.py stdio` or in-process over HTTP with `http_app(tokens)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anyio
+from mcp.server import NotificationOptions, Server, ServerRequestContext
+from mcp.server.session import ServerSession
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.exceptions import MCPError
+from mcp.types import (
+    CallToolRequestParams,
+    CallToolResult,
+    ImageContent,
+    ListToolsResult,
+    PaginatedRequestParams,
+    TextContent,
+    Tool,
+    ToolAnnotations,
+)
+from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Mount
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+PIXEL = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmM"
+    "IQAAAABJRU5ErkJggg=="
+)
+
+
+def _base_tools() -> dict[str, Tool]:
+    text = {"type": "string"}
+    return {
+        "echo": Tool(
+            name="echo",
+            title="Echo",
+            description="Says the text back, with the channel it was sent to",
+            input_schema={
+                "type": "object",
+                "properties": {"text": text, "channel": text},
+                "required": ["text", "channel"],
+            },
+            annotations=ToolAnnotations(read_only_hint=True, destructive_hint=False),
+        ),
+        "whoami": Tool(
+            name="whoami",
+            description="The Authorization header seen",
+            input_schema={"type": "object"},
+        ),
+        "picture": Tool(
+            name="picture", description="A text and an image block", input_schema={"type": "object"}
+        ),
+        "slow": Tool(
+            name="slow",
+            description="Reports progress, then waits until cancelled",
+            input_schema={"type": "object"},
+        ),
+        "fail": Tool(
+            name="fail", description="Always an isError result", input_schema={"type": "object"}
+        ),
+        "crash": Tool(
+            name="crash", description="Ends the server process", input_schema={"type": "object"}
+        ),
+        "add_tool": Tool(
+            name="add_tool",
+            description="Adds a tool and tells clients the list changed",
+            input_schema={"type": "object", "properties": {"name": text}, "required": ["name"]},
+        ),
+    }
+
+
+class Upstream:
+    """One server's state: its tools, its clients (for list_changed) and what it saw."""
+
+    def __init__(self) -> None:
+        self.tools = _base_tools()
+        self.bus = InMemorySubscriptionBus()
+        self.sessions: dict[str, ServerSession] = {}
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.seen: list[str | None] = []  # the Authorization header of each whoami call
+        self.slow_started = anyio.Event()
+        self.slow_cancelled = anyio.Event()
+        self.server = _Server(
+            "upstream-fixture",
+            version="1.0",
+            on_list_tools=self._list,
+            on_call_tool=self._call,
+            on_subscriptions_listen=ListenHandler(self.bus),
+        )
+        self.server.middleware.append(self._track)
+
+    async def _track(
+        self, ctx: ServerRequestContext, call_next: Callable[[Any], Awaitable[Any]]
+    ) -> Any:
+        if ctx.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS and ctx.method != "initialize":
+            key = ctx.request.headers.get("mcp-session-id") if ctx.request is not None else "stdio"
+            if key:
+                self.sessions[key] = ctx.session
+        return await call_next(ctx)
+
+    async def changed(self) -> None:
+        await self.bus.publish(ToolsListChanged())
+        for session in list(self.sessions.values()):
+            await session.send_tool_list_changed()
+
+    async def _list(
+        self, ctx: ServerRequestContext, params: PaginatedRequestParams | None
+    ) -> ListToolsResult:
+        return ListToolsResult(tools=[self.tools[k] for k in sorted(self.tools)])
+
+    async def _call(
+        self, ctx: ServerRequestContext, params: CallToolRequestParams
+    ) -> CallToolResult:
+        args = dict(params.arguments or {})
+        self.calls.append((params.name, args))
+        name = params.name
+        if name == "echo":
+            return CallToolResult(
+                content=[
+                    TextContent(type="text", text=f"{args.get('text')} to {args.get('channel')}")
+                ],
+            )
+        if name == "whoami":
+            seen = ctx.request.headers.get("authorization") if ctx.request is not None else None
+            self.seen.append(seen)
+            return CallToolResult(content=[TextContent(type="text", text=str(seen))])
+        if name == "picture":
+            return CallToolResult(
+                content=[
+                    TextContent(type="text", text="a pixel"),
+                    ImageContent(type="image", data=PIXEL, mime_type="image/png"),
+                ]
+            )
+        if name == "slow":
+            await ctx.session.report_progress(1, 2, "half way")
+            self.slow_started.set()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                self.slow_cancelled.set()
+        if name == "fail":
+            return CallToolResult(
+                content=[TextContent(type="text", text="the widget broke")], is_error=True
+            )
+        if name == "crash":
+            os._exit(3)
+        if name == "add_tool":
+            added = str(args["name"])
+            self.tools[added] = Tool(
+                name=added, description="added at runtime", input_schema={"type": "object"}
+            )
+            await self.changed()
+            return CallToolResult(content=[TextContent(type="text", text=f"added {added}")])
+        if name in self.tools:
+            return CallToolResult(content=[TextContent(type="text", text=f"ran {name}")])
+        raise MCPError(-32602, f"Unknown tool: {name}")
+
+
+class _Server(Server):  # type: ignore[type-arg]
+    # Handshake-era clients learn tools.listChanged only from the initialization options.
+    def create_initialization_options(
+        self, notification_options: Any = None, *args: Any, **kw: Any
+    ) -> Any:
+        return super().create_initialization_options(
+            notification_options or NotificationOptions(tools_changed=True), *args, **kw
+        )
+
+
+class RequireBearer:
+    """401 unless the request carries one of `tokens` (None: no check)."""
+
+    def __init__(self, app: ASGIApp, tokens: set[str] | None) -> None:
+        self.app = app
+        self.tokens = tokens
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.tokens is not None:
+            headers = dict(scope["headers"])
+            given = headers.get(b"authorization", b"").decode()
+            if given.removeprefix("Bearer ") not in self.tokens:
+                await JSONResponse({"error": "invalid_token"}, status_code=401)(
+                    scope, receive, send
+                )
+                return
+        await self.app(scope, receive, send)
+
+
+def http_app(upstream: Upstream, tokens: set[str] | None = None) -> ASGIApp:
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=["127.0.0.1:*"], allowed_origins=[]
+    )
+    mcp_app = upstream.server.streamable_http_app(
+        streamable_http_path="/mcp", transport_security=security
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        async with upstream.server.session_manager.run():
+            yield
+
+    return RequireBearer(Starlette(routes=[Mount("/", app=mcp_app)], lifespan=lifespan), tokens)
+
+
+async def _stdio() -> None:
+    from mcp.server.stdio import stdio_server
+
+    upstream = Upstream()
+    async with stdio_server() as (read, write):
+        await upstream.server.run(read, write, upstream.server.create_initialization_options())
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["stdio"]:
+        sys.exit("usage: upstream_fixture.py stdio")
+    anyio.run(_stdio)
