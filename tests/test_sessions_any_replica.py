@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -26,7 +27,7 @@ from mcp.client.streamable_http import streamable_http_client
 from treadle.app import Gateway
 from treadle.http_app import build_http_app
 from treadle.mcp.http import McpEndpoint
-from treadle.mcp.sealed_sessions import SessionSeal, SessionState
+from treadle.mcp.sealed_sessions import MAX_SESSION_ID_CHARS, SessionSeal, SessionState
 from treadle.settings import McpSessionLimits, Settings
 
 from conftest import Api, api_on
@@ -472,3 +473,14 @@ async def test_a_session_idle_on_every_replica_expires_on_every_replica(
         assert replicas.b.endpoint.sessions.open_sessions() == 0
         status, message = await replicas.rpc(replicas.a, session_id, "tools/list")
         assert not_found(status, message), (status, message)
+
+
+async def test_an_outsized_declaration_still_gives_an_id_every_replica_opens(
+    replicas: Replicas,
+) -> None:
+    # Incompressible, and far more than a header line should carry.
+    capabilities = {"experimental": {"blob": {"data": os.urandom(8000).hex()}}, "roots": {}}
+    session_id = await replicas.initialize(replicas.a, capabilities=capabilities)
+    assert len(session_id) <= MAX_SESSION_ID_CHARS
+    status, message = await replicas.rpc(replicas.b, session_id, "tools/list")
+    assert status == 200, message

@@ -38,8 +38,10 @@ _AAD = b"treadle mcp session v1"
 _NONCE_BYTES = 12
 # Header lines stay well inside what proxies accept (nginx: 8 KB per header line by default).
 MAX_SESSION_ID_CHARS = 4096
-# What is kept of the client's `clientInfo`: enough to say who it is.
+# What is kept of the client's `clientInfo`: enough to say who it is, each cut to a length
+# that keeps the ID well inside MAX_SESSION_ID_CHARS.
 _CLIENT_INFO_FIELDS = ("name", "version", "title")
+_CLIENT_INFO_CHARS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +109,11 @@ def opening_state(binding: Binding, body: bytes) -> SessionState:
         end_user_id=binding.end_user_id,
         protocol_version=str(version),
         capabilities=capabilities,
-        client_info={name: info[name] for name in _CLIENT_INFO_FIELDS if name in info},
+        client_info={
+            name: str(info[name])[:_CLIENT_INFO_CHARS]
+            for name in _CLIENT_INFO_FIELDS
+            if isinstance(info.get(name), str)
+        },
     )
 
 
