@@ -8,10 +8,11 @@ or an override hides), `describe_tools` returns the listed definition itself, an
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import anyio
@@ -38,6 +39,8 @@ MAX_INDEXES = 256
 RRF_K = 60.0
 # How deep each ranking is read before fusing them.
 FUSE_DEPTH = 200
+# A first index of more tools than this is built in a worker thread.
+BUILD_IN_THREAD = 500
 
 Run = Callable[[ToolTarget, dict[str, Any]], Awaitable[CallToolResult | InputRequiredResult]]
 
@@ -70,9 +73,21 @@ class ToolSearch:
 
     lexical: LexicalIndex
     vectors: semantic.VectorIndex | None
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
 
     async def sync(self, full: ToolSet) -> None:
-        self.lexical.sync(full)
+        async with self.lock:
+            await self._sync(full)
+
+    async def _sync(self, full: ToolSet) -> None:
+        if full is self.lexical.source:
+            pass
+        elif len(self.lexical) == 0 and len(full.tools) > BUILD_IN_THREAD:
+            # A first build of thousands of tools takes seconds: off the event loop (no
+            # search reads this index until it is built: they wait on the lock).
+            await anyio.to_thread.run_sync(self.lexical.sync, full)
+        else:
+            self.lexical.sync(full)
         vectors = self.vectors
         if vectors is not None and not vectors.current(self.lexical):
             # Embedding new meanings takes a while (seconds for hundreds of new actions):
@@ -88,19 +103,21 @@ class ToolSearch:
         lexical = self.lexical.scores(query, allowed)
         ranking = ranking or ("hybrid" if self.vectors is not None else "lexical")
         if ranking == "lexical" or self.vectors is None:
-            ranked = sorted(lexical.items(), key=lambda item: (-item[1], item[0]))
-            return self._hits(ranked[:limit]), len(lexical)
+            return self._hits(_best(lexical, limit)), len(lexical)
         similar = self.vectors.scores(query, allowed)
         if ranking == "semantic":
-            ranked = sorted(similar.items(), key=lambda item: (-item[1], item[0]))
-            return self._hits(ranked[:limit]), len(lexical)
+            return self._hits(_best(similar, limit)), len(similar)
         fused = _fuse(lexical, similar)
-        ranked = sorted(fused.items(), key=lambda item: (-item[1], item[0]))
-        return self._hits(ranked[:limit]), len(set(lexical) | set(fused))
+        return self._hits(_best(fused, limit)), len(fused)
 
     def _hits(self, ranked: list[tuple[int, float]]) -> list[Hit]:
         entries = self.lexical.entries
         return [Hit(entries[doc], score) for doc, score in ranked]
+
+
+def _best(scores: dict[int, float], limit: int) -> list[tuple[int, float]]:
+    """The `limit` best, ties in index order (stable); not a sort of 10,000 scores."""
+    return heapq.nsmallest(limit, scores.items(), key=lambda item: (-item[1], item[0]))
 
 
 def _ranks(scores: dict[int, float]) -> dict[int, int]:
@@ -132,14 +149,17 @@ class SearchIndexes:
     """Each server's search, kept in step with its tool set (cached per server and
     configuration version: a search at a new version updates the index incrementally)."""
 
-    def __init__(self, max_entries: int = MAX_INDEXES) -> None:
+    def __init__(self, ranking: str = "lexical", max_entries: int = MAX_INDEXES) -> None:
+        # lexical | hybrid | semantic; the latter two need the semantic extra (else lexical).
+        self.ranking = ranking
         self._max = max_entries
         self._entries: OrderedDict[str, ToolSearch] = OrderedDict()
 
     async def for_set(self, cache_key: str, full: ToolSet) -> ToolSearch:
         found = self._entries.get(cache_key)
         if found is None:
-            found = ToolSearch(LexicalIndex(), semantic.VectorIndex.create())
+            vectors = semantic.VectorIndex.create() if self.ranking != "lexical" else None
+            found = ToolSearch(LexicalIndex(), vectors)
             self._entries[cache_key] = found
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)
@@ -160,9 +180,18 @@ def _invalid(error: ValidationError) -> CallToolResult:
     )
 
 
-def _structured(value: dict[str, Any]) -> CallToolResult:
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+def _structured(value: dict[str, Any], text: str | None = None) -> CallToolResult:
+    """`text`: what a model that reads only text gets (default: the JSON itself)."""
+    if text is None:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=value)
+
+
+def _hit_lines(hits: list[Hit], total: int) -> str:
+    # One line per tool, not the JSON again: the same facts in half the bytes.
+    lines = [f"{hit.entry.name}: {hit.entry.description}" for hit in hits]
+    more = f"{len(hits)} of {total} matching tools" if hits else "No tool matches; try other words."
+    return "\n".join([more, *lines])
 
 
 def _unknown(name: str) -> dict[str, str]:
@@ -192,9 +221,12 @@ async def answer(
         if name == SEARCH_TOOLS:
             search = SearchArgs.model_validate(arguments)
             index = await indexes.for_set(cache_key, full)
-            hits, total = index.search(search.query, search.limit, search.integration)
+            hits, total = index.search(
+                search.query, search.limit, search.integration, indexes.ranking
+            )
             return _structured(
-                {"tools": [hit.entry.to_json(hit.score) for hit in hits], "total": total}
+                {"tools": [hit.entry.to_json(hit.score) for hit in hits], "total": total},
+                _hit_lines(hits, total),
             )
         if name == DESCRIBE_TOOLS:
             describe = DescribeArgs.model_validate(arguments)

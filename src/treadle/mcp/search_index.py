@@ -133,7 +133,19 @@ _SYNONYMS = {
     "past": "history",
     "people": "user",
     "member": "user",
+    "announce": "send",
+    "notify": "send",
+    "tell": "send",
+    "assignee": "assign",
+    "move": "update",
+    "reschedule": "update",
+    "resolve": "update",
+    "close": "update",
+    "subscribe": "subscriber",
 }
+# A search result's description: its first sentence, at most this long (describe_tools has
+# the whole text); ten results stay within a few KiB of the model's context.
+SUMMARY_CHARS = 100
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -224,6 +236,16 @@ def _weighted_terms(signature: tuple[Any, ...], name: str, display: str) -> dict
     return counts
 
 
+def _summary(target: ToolTarget) -> str:
+    """The action's own first sentence (the alias is its own field of a result)."""
+    override = target.override.description if target.override is not None else None
+    text = " ".join((override or target.action.description).split())
+    first = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0]
+    if len(first) <= SUMMARY_CHARS:
+        return first
+    return first[: SUMMARY_CHARS - 1].rsplit(" ", 1)[0] + "…"
+
+
 def _meaning(tool: Tool, target: ToolTarget, display: str) -> str:
     override = target.override.description if target.override is not None else None
     properties = tool.input_schema.get("properties") or {}
@@ -272,7 +294,7 @@ class LexicalIndex:
                 continue
             if doc is not None:
                 self._remove(tool.name)
-            entry = Entry(tool.name, tool.title or "", tool.description or "", alias, integration)
+            entry = Entry(tool.name, tool.title or "", _summary(target), alias, integration)
             display = target.integration.display_name
             terms = _weighted_terms(signature, name, display)
             self._add(entry, signature, terms, _meaning(tool, target, display))

