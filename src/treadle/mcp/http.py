@@ -2,9 +2,10 @@
 
 Accepted tokens: the server's own `mcp_…` token, an API key that may use the server's
 workspace, or an OAuth access token issued for this endpoint (`treadle.auth.server`, which
-also words the 401/403 challenges that start a client's sign-in). A handshake-era session belongs to the (server, principal, end user) that opened
-it: the SDK's session manager answers 404 to anyone else presenting its session ID. Sessions
-are bounded per principal, server and org (`treadle.mcp.sessions`).
+also words the 401/403 challenges that start a client's sign-in). A handshake-era session
+belongs to the (server, principal, end user) that opened it: the SDK's session manager answers
+404 to anyone else presenting its session ID. Sessions are bounded per principal, server and
+org (`treadle.mcp.sessions`).
 
 Refusals after authentication are JSON-RPC errors (the SDK client surfaces them) whose `data`
 carries treadle's code: `{"error": CODE, "message", ...}` as in REST.
@@ -230,7 +231,7 @@ class McpEndpoint:
         remembered = self._admissions.get(key)
         if remembered is not None and remembered[0] == version and not remembered[1].lapsed():
             return remembered[1]
-        admission = await self._admit(snapshot, server_id, token, end_user_header)
+        admission = await self._admit(snapshot, server_id, token, end_user_header, scope)
         # An OAuth token is checked afresh every time: its revocation must stop it at once.
         if admission is not None and not oauth_tokens.is_oauth_token(token):
             if len(self._admissions) >= MAX_ADMISSIONS:
@@ -239,7 +240,12 @@ class McpEndpoint:
         return admission
 
     async def _admit(
-        self, config: ConfigSnapshot, server_id: str, token: str, end_user_header: str | None
+        self,
+        config: ConfigSnapshot,
+        server_id: str,
+        token: str,
+        end_user_header: str | None,
+        scope: Scope,
     ) -> _Admission | None:
         server = await config.mcp_server(server_id)
         if server is None:
@@ -247,7 +253,7 @@ class McpEndpoint:
         end_user = server.end_user_id
         expires_at = None
         if oauth_tokens.is_oauth_token(token):
-            signed_in = await oauth_tokens.admit(self.auth, server, token)
+            signed_in = await oauth_tokens.admit(self.auth, server, token, scope)
             if signed_in is None:
                 return None
             principal, end_user = signed_in.actor, signed_in.end_user_id
@@ -293,13 +299,9 @@ class McpEndpoint:
         except ValidationFailed as refused:
             await _send_rpc_error(send, refused.code.status, refused)
             return
-        except oauth_tokens.InsufficientScope as lacking:
-            await _send_json(
-                send,
-                403,
-                {"error": "FORBIDDEN", "message": str(lacking)},
-                oauth_tokens.challenge(self.auth, scope, error="insufficient_scope"),
-            )
+        except (oauth_tokens.InsufficientScope, Refusal) as lacking:
+            # An OAuth token refused by treadle.auth (scope, an external server's verdict).
+            await _send_json(send, *await oauth_tokens.refused(self.auth, scope, lacking))
             return
         if found is None:
             presented = bearer_token(Request(scope)) is not None
@@ -311,7 +313,7 @@ class McpEndpoint:
                     "message": "A valid MCP server token, API key or OAuth access token is "
                     "required",
                 },
-                oauth_tokens.challenge(
+                await oauth_tokens.challenge(
                     self.auth, scope, error="invalid_token" if presented else None
                 ),
             )

@@ -7,6 +7,7 @@ from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from treadle.auth import external_jwt
 from treadle.auth.server.authority import Authority
 from treadle.auth.server.config import SCOPE_MCP, SCOPES_SUPPORTED, resource_url
 from treadle.auth.server.registration import oauth_error
@@ -59,11 +60,13 @@ async def protected_resource(request: Request, authority: Authority) -> Response
     if server is None:
         return oauth_error("not_found", "No such MCP endpoint", 404)
     base = authority.config.base_url(request)
+    # An org may point the server at its own authorization server instead of treadle's.
+    provider = await external_jwt.external_provider(authority.gateway, server)
     return JSONResponse(
         {
             "resource": resource_url(base, server.id),
-            "authorization_servers": [base],
-            "scopes_supported": [SCOPE_MCP],
+            "authorization_servers": [base if provider is None else provider.issuer],
+            "scopes_supported": [SCOPE_MCP] if provider is None else list(provider.scopes),
             "bearer_methods_supported": ["header"],
             "resource_name": server.name,
         },
