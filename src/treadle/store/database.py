@@ -12,6 +12,7 @@ writes, one per transaction when one does, where aiosqlite makes one per stateme
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
@@ -33,6 +34,7 @@ from treadle.store import schema
 from treadle.store.change_bus import ChangeBus, LocalChanges
 from treadle.store.migrations import migrate
 from treadle.store.portable import (
+    ACTIVITY_SEQUENCE,
     activity_numbers,
     text_from_postgresql,
     text_to_postgresql,
@@ -114,12 +116,26 @@ async def insert_activity(conn: AsyncConnection, **values: Any) -> str:
     return entry_id
 
 
+_ACTIVITY_COLUMNS = [c.name for c in schema.activity.c if c.name != "seq"]
+
+
+@functools.cache  # built once: a statement object costs more to make than to run cached
+def numbered_activity_insert() -> sa.Insert:
+    """PostgreSQL: an `activity` INSERT whose rows draw their `seq` from the sequence in
+    the statement itself (in the order of its rows), for `activity_params` rows."""
+    return schema.activity.insert().values(seq=sa.Sequence(ACTIVITY_SEQUENCE).next_value())
+
+
+def activity_params(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    # executemany needs the same keys in every row.
+    return [{c: row.get(c) for c in _ACTIVITY_COLUMNS} for row in rows]
+
+
 async def insert_activity_rows(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
     """Append `activity` rows (each with its id and created_at), numbered in order."""
     table = schema.activity
     numbers = await activity_numbers(conn, len(rows))
-    # executemany needs the same keys in every row.
-    columns = [c.name for c in table.c if c.name != "seq"]
+    columns = _ACTIVITY_COLUMNS
     await conn.execute(
         table.insert(),
         [
@@ -245,6 +261,11 @@ class Database:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
+        # PostgreSQL: single statements outside an explicit transaction (`query`, `write_one`):
+        # one round trip each instead of three (BEGIN, the statement, COMMIT/ROLLBACK).
+        self._autocommit = (
+            None if self.is_sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
         self._write_lock = anyio.Lock()
         self._listeners: list[ChangeListener] = []
         # How changes reach other processes (and theirs this one): chosen by `treadle.app`.
@@ -286,6 +307,41 @@ class Database:
         with anyio.CancelScope(shield=True):
             async with self.engine.connect() as conn, conn.begin():
                 yield conn
+
+    async def query(
+        self, statement: sa.Executable, params: dict[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]:
+        """The rows of one read statement. On PostgreSQL it runs on its own (autocommit): a
+        single statement sees one consistent snapshot anyway, and the hot path (the version
+        read of every request, quota counts) saves two round trips."""
+        if self._autocommit is None:
+            async with self.read() as conn:
+                return [tuple(row) for row in await conn.execute(statement, params)]
+        rows: list[tuple[Any, ...]] = []
+        with anyio.CancelScope(shield=True):
+            async with self._autocommit.connect() as conn:
+                rows = [tuple(row) for row in await conn.execute(statement, params)]
+        return rows
+
+    async def write_one(
+        self,
+        statement: sa.Executable,
+        params: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
+    ) -> list[tuple[Any, ...]]:
+        """One write statement that needs no transaction around it (it is atomic by itself:
+        a conditional upsert, a multi-row insert) and emits no change event; its RETURNING
+        rows, if any. SQLite: in a write transaction behind this process's writer lock, as
+        every write; PostgreSQL: on its own, one round trip."""
+        if self._autocommit is None:
+            async with self.write("system") as txn:
+                result = await txn.conn.execute(statement, params)
+                return [tuple(row) for row in result] if result.returns_rows else []
+        rows: list[tuple[Any, ...]] = []
+        with anyio.CancelScope(shield=True):
+            async with self._autocommit.connect() as conn:
+                result = await conn.execute(statement, params)
+                rows = [tuple(row) for row in result] if result.returns_rows else []
+        return rows
 
     @asynccontextmanager
     async def write(self, actor: str) -> AsyncIterator[WriteTxn]:
@@ -347,9 +403,8 @@ class Database:
 
     async def version(self, scope: str = GLOBAL_SCOPE) -> int:
         table = schema.config_versions
-        async with self.read() as conn:
-            found = await conn.execute(sa.select(table.c.version).where(table.c.scope == scope))
-            return int(found.scalar() or 0)
+        rows = await self.query(sa.select(table.c.version).where(table.c.scope == scope))
+        return int(rows[0][0]) if rows else 0
 
 
 def create_engine(url: str) -> AsyncEngine:

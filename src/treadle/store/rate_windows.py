@@ -100,21 +100,18 @@ class DatabaseRateLimiter:
 
     async def _count(self, values: dict[str, Any]) -> tuple[int, int] | None:
         """(previous, current after this hit) when counted; None when refused."""
-        async with self._db.write("system") as txn:
-            row = (await txn.conn.execute(self._statement, values)).first()
-        return None if row is None else (int(row[0]), int(row[1]))
+        rows = await self._db.write_one(self._statement, values)  # one round trip
+        return (int(rows[0][0]), int(rows[0][1])) if rows else None
 
     async def _rolled(self, key: str, start: int, window: int) -> tuple[int, int]:
         table = _TABLE
-        async with self._db.read() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(
-                        table.c.window_start, table.c.current_count, table.c.previous_count
-                    ).where(table.c.key == key)
-                )
-            ).first()
-        if row is None:
+        rows = await self._db.query(
+            sa.select(table.c.window_start, table.c.current_count, table.c.previous_count).where(
+                table.c.key == key
+            )
+        )
+        if not rows:
             return 0, 0
+        row = rows[0]
         counts = rolled(int(row[0]), int(row[1]), int(row[2]), start, window)
         return counts.previous, counts.current

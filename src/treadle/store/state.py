@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from treadle.clock import now_iso
@@ -93,25 +95,18 @@ class UsageCounters:
     async def reserve(self, org_id: str, period: str, limit: int) -> tuple[bool, int]:
         """Count one execution if under `limit`. Returns (counted, count before this call).
 
-        The check and the count are one conditional UPDATE: concurrent reservations (from
-        any process) are granted exactly up to the limit, never one more."""
-        table = schema.usage_counters
-        async with self._db.write("system") as txn:
-            await upsert(
-                txn.conn,
-                table,
-                {"org_id": org_id, "period": period, "count": 0},
-                keys=["org_id", "period"],
+        The check and the count are one conditional upsert (`… DO UPDATE … WHERE count <
+        limit RETURNING count`): concurrent reservations from any process are granted exactly
+        up to the limit, never one more (PostgreSQL re-checks the condition on the row it
+        locked), and on PostgreSQL it is a single round trip."""
+        if limit >= 1:
+            counted = await self._db.write_one(
+                _reserve_statement(self._db.is_sqlite),
+                {"org_id": org_id, "period": period, "limit": limit},
             )
-            counted = await txn.conn.execute(
-                table.update()
-                .where(_period(org_id, period), table.c.count < limit)
-                .values(count=table.c.count + 1)
-            )
-            after = await self.count_in(txn.conn, org_id, period)
-            if counted.rowcount == 1:
-                return True, after - 1
-            return False, after
+            if counted:
+                return True, int(counted[0][0]) - 1
+        return False, await self.current(org_id, period)
 
     async def add(self, txn: WriteTxn, org_id: str, period: str, added: int) -> None:
         """Count `added` more executions, with no limit (the caller has checked)."""
@@ -125,8 +120,10 @@ class UsageCounters:
         )
 
     async def current(self, org_id: str, period: str) -> int:
-        async with self._db.read() as conn:
-            return await self.count_in(conn, org_id, period)
+        rows = await self._db.query(
+            sa.select(schema.usage_counters.c.count).where(_period(org_id, period))
+        )
+        return int(rows[0][0]) if rows else 0
 
     @staticmethod
     async def count_in(conn: AsyncConnection, org_id: str, period: str) -> int:
@@ -134,6 +131,22 @@ class UsageCounters:
             sa.select(schema.usage_counters.c.count).where(_period(org_id, period))
         )
         return int(found.scalar() or 0)
+
+
+@functools.cache  # one per dialect, built once (on every call otherwise)
+def _reserve_statement(on_sqlite: bool) -> sa.Insert:
+    table = schema.usage_counters
+    build = sqlite.insert if on_sqlite else postgresql.insert
+    return (
+        build(table)
+        .values(org_id=sa.bindparam("org_id"), period=sa.bindparam("period"), count=1)
+        .on_conflict_do_update(
+            index_elements=[table.c.org_id, table.c.period],
+            set_={"count": table.c.count + 1},
+            where=table.c.count < sa.bindparam("limit"),
+        )
+        .returning(table.c.count)
+    )
 
 
 def _period(org_id: str, period: str) -> sa.ColumnElement[bool]:
