@@ -41,6 +41,29 @@ def child_env(data_dir: Path | None = None) -> dict[str, str]:
     return env
 
 
+def _serve(
+    cli: list[str], env: dict[str, str], data_dir: Path, log_name: str
+) -> tuple[int, subprocess.Popen[bytes], Path]:
+    """`treadle serve` on a free port, logging to `data_dir/log_name`; returns once it
+    listens."""
+    port = free_port()
+    log_path = data_dir / log_name
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*cli, "serve", "--port", str(port), "--data-dir", str(data_dir)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    deadline = time.monotonic() + 60
+    while "Uvicorn running" not in log_path.read_text(errors="replace"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            _stop(process)
+            raise RuntimeError("treadle serve did not start:\n" + log_path.read_text())
+        time.sleep(0.05)
+    return port, process, log_path
+
+
 def rss_kib(pid: int) -> int:
     """Resident set size from /proc (kB as the kernel reports it)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -84,14 +107,24 @@ class Treadle:
     api_key: str
     log_path: Path
     _log_offset: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+    owns_data_dir: bool = True
 
     @classmethod
-    def start(cls, patches: tuple[str, ...] = (), source: Path | None = None) -> Treadle:
+    def start(
+        cls,
+        patches: tuple[str, ...] = (),
+        source: Path | None = None,
+        database_url: str | None = None,
+    ) -> Treadle:
         """`patches`: parts of the request path to switch off (`bench/patched.py`, for
         `python -m bench.ablate` only). `source`: a source tree (with `src/treadle`) to run
-        instead of this one, e.g. an earlier commit's (`bench.ablate --against`)."""
+        instead of this one, e.g. an earlier commit's (`bench.ablate --against`).
+        `database_url`: a database of its own (PostgreSQL) instead of the data dir's SQLite."""
         data_dir = Path(tempfile.mkdtemp(prefix="treadle-bench-"))
         env = child_env(data_dir)
+        if database_url is not None:
+            env["TREADLE_DATABASE_URL"] = database_url
         if source is not None:
             env["PYTHONPATH"] = os.pathsep.join([str(source / "src"), env["PYTHONPATH"]])
         cli = [sys.executable, "-m", "treadle"]
@@ -120,29 +153,34 @@ class Treadle:
             check=True,
             timeout=60,
         )
-        port = free_port()
-        log_path = data_dir / "serve.log"
         serve_env = dict(env)
         if patches:
             cli = [sys.executable, "-m", "bench.patched"]
             serve_env["TREADLE_BENCH_PATCHES"] = ",".join(patches)
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [*cli, "serve", "--port", str(port), "--data-dir", str(data_dir)],
-                env=serve_env,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
+        port, process, log_path = _serve(cli, serve_env, data_dir, "serve.log")
         served = cls(
             data_dir, process, port, ids["orgId"], ids["workspaceId"], ids["apiKey"], log_path
         )
-        deadline = time.monotonic() + 60
-        while "Uvicorn running" not in log_path.read_text(errors="replace"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                _stop(process)
-                raise RuntimeError("treadle serve did not start:\n" + log_path.read_text())
-            time.sleep(0.05)
+        served.env = serve_env
         return served
+
+    def replica(self, number: int) -> Treadle:
+        """Another `treadle serve` on the same data dir and database (its own port and log):
+        a second replica of this deployment. Stopping it leaves the data dir."""
+        port, process, log_path = _serve(
+            [sys.executable, "-m", "treadle"], self.env, self.data_dir, f"serve-{number}.log"
+        )
+        return Treadle(
+            self.data_dir,
+            process,
+            port,
+            self.org_id,
+            self.workspace_id,
+            self.api_key,
+            log_path,
+            env=self.env,
+            owns_data_dir=False,
+        )
 
     @property
     def base_url(self) -> str:
@@ -195,7 +233,8 @@ class Treadle:
 
     def stop(self) -> None:
         _stop(self.process)
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+        if self.owns_data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
 @dataclass

@@ -77,6 +77,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 _x(row["throughputRatio"]),
                 row["throughputRatio"] >= 0.8,
             )
+        row = calls.get(f"{era} c1 sdk")
+        if row:
+            add(
+                f"call overhead p50 ratio, c=1, SDK Client, {era} (<= 1.3)",
+                _x(row["ratioP50"]),
+                row["ratioP50"] <= 1.3,
+            )
     large = cases.get("large", {})
     quick = results["mode"] == "quick"
     tools = large.get("setup", {}).get("tools", 0)
@@ -111,7 +118,66 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"{_ms(p99)} ms" + (f", {missed} missed" if missed else ""),
             p99 <= 250 and not missed,
         )
+    row = cases.get("rest", {}).get("c32")
+    if row:
+        add(
+            "REST execute throughput ratio, c=32, vs bare Starlette (>= 0.8)",
+            _x(row["throughputRatio"]),
+            row["throughputRatio"] >= 0.8,
+        )
+    replicas = cases.get("replicas", {})
+    if "throughput" in replicas:
+        ratio = replicas["throughput"]["throughputRatio"]
+        add("2 replicas vs 1 on PostgreSQL, calls/s at c=32 (>= 1.5x)", _x(ratio), ratio >= 1.5)
+    for era, row in replicas.get("latency", {}).items():
+        add(
+            f"PostgreSQL vs SQLite tools/call p50, c=1, {era} (<= 1.3x)",
+            _x(row["ratioP50"]),
+            row["ratioP50"] <= 1.3,
+        )
+    across = replicas.get("resync")
+    if across:
+        p99 = (across.get("fromCommitMs") or {}).get("p99", math.nan)
+        missed = across["missed"]
+        add(
+            f"resync across replicas p99, {across['clients']} clients on B (<= 250 ms)",
+            f"{_ms(p99)} ms" + (f", {missed} missed" if missed else ""),
+            p99 <= 250 and not missed,
+        )
     return out
+
+
+def _replicas(found: dict[str, Any]) -> str:
+    rows = []
+    for label, side in found["throughput"]["sides"].items():
+        rows.append(
+            [
+                f"{label}, c=32, {found['throughput']['era']}",
+                f"{_ms(side['p50'])} / {_ms(side['p99'])}",
+                f"{side['perSecond']:.0f}",
+                str(side["errors"]),
+            ]
+        )
+    for era, row in found["latency"].items():
+        for label, side in row["sides"].items():
+            rows.append(
+                [
+                    f"{label}, c=1, {era}",
+                    f"{_ms(side['p50'])} / {_ms(side['p99'])}",
+                    f"{side['perSecond']:.0f}",
+                    str(side["errors"]),
+                ]
+            )
+    across = found["resync"]
+    commit = across.get("fromCommitMs") or {}
+    return (
+        "### 7. Replicas on PostgreSQL\n\n"
+        + _table(["deployment, load", "p50 / p99 ms", "calls/s", "errors"], rows)
+        + f"\n\nResync across replicas (change through A, {across['clients']} clients on B, "
+        f"{across['rounds']} rounds): from commit p50 / p99 {_ms(commit.get('p50'))} / "
+        f"{_ms(commit.get('p99'))} ms, missed {across['missed']}; 2 replicas / 1: "
+        f"{_x(found['throughput']['throughputRatio'])}."
+    )
 
 
 def render(results: dict[str, Any]) -> str:
@@ -343,6 +409,9 @@ def render(results: dict[str, Any]) -> str:
                 rows,
             )
         )
+    replicas = cases.get("replicas")
+    if replicas and "error" not in replicas:
+        parts.append(_replicas(replicas))
     for name, case in cases.items():
         if "error" in case:
             parts.append(f"Case {name} FAILED: {case['error']}")

@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--cases calls,large,resync,rest,memory]`
+"""`python -m bench [--quick] [--cases calls,large,resync,rest,memory,replicas]`
 
 Starts `treadle serve` (own temp data dir, ephemeral port) and the bare SDK baseline as
 subprocesses, runs each case against its baseline in the same run, prints the tables and the
@@ -22,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from bench.cases import call_overhead, large, memory, rest, resync
+from bench.cases import call_overhead, large, memory, replicas, rest, resync
 from bench.config import FULL, QUICK, configure, create_server
 from bench.env import Env
 from bench.procs import Bare, Treadle
@@ -30,9 +30,16 @@ from bench.report import render, targets
 from bench.stats import Noise, machine, source_state
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CASES = ("calls", "large", "resync", "rest", "memory")
+CASES = ("calls", "large", "resync", "rest", "memory", "replicas")
 # Per-case ceilings (seconds, full mode): a stuck case is recorded as failed, the run goes on.
-LIMITS = {"calls": 240, "large": 330, "resync": 150, "rest": 150, "memory": 200}
+LIMITS = {
+    "calls": 240,
+    "large": 330,
+    "resync": 150,
+    "rest": 150,
+    "memory": 200,
+    "replicas": 300,
+}
 
 
 def _clean(value: Any) -> Any:
@@ -114,6 +121,8 @@ async def main_async(quick: bool, chosen: list[str]) -> dict[str, Any]:
         treadle.stop()
     if "memory" in chosen:
         await _case(results, "memory", lambda: memory.run(sizes))
+    if "replicas" in chosen:
+        await _case(results, "replicas", lambda: replicas.run(sizes))
     results["totalSeconds"] = round(time.perf_counter() - began, 1)
     results["machine"]["loadavgAtEnd"] = os.getloadavg()
     results["targets"] = targets(results)

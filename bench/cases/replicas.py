@@ -1,0 +1,191 @@
+"""Case 7: several replicas on PostgreSQL.
+
+Three measurements, each against its baseline in the same run:
+- throughput at concurrency 32: one `treadle serve` on PostgreSQL vs two replicas of it (same
+  database, same data dir for the shared secret), the workers split between the two as a
+  round-robin balancer would; raw JSON-RPC in the 2026-07-28 era, which needs nothing sticky;
+- tools/call p50/p99 at concurrency 1 on PostgreSQL vs the embedded SQLite, both eras;
+- resync across replicas: a change through replica A's REST API -> `list_changed` received
+  by clients connected to replica B (handshake-era HTTP and 2026-07-28 listen streams),
+  from the commit (the change's activity record) to receipt.
+
+The database is a fresh one on `TREADLE_BENCH_POSTGRES_URL` (default: the local server, user
+postgres), dropped at the end. Both replicas and the load generator share this machine's
+cores, so two replicas can at most use what one leaves idle (see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx2
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from bench.cases.resync import Receipts, _connect_all, _listen_all, _parse_iso, _rounds
+from bench.config import ARGS, ONE_TOOL, Sizes, configure, create_server, create_workspace
+from bench.load import Request, Side, WorkerFactory, interleaved
+from bench.procs import Treadle
+from bench.rawmcp import ERAS, MODERN_VERSION
+from bench.workers import raw_mcp
+
+SERVER_URL = os.environ.get("TREADLE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
+
+
+def _async_url(url: str, database: str) -> str:
+    base = url.replace("postgresql://", "postgresql+asyncpg://", 1).rstrip("/")
+    return f"{base}/{database}"
+
+
+@asynccontextmanager
+async def _fresh_database() -> AsyncIterator[str]:
+    """A new, empty PostgreSQL database; its URL for `TREADLE_DATABASE_URL`."""
+    name = f"treadle_bench_{uuid.uuid4().hex[:12]}"
+    admin = create_async_engine(_async_url(SERVER_URL, "postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield f"{SERVER_URL.rstrip('/')}/{name}"
+        finally:
+            async with admin.connect() as conn:
+                await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        await admin.dispose()
+
+
+async def _small_server(treadle: Treadle, name: str) -> tuple[str, str]:
+    async with treadle.rest() as rest:
+        await configure(rest, treadle.workspace_id, "bench-one", "bench")
+        return await create_server(rest, treadle.workspace_id, name)
+
+
+def _split(factories: list[WorkerFactory]) -> WorkerFactory:
+    """Workers handed out to the replicas in turn, as a round-robin balancer would."""
+    turn = [0]
+
+    async def make(http: httpx2.AsyncClient) -> tuple[Request, Any]:
+        factory = factories[turn[0] % len(factories)]
+        turn[0] += 1
+        return await factory(http)
+
+    return make
+
+
+async def _throughput(
+    sizes: Sizes, one: Treadle, two: Treadle, server: tuple[str, str]
+) -> dict[str, Any]:
+    server_id, token = server
+    era = MODERN_VERSION
+    single = raw_mcp(one.mcp_url(server_id), era, token, [ONE_TOOL], ARGS)
+    pair = _split(
+        [single, raw_mcp(two.mcp_url(server_id), era, token, [ONE_TOOL], ARGS)],
+    )
+    measured = await interleaved(
+        [Side("1 replica", single, one.process.pid), Side("2 replicas", pair, one.process.pid)],
+        total=sizes.calls_c32,
+        concurrency=32,
+        blocks=sizes.blocks,
+        max_seconds=sizes.c32_seconds,
+    )
+    for side in measured.values():
+        side.pop("serverCpuMsPerCall", None)  # one process's CPU: not the pair's
+    ratio = measured["2 replicas"]["perSecond"] / max(1e-9, measured["1 replica"]["perSecond"])
+    return {"era": era, "sides": measured, "throughputRatio": ratio}
+
+
+async def _latency(
+    sizes: Sizes,
+    postgres: Treadle,
+    pg_server: tuple[str, str],
+    sqlite: Treadle,
+    lite_server: tuple[str, str],
+) -> dict[str, Any]:
+    rows: dict[str, Any] = {}
+    for era in ERAS:
+        sides = [
+            Side(
+                "postgresql",
+                raw_mcp(postgres.mcp_url(pg_server[0]), era, pg_server[1], [ONE_TOOL], ARGS),
+                postgres.process.pid,
+            ),
+            Side(
+                "sqlite",
+                raw_mcp(sqlite.mcp_url(lite_server[0]), era, lite_server[1], [ONE_TOOL], ARGS),
+                sqlite.process.pid,
+            ),
+        ]
+        measured = await interleaved(
+            sides,
+            total=sizes.calls_c1,
+            concurrency=1,
+            blocks=sizes.blocks,
+            max_seconds=sizes.c1_seconds,
+        )
+        rows[era] = {
+            "sides": measured,
+            "ratioP50": measured["postgresql"]["p50"] / max(1e-9, measured["sqlite"]["p50"]),
+        }
+    return rows
+
+
+async def _resync(sizes: Sizes, a: Treadle, b: Treadle) -> dict[str, Any]:
+    receipts = Receipts()
+    async with a.rest() as rest:
+        workspace = await create_workspace(rest, "resync-replicas")
+        await configure(rest, workspace, "bench-one", "r-base")
+        server_id, token = await create_server(rest, workspace, "resync-replicas")
+
+        async def change(round_: int) -> float | None:
+            await configure(rest, workspace, "bench-one", f"x{round_:03d}")
+            found = await rest.get(
+                "/activity", params={"workspaceId": workspace, "type": "config_change", "limit": 1}
+            )
+            return _parse_iso(found.json()["activity"][0]["createdAt"])
+
+        async with AsyncExitStack() as stack:
+            modern = await _connect_all(
+                stack,
+                receipts,
+                b.mcp_url(server_id),
+                token,
+                sizes.resync_http,
+                sizes.resync_listen,
+                None,
+                0,
+                None,
+            )
+            async with anyio.create_task_group() as tg:
+                await _listen_all(tg, receipts, modern)
+                result = await _rounds(receipts, sizes.resync_rounds, change)
+                tg.cancel_scope.cancel()
+    return result
+
+
+async def run(sizes: Sizes) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    async with _fresh_database() as url:
+        first = Treadle.start(database_url=url)
+        second: Treadle | None = None
+        sqlite: Treadle | None = None
+        try:
+            pg_server = await _small_server(first, "replicas")
+            second = first.replica(2)
+            out["throughput"] = await _throughput(sizes, first, second, pg_server)
+            out["resync"] = await _resync(sizes, first, second)
+            second.stop()
+            second = None
+            sqlite = Treadle.start()
+            lite_server = await _small_server(sqlite, "sqlite")
+            out["latency"] = await _latency(sizes, first, pg_server, sqlite, lite_server)
+            out["errorsInLogs"] = first.errors_in_log()
+        finally:
+            for treadle in (second, sqlite, first):
+                if treadle is not None:
+                    treadle.stop()
+    return out
