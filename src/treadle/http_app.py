@@ -9,6 +9,7 @@ import anyio
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from treadle import health
 from treadle.api.routes import EXCEPTION_HANDLERS, AccessLog, api_routes
 from treadle.app import Gateway
 from treadle.auth.identity import signin
@@ -39,6 +40,7 @@ def build_http_app(gateway: Gateway, runtime: McpRuntime | None = None) -> Starl
             *connect_page.routes,
             *oauth_routes.routes,
             *docs_page.routes,
+            *health.routes,
             *signin.routes,
             *authorization_routes.routes,
         ],

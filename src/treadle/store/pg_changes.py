@@ -69,6 +69,10 @@ class PostgresChanges:
                     self._db.deliver(UNKNOWN)
                     break
 
+    async def reachable(self) -> bool:
+        """For /readyz: the listening connection is up (a lost one is being reopened)."""
+        return self._conn is not None and not self._conn.is_closed()
+
     async def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:

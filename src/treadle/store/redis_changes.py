@@ -69,5 +69,12 @@ class RedisChanges:
                 log.warning("lost the Redis change subscription (%s); resubscribing", error)
             await anyio.sleep(RECONNECT_SECONDS[min(attempt, len(RECONNECT_SECONDS) - 1)])
 
+    async def reachable(self) -> bool:
+        """For /readyz: Redis answers a PING."""
+        try:
+            return bool(await self._redis.ping())
+        except RedisError:
+            return False
+
     async def close(self) -> None:
         return None  # the Redis client is the gateway's, closed with it
