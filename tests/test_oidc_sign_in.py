@@ -18,7 +18,7 @@ from treadle.auth.identity.signin import begin_oidc
 from treadle.errors import ErrorCode, Refusal
 from treadle.store import schema
 
-from conftest import Api
+from conftest import Api, client_for
 from oidc_provider import Provider, oidc_provider
 
 pytestmark = pytest.mark.anyio
@@ -318,3 +318,58 @@ async def test_a_ticket_that_was_never_issued_is_refused(api: Api) -> None:
     with pytest.raises(tickets.TicketRefused) as refused:
         await tickets.verify(api.gateway, "made-up")
     assert refused.value.reason == "ticket_unknown"
+
+
+async def test_a_ticket_past_its_lifetime_is_refused(
+    api: Api, provider: Provider, browser: httpx2.AsyncClient
+) -> None:
+    idp = await add_idp(api, provider, allowCreateEndUsers=True)
+    done = await sign_in(api, browser, idp["id"], "alice")
+    table = schema.idp_sign_ins
+    async with api.gateway.store.db.write("test") as txn:
+        await txn.conn.execute(
+            table.update()
+            .where(table.c.ticket_hash.is_not(None))
+            .values(ticket_expires_at="2020-01-01T00:00:00.000Z")
+        )
+    with pytest.raises(tickets.TicketRefused) as refused:
+        await tickets.verify(api.gateway, done.ticket)
+    assert refused.value.reason == "ticket_expired"
+
+
+async def test_the_start_link_binds_the_sign_in_to_the_browser_that_followed_it(
+    api: Api, provider: Provider, browser: httpx2.AsyncClient
+) -> None:
+    idp = await add_idp(api, provider, allowCreateEndUsers=True)
+    params = {"idp": idp["id"], "return_to": "/done", "workspace": api.workspace_id}
+    started = await api.client.get("/auth/oidc/start", params=params)
+    assert started.status_code == 303, started.text
+    cookie = started.headers["set-cookie"]
+    assert "treadle_oidc_browser=" in cookie
+    assert "HttpOnly" in cookie
+    assert "SameSite=lax" in cookie or "samesite=lax" in cookie.lower()
+    location = await at_provider(browser, started.headers["location"], "alice")
+
+    # The attacker's move: somebody else's browser opens the callback URL.
+    async with client_for(api.gateway, api.api_key) as other_browser:
+        stolen = await other_browser.get(f"/auth/oidc/callback?{urlsplit(location).query}")
+    assert stolen.status_code == 400
+    assert stolen.headers["x-treadle-sign-in-error"] == "browser_mismatch"
+    assert await end_user_ids(api) == []
+
+    # The browser that started the next sign-in finishes it (its cookie is sent back).
+    again = await api.client.get("/auth/oidc/start", params=params)
+    location = await at_provider(browser, again.headers["location"], "alice")
+    done = await callback(api, location)
+    assert done.response.headers["location"].startswith("/done?ticket=")
+    assert (await tickets.verify(api.gateway, done.ticket)).external_id == "alice"
+
+
+async def test_the_start_link_answers_a_page_for_an_unknown_provider(api: Api) -> None:
+    started = await api.client.get("/auth/oidc/start", params={"idp": "nope", "return_to": "/done"})
+    assert started.status_code == 404
+    assert started.headers["x-treadle-sign-in-error"] == "not_found"
+    evil = await api.client.get(
+        "/auth/oidc/start", params={"idp": "nope", "return_to": "https://evil.example/"}
+    )
+    assert (evil.status_code, evil.headers["x-treadle-sign-in-error"]) == (400, "validation_error")

@@ -399,6 +399,8 @@ idp_sign_ins = sa.Table(
     sa.Column("ticket_used_at", sa.Text),
     sa.Column("external_id", sa.Text),
     sa.Column("end_user_id", sa.Text),
+    # The browser that started the sign-in (a cookie's hash): only it may finish it.
+    sa.Column("browser_hash", sa.Text),
 )
 
 

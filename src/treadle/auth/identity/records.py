@@ -69,6 +69,7 @@ class PendingSignIn:
     nonce_hash: str
     code_verifier: str
     return_to: str
+    browser_hash: str | None
 
 
 @dataclass(frozen=True, slots=True)

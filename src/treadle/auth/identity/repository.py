@@ -290,6 +290,7 @@ class SignIns:
         workspace_id: str | None,
         return_to: str,
         lifetime: timedelta,
+        browser: str | None,
     ) -> None:
         now = utcnow()
         async with self._db.write("oidc_sign_in") as txn:
@@ -308,6 +309,7 @@ class SignIns:
                     nonce_hash=hash_token(nonce),
                     code_verifier=self._vault.seal({"verifier": verifier}),
                     return_to=return_to,
+                    browser_hash=None if browser is None else hash_token(browser),
                     created_at=iso(now),
                     expires_at=iso(now + lifetime),
                 )
@@ -343,6 +345,7 @@ class SignIns:
             nonce_hash=row.nonce_hash,
             code_verifier=self._vault.open_sealed(row.code_verifier)["verifier"],
             return_to=row.return_to,
+            browser_hash=row.browser_hash,
         )
 
     async def issue_ticket(

@@ -7,6 +7,12 @@ the provider's JWKS, `iss`, `aud`/`azp`, `exp`, `nonce`), maps the configured cl
 user's externalId (creating the end user on first sign-in when the provider allows it) and
 redirects to `return_to` with a single-use ticket (2 minutes) that `tickets.verify` redeems.
 Every finished or refused callback is in the activity log (`idp_sign_in`).
+
+A sign-in is bound to the browser that started it: `/auth/oidc/start` (or a caller of
+`begin_oidc` that passes `browser` and sets `BROWSER_COOKIE` itself) gives the browser a
+random cookie whose hash the sign-in keeps, and the callback refuses a browser without it.
+Otherwise an attacker could finish their own sign-in in a victim's browser by sending them
+the callback URL (login CSRF), and the victim would then consent as the attacker.
 """
 
 from __future__ import annotations
@@ -43,10 +49,12 @@ from treadle.web.layout import render_page, security_headers
 log = logging.getLogger(__name__)
 
 CALLBACK_PATH = "/auth/oidc/callback"
+START_PATH = "/auth/oidc/start"
+BROWSER_COOKIE = "treadle_oidc_browser"
 SIGN_IN_LIFETIME = timedelta(minutes=10)
 TICKET_LIFETIME = timedelta(minutes=2)
 TOKEN_TIMEOUT = 15.0
-MAX_RETURN_TO = 2048
+MAX_RETURN_TO = 4096
 _HEADERS = security_headers()
 
 
@@ -77,10 +85,16 @@ def same_origin_path(value: str) -> str | None:
 
 
 async def begin_oidc(
-    gateway: Gateway, idp_id: str, return_to: str, *, workspace_id: str | None = None
+    gateway: Gateway,
+    idp_id: str,
+    return_to: str,
+    *,
+    workspace_id: str | None = None,
+    browser: str | None = None,
 ) -> str:
     """The URL to send the browser to. `return_to` must be a path on this gateway; with
-    `workspace_id` (the MCP server's workspace) the sign-in resolves to an end user there."""
+    `workspace_id` (the MCP server's workspace) the sign-in resolves to an end user there;
+    with `browser` (the value of the caller's `BROWSER_COOKIE`) only that browser finishes."""
     safe = same_origin_path(return_to)
     if safe is None:
         raise ValidationFailed("return_to must be a path on this gateway", field="return_to")
@@ -112,6 +126,7 @@ async def begin_oidc(
         workspace_id=workspace_id,
         return_to=safe,
         lifetime=SIGN_IN_LIFETIME,
+        browser=browser,
     )
     scopes = ["openid", *(s for s in idp.scopes if s != "openid")]
     if idp.claim == "email" and "email" not in scopes:
@@ -163,10 +178,11 @@ _PAGES = {
     "provider_denied": "The identity provider did not sign you in.",
     "end_user_unknown": "Your account is not set up here. Ask an administrator.",
     "provider_unavailable": "The identity provider could not be reached. Try again.",
+    "browser_mismatch": "This sign-in was started in another browser. Start again here.",
 }
 
 
-async def finish(gateway: Gateway, params: dict[str, str]) -> Finished:
+async def finish(gateway: Gateway, params: dict[str, str], browser: str | None = None) -> Finished:
     state = params.get("state", "")
     if not state or len(state) > 200:
         raise SignInFailed("state_unknown")
@@ -176,6 +192,10 @@ async def finish(gateway: Gateway, params: dict[str, str]) -> Finished:
     key, pending = claimed
     idp = await providers(gateway).get(pending.org_id, pending.idp_id)
     try:
+        if pending.browser_hash is not None and not hmac.compare_digest(
+            hash_token(browser or ""), pending.browser_hash
+        ):
+            raise SignInFailed("browser_mismatch")
         if idp is None or idp.kind is not IdpKind.OIDC:
             raise SignInFailed("idp_removed")
         if params.get("error"):
@@ -361,18 +381,63 @@ async def callback(request: Request) -> Response:
     gateway = gateway_of(request)
     params = {k: v for k, v in request.query_params.items() if len(v) <= 4000}
     try:
-        finished = await finish(gateway, params)
+        finished = await finish(gateway, params, request.cookies.get(BROWSER_COOKIE))
     except SignInFailed as failed:
-        message = _PAGES.get(failed.reason, "The sign-in could not be completed. Start again.")
-        return render_page(
-            "Not signed in",
-            f"<h1>Not signed in</h1><p>{html.escape(message)}</p>"
-            f"<p><small>Reason: <code>{html.escape(failed.reason)}</code></small></p>",
-            style="",
-            headers={**_HEADERS, "X-Treadle-Sign-In-Error": failed.reason},
-            status=failed.status,
-        )
+        return _page(failed.reason, failed.status)
     return RedirectResponse(finished.location, status_code=303, headers=_HEADERS)
 
 
-routes = [Route(CALLBACK_PATH, callback, methods=["GET"])]
+def _page(reason: str, status: int) -> Response:
+    message = _PAGES.get(reason, "The sign-in could not be completed. Start again.")
+    return render_page(
+        "Not signed in",
+        f"<h1>Not signed in</h1><p>{html.escape(message)}</p>"
+        f"<p><small>Reason: <code>{html.escape(reason)}</code></small></p>",
+        style="",
+        headers={**_HEADERS, "X-Treadle-Sign-In-Error": reason},
+        status=status,
+    )
+
+
+async def start(request: Request) -> Response:
+    """`GET /auth/oidc/start?idp=…&return_to=…[&workspace=…]`: what a sign-in button links
+    to. Starting a sign-in changes nothing a forged link could abuse (the person still signs
+    in at their own provider), so it needs no CSRF token; finishing one needs this cookie."""
+    gateway = gateway_of(request)
+    browser = request.cookies.get(BROWSER_COOKIE)
+    if not browser or len(browser) > 100:
+        browser = secrets.token_urlsafe(32)
+    params = request.query_params
+    try:
+        location = await begin_oidc(
+            gateway,
+            params.get("idp", ""),
+            params.get("return_to", ""),
+            workspace_id=params.get("workspace") or None,
+            browser=browser,
+        )
+    except Refusal as refused:
+        reason = str(refused.extra.get("reason", refused.code.value.lower()))
+        return _page(reason, refused.code.status)
+    response = RedirectResponse(location, status_code=303, headers=_HEADERS)
+    set_browser_cookie(gateway, response, browser)
+    return response
+
+
+def set_browser_cookie(gateway: Gateway, response: Response, browser: str) -> None:
+    """Lax, not Strict: the provider's redirect back is a cross-site top-level navigation."""
+    response.set_cookie(
+        BROWSER_COOKIE,
+        browser,
+        max_age=int(SIGN_IN_LIFETIME.total_seconds()),
+        path="/auth/oidc",
+        httponly=True,
+        samesite="lax",
+        secure=gateway.settings.public_url.startswith("https://"),
+    )
+
+
+routes = [
+    Route(START_PATH, start, methods=["GET"]),
+    Route(CALLBACK_PATH, callback, methods=["GET"]),
+]
