@@ -6,6 +6,7 @@ tells connected clients; configuration changes reach search at once.
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
@@ -315,3 +316,72 @@ async def test_a_pending_search_is_not_blocked_by_another_server(mcp_env: McpEnv
     with anyio.fail_after(10):
         async with mcp_env.connect("memory", "legacy") as client:
             assert "kit__wait" not in await search(client, "wait")
+
+
+def _returned(messages: list[Any]) -> list[Any]:
+    from pydantic_ai.messages import ModelRequest, ToolReturnPart
+
+    return [
+        part.content
+        for message in messages
+        if isinstance(message, ModelRequest)
+        for part in message.parts
+        if isinstance(part, ToolReturnPart)
+    ]
+
+
+def _as_object(content: Any) -> dict[str, Any]:
+    if isinstance(content, dict):
+        return content
+    assert isinstance(content, str), content
+    loaded: dict[str, Any] = json.loads(content)
+    return loaded
+
+
+@pytest.mark.parametrize("transport", ["http"])
+async def test_pydantic_ai_agent_searches_describes_and_calls(
+    mcp_env: McpEnv, transport: str
+) -> None:
+    """pydantic-ai's MCP client over HTTP, a scripted model doing what a real one would."""
+    from pydantic_ai import Agent
+    from pydantic_ai.mcp import MCPToolset
+    from pydantic_ai.messages import ModelResponse, TextPart, ToolCallPart
+    from pydantic_ai.models.function import AgentInfo, FunctionModel
+
+    await mcp_env.configure("testkit", integrationAlias="kit")
+    await mcp_env.configure("testkit", integrationAlias="ops")
+    await mcp_env.create_server(mode="DISCOVERY")
+    seen: list[str] = []
+
+    def respond(messages: list[Any], info: AgentInfo) -> ModelResponse:
+        offered = {tool.name for tool in info.function_tools}
+        assert offered == META, offered
+        returns = _returned(messages)
+        if not returns:
+            return ModelResponse(
+                parts=[ToolCallPart("search_tools", {"query": "echo text with the ops kit"})]
+            )
+        if len(returns) == 1:
+            name = _as_object(returns[0])["tools"][0]["name"]
+            seen.append(name)
+            return ModelResponse(parts=[ToolCallPart("describe_tools", {"names": [name]})])
+        if len(returns) == 2:
+            tool = _as_object(returns[1])["tools"][0]
+            seen.append(",".join(sorted(tool["inputSchema"]["required"])))
+            arguments = {"text": "hello from the agent", "channel": "C7"}
+            return ModelResponse(
+                parts=[ToolCallPart("call_tool", {"name": tool["name"], "arguments": arguments})]
+            )
+        return ModelResponse(parts=[TextPart(json.dumps(_as_object(returns[2])))])
+
+    toolset: MCPToolset[Any] = MCPToolset(
+        mcp_env.mcp_url, headers={"Authorization": f"Bearer {mcp_env.server_token}"}
+    )
+    agent = Agent(FunctionModel(respond), toolsets=[toolset])
+    with anyio.fail_after(60):
+        async with agent:
+            result = await agent.run("Echo 'hello from the agent' with the ops kit.")
+    assert seen == ["ops__echo", "channel,text"]
+    assert json.loads(result.output)["text"] == "hello from the agent"
+    records = await mcp_env.activity()
+    assert [(r["source"], r["status"]) for r in records] == [("mcp_tools", "succeeded")]

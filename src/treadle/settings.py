@@ -52,6 +52,9 @@ class Settings:
     mcp_sessions: McpSessionLimits = McpSessionLimits()
     # Redis shared by every replica: rate limits and change fan-out go through it when set.
     redis_url: str | None = None
+    # How DISCOVERY mode's search_tools ranks: lexical, or hybrid/semantic with the semantic
+    # extra installed (TREADLE_TOOL_SEARCH).
+    tool_search: str = "lexical"
 
     @classmethod
     def from_env(cls, data_dir: str | os.PathLike[str] | None = None) -> Settings:
@@ -73,6 +76,7 @@ class Settings:
             idempotency_lease_seconds=_seconds("TREADLE_IDEMPOTENCY_LEASE_SECONDS", 30.0),
             mcp_sessions=McpSessionLimits.from_env(),
             redis_url=os.environ.get("TREADLE_REDIS_URL") or None,
+            tool_search=_tool_search(),
         )
 
     def bound_to(self, host: str, port: int) -> Settings:
@@ -91,6 +95,15 @@ def local_url(host: str, port: int) -> str:
     elif host == "::":
         host = "::1"
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _tool_search() -> str:
+    raw = os.environ.get("TREADLE_TOOL_SEARCH") or "lexical"
+    if raw not in ("lexical", "hybrid", "semantic"):
+        raise SystemExit(
+            f"error: TREADLE_TOOL_SEARCH must be lexical, hybrid or semantic, got {raw!r}"
+        )
+    return raw
 
 
 def _seconds(name: str, default: float) -> float:

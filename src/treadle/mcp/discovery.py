@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from treadle.mcp.discovery_tools import (
 from treadle.mcp.results import error_result
 from treadle.mcp.search_index import Hit, LexicalIndex
 from treadle.mcp.toolset import ToolSet, ToolTarget
+
+log = logging.getLogger(__name__)
 
 # Indexes kept, one per server in use (as tool sets are; an evicted one is rebuilt).
 MAX_INDEXES = 256
@@ -151,6 +154,13 @@ class SearchIndexes:
 
     def __init__(self, ranking: str = "lexical", max_entries: int = MAX_INDEXES) -> None:
         # lexical | hybrid | semantic; the latter two need the semantic extra (else lexical).
+        if ranking != "lexical" and semantic.encoder() is None:
+            log.warning(
+                "tool search %s needs the semantic extra (pip install 'treadle[semantic]'); "
+                "searching lexically",
+                ranking,
+            )
+            ranking = "lexical"
         self.ranking = ranking
         self._max = max_entries
         self._entries: OrderedDict[str, ToolSearch] = OrderedDict()

@@ -36,7 +36,7 @@ class McpRuntime:
         self.request_state_key = gateway.request_state_key
         self.toolsets = ToolsetCache(gateway.store, gateway.catalog)
         # DISCOVERY mode's search indexes, shared by every face of the process as tool sets are.
-        self.search = SearchIndexes()
+        self.search = SearchIndexes(gateway.settings.tool_search)
         self.hub = ResyncHub(gateway.store, self.toolsets, poll_seconds=poll_seconds)
 
     def face(

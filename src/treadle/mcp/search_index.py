@@ -15,6 +15,7 @@ that alias's tools, not the other 10,000.
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
 from collections.abc import Iterable
@@ -143,9 +144,13 @@ _SYNONYMS = {
     "close": "update",
     "subscribe": "subscriber",
 }
+# The best this many matches get a bonus for naming their action's words in full, of at most
+# this share of the best score.
+COVER_DEPTH = 200
+COVER_BONUS = 0.25
 # A search result's description: its first sentence, at most this long (describe_tools has
 # the whole text); ten results stay within a few KiB of the model's context.
-SUMMARY_CHARS = 100
+SUMMARY_CHARS = 90
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -196,7 +201,7 @@ class Entry:
             "title": self.title,
             "description": self.description,
             "integrationAlias": self.alias,
-            "score": round(score, 4),
+            "score": round(score, 3),
         }
 
 
@@ -265,6 +270,8 @@ class LexicalIndex:
         self.entries: dict[int, Entry] = {}
         # What each tool does, without the alias it acts on (what semantic ranking embeds).
         self.meanings: dict[int, str] = {}
+        # The words of each tool's action name (create_issue: create, issue).
+        self._action_words: dict[int, frozenset[str]] = {}
         self._postings: dict[str, dict[int, float]] = {}
         self._total_length = 0.0
         self._next_id = 0
@@ -298,6 +305,7 @@ class LexicalIndex:
             display = target.integration.display_name
             terms = _weighted_terms(signature, name, display)
             self._add(entry, signature, terms, _meaning(tool, target, display))
+            self._action_words[self._ids[tool.name]] = frozenset(tokens(target.action.name))
         for gone in [name for name in self._ids if name not in seen]:
             self._remove(gone)
         self.source = toolset
@@ -330,6 +338,7 @@ class LexicalIndex:
         del self._signatures[doc]
         del self.entries[doc]
         del self.meanings[doc]
+        self._action_words.pop(doc, None)
 
     def doc_id(self, name: str) -> int | None:
         return self._ids.get(name)
@@ -355,7 +364,21 @@ class LexicalIndex:
                 if allowed is not None and doc not in allowed:
                     continue
                 found[doc] = found.get(doc, 0.0) + lift * tf / (tf + base + scale * lengths[doc])
+        if found:
+            self._cover(found, set(tokens(query)))
         return found
+
+    def _cover(self, found: dict[int, float], asked: set[str]) -> None:
+        """Among the best matches, prefer the tool whose action the query names whole: "open
+        an issue" is create_issue more than create_issue_comment, though both match."""
+        best = heapq.nlargest(COVER_DEPTH, found.items(), key=lambda item: item[1])
+        if not best:
+            return
+        bonus = COVER_BONUS * best[0][1]
+        for doc, score in best:
+            words = self._action_words.get(doc)
+            if words:
+                found[doc] = score + bonus * len(words & asked) / len(words)
 
     def matching(self, scope: str) -> set[int]:
         """Documents of an alias or an integration (by name), case-insensitive."""
