@@ -135,7 +135,9 @@ async def test_a_person_signs_in_and_the_ticket_names_their_end_user_once(
     done = await callback(api, await at_provider(browser, url, "alice"))
     location = done.response.headers["location"]
     assert location.startswith("/oauth/authorize?client_id=x&ticket=")
+    shown = await tickets.peek(api.gateway, done.ticket)  # leaves the ticket redeemable
     signed_in = await tickets.verify(api.gateway, done.ticket)
+    assert shown == signed_in
     assert (signed_in.org_id, signed_in.idp_id, signed_in.external_id) == (
         api.org_id,
         idp["id"],
@@ -148,6 +150,9 @@ async def test_a_person_signs_in_and_the_ticket_names_their_end_user_once(
     with pytest.raises(tickets.TicketRefused) as reused:
         await tickets.verify(api.gateway, done.ticket)
     assert reused.value.reason == "ticket_used"
+    with pytest.raises(tickets.TicketRefused) as peeked:
+        await tickets.peek(api.gateway, done.ticket)
+    assert peeked.value.reason == "ticket_used"
     assert reused.value.code is ErrorCode.UNAUTHORIZED
 
     (record,) = await sign_in_activity(api)

@@ -369,6 +369,20 @@ class SignIns:
             )
         )
 
+    async def peek(self, ticket: str) -> SignedIn | TicketProblem:
+        """What a ticket names while it is still redeemable, without spending it (a consent
+        page shows who signed in; the decision redeems the ticket)."""
+        query = idp_sign_ins.select().where(idp_sign_ins.c.ticket_hash == hash_token(ticket))
+        async with self._db.read() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None or row.ticket_expires_at is None:
+            return TicketProblem.UNKNOWN
+        if row.ticket_used_at is not None:
+            return TicketProblem.USED
+        if parse_iso(row.ticket_expires_at) <= utcnow():
+            return TicketProblem.EXPIRED
+        return SignedIn(row.org_id, row.idp_id, row.external_id, row.end_user_id)
+
     async def redeem(self, ticket: str) -> SignedIn | TicketProblem:
         key = hash_token(ticket)
         async with self._db.write("oidc_ticket") as txn:

@@ -12,7 +12,7 @@ from treadle.auth.identity.records import SignedIn
 from treadle.auth.identity.repository import SignIns, TicketProblem
 from treadle.errors import ErrorCode, Refusal
 
-__all__ = ["SignedIn", "TicketRefused", "verify"]
+__all__ = ["SignedIn", "TicketRefused", "peek", "verify"]
 
 
 class TicketRefused(Refusal):
@@ -26,9 +26,20 @@ class TicketRefused(Refusal):
 
 
 async def verify(gateway: Gateway, ticket: str) -> SignedIn:
+    """Redeems the ticket: once, within its lifetime, in any replica."""
     if not ticket or len(ticket) > 200:
         raise TicketRefused(TicketProblem.UNKNOWN)
     redeemed = await SignIns(gateway.store.db, gateway.vault).redeem(ticket)
     if isinstance(redeemed, TicketProblem):
         raise TicketRefused(redeemed)
     return redeemed
+
+
+async def peek(gateway: Gateway, ticket: str) -> SignedIn:
+    """What a still-redeemable ticket names, leaving it redeemable (to show who signed in)."""
+    if not ticket or len(ticket) > 200:
+        raise TicketRefused(TicketProblem.UNKNOWN)
+    found = await SignIns(gateway.store.db, gateway.vault).peek(ticket)
+    if isinstance(found, TicketProblem):
+        raise TicketRefused(found)
+    return found
