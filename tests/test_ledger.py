@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -29,6 +29,7 @@ import anyio
 import anyio.lowlevel
 import httpx2
 import pytest
+import sqlalchemy as sa
 
 from treadle.app import Gateway
 from treadle.bootstrap import initialise
@@ -39,6 +40,7 @@ from treadle.engine.limits import MonthlyQuota, SlidingWindowRateLimiter
 from treadle.settings import Settings
 from treadle.store import Database, ExecutionLedger
 from treadle.store.activity import Activity
+from treadle.store.database import create_engine
 from treadle.store.state import UsageCounters
 
 from conftest import Api, client_for
@@ -83,14 +85,8 @@ class FakeClock:
 
 # -- plumbing ---------------------------------------------------------------------------------
 
-# These read, lock or break the database through a plain sqlite3 connection to its file;
-# their PostgreSQL counterparts (another connection's lock, a refusing trigger) are still to
-# be written. The same ledger paths run on PostgreSQL in the other tests here.
-SQLITE_FILE = only_on_sqlite("drives the database through a plain sqlite3 connection to its file")
-
-
-def database_file(gateway: Gateway) -> Path:
-    return gateway.settings.data_dir / "treadle.db"
+# The plain-sqlite3 commit path exists only for a SQLite file.
+SQLITE_FILE = only_on_sqlite("the plain-sqlite3 commit path of a SQLite file")
 
 
 async def wait_running(ledger: ExecutionLedger) -> None:
@@ -230,97 +226,159 @@ async def used(api: Api) -> int:
     return await api.gateway.store.usage.current(api.org_id, this_month(api))
 
 
-# Plain sqlite3, as another program would see the file: nothing flushed, nothing cached. Run in
-# a worker thread so the event loop (and the gateway's own transactions) keep going meanwhile.
+# The database as another program sees it, on a connection of its own: nothing flushed,
+# nothing cached. SQLite: plain sqlite3 in a worker thread (the event loop and the gateway's
+# own transactions keep going meanwhile); PostgreSQL: a separate engine.
 
 
-def _query(path: Path, sql: str, *args: Any) -> int:
+@dataclass(frozen=True)
+class Outside:
+    url: str
+    path: Path
+
+
+def database_file(gateway: Gateway) -> Outside:
+    return Outside(gateway.settings.database_url, gateway.settings.data_dir / "treadle.db")
+
+
+def _query(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        row = conn.execute(sql, args).fetchone()
+        return list(conn.execute(sql, args).fetchall())
     finally:
         conn.close()
-    return int(row[0]) if row and row[0] is not None else 0
 
 
-def _numbers(path: Path) -> list[int]:
-    conn = sqlite3.connect(path, isolation_level=None)
+async def _rows(outside: Outside, sql: str, **args: Any) -> list[tuple[Any, ...]]:
+    """`sql` with `:name` parameters, read from outside the gateway."""
+    if not ON_POSTGRESQL:
+        positional = sql
+        for name in args:
+            positional = positional.replace(f":{name}", "?")
+        return await anyio.to_thread.run_sync(_query, outside.path, positional, *args.values())
+    engine = create_engine(outside.url)
     try:
-        rows = conn.execute(
-            "SELECT json_extract(input, '$.n') FROM activity WHERE type = 'action_execution'"
-        ).fetchall()
+        async with engine.connect() as conn:
+            return [tuple(row) for row in await conn.execute(sa.text(sql), args)]
     finally:
-        conn.close()
-    return sorted(int(n) for (n,) in rows)
+        await engine.dispose()
 
 
-async def stored_inputs(path: Path) -> list[int]:
-    """The `n` of every execution record committed to the file."""
-    return await anyio.to_thread.run_sync(_numbers, path)
+async def _execute_outside(outside: Outside, *statements: str) -> None:
+    if not ON_POSTGRESQL:
+        for statement in statements:
+            await anyio.to_thread.run_sync(_query, outside.path, statement)
+        return
+    engine = create_engine(outside.url)
+    try:
+        async with engine.begin() as conn:
+            for statement in statements:
+                await conn.execute(sa.text(statement))
+    finally:
+        await engine.dispose()
 
 
-async def stored_executions(path: Path) -> int:
+async def stored_inputs(outside: Outside) -> list[int]:
+    """The `n` of every execution record committed to the database."""
+    n = "CAST(input AS json) ->> 'n'" if ON_POSTGRESQL else "json_extract(input, '$.n')"
+    rows = await _rows(outside, f"SELECT {n} FROM activity WHERE type = 'action_execution'")
+    return sorted(int(value) for (value,) in rows)
+
+
+async def stored_executions(outside: Outside) -> int:
     sql = "SELECT count(*) FROM activity WHERE type = 'action_execution'"
-    return await anyio.to_thread.run_sync(_query, path, sql)
+    return int((await _rows(outside, sql))[0][0])
 
 
-async def stored_count(path: Path, org_id: str, period: str) -> int:
-    sql = "SELECT count FROM usage_counters WHERE org_id = ? AND period = ?"
-    return await anyio.to_thread.run_sync(_query, path, sql, org_id, period)
-
-
-def _execute(path: Path, sql: str) -> None:
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute(sql)
-    finally:
-        conn.close()
+async def stored_count(outside: Outside, org_id: str, period: str) -> int:
+    sql = "SELECT count FROM usage_counters WHERE org_id = :org AND period = :period"
+    rows = await _rows(outside, sql, org=org_id, period=period)
+    return int(rows[0][0]) if rows else 0
 
 
 REFUSE = "test_refuse_activity"
 
 
 @asynccontextmanager
-async def activity_refused(path: Path) -> AsyncIterator[None]:
+async def activity_refused(outside: Outside) -> AsyncIterator[None]:
     """Inserts into `activity` fail (and with them the writer's whole transaction)."""
-    create = (
-        f"CREATE TRIGGER {REFUSE} BEFORE INSERT ON activity "
-        "BEGIN SELECT RAISE(ABORT, 'refused by test'); END"
-    )
-    await anyio.to_thread.run_sync(_execute, path, create)
+    if ON_POSTGRESQL:
+        create = (
+            f"CREATE FUNCTION {REFUSE}() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'refused by test'; END $$",
+            f"CREATE TRIGGER {REFUSE} BEFORE INSERT ON activity "
+            f"FOR EACH ROW EXECUTE FUNCTION {REFUSE}()",
+        )
+        drop: tuple[str, ...] = (
+            f"DROP TRIGGER IF EXISTS {REFUSE} ON activity",
+            f"DROP FUNCTION IF EXISTS {REFUSE}()",
+        )
+    else:
+        create = (
+            f"CREATE TRIGGER {REFUSE} BEFORE INSERT ON activity "
+            "BEGIN SELECT RAISE(ABORT, 'refused by test'); END",
+        )
+        drop = (f"DROP TRIGGER IF EXISTS {REFUSE}",)
+    await _execute_outside(outside, *create)
     try:
         yield
     finally:
-        await anyio.to_thread.run_sync(_execute, path, f"DROP TRIGGER IF EXISTS {REFUSE}")
+        with anyio.CancelScope(shield=True):
+            await _execute_outside(outside, *drop)
 
 
-@dataclass
 class WriteLock:
-    """Another connection's open write transaction (BEGIN IMMEDIATE), held until released."""
+    """Another connection's open transaction that keeps every writer of the activity log
+    and the quota counts waiting (SQLite: BEGIN IMMEDIATE; PostgreSQL: an EXCLUSIVE lock on
+    both tables, which lets reads through), held until released."""
 
-    conn: sqlite3.Connection
+    def __init__(self, release: Any) -> None:
+        self._release = release
 
-    def release(self) -> None:
-        # Ending an empty transaction is immediate: safe on the event loop, even when cancelled.
-        self.conn.rollback()
+    async def release(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._release()
 
 
-@contextmanager
-def write_locked(path: Path) -> Iterator[WriteLock]:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+@asynccontextmanager
+async def write_locked(outside: Outside) -> AsyncIterator[WriteLock]:
+    if not ON_POSTGRESQL:
+        conn = sqlite3.connect(outside.path, isolation_level=None, check_same_thread=False)
+
+        async def rollback() -> None:
+            if conn.in_transaction:
+                conn.rollback()  # ending an empty transaction is immediate: fine on the loop
+
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield WriteLock(rollback)
+        finally:
+            if conn.in_transaction:
+                conn.rollback()
+            conn.close()
+        return
+    engine = create_engine(outside.url)
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        yield WriteLock(conn)
+        async with engine.connect() as pg:
+            txn = await pg.begin()
+            await pg.execute(sa.text("LOCK TABLE activity, usage_counters IN EXCLUSIVE MODE"))
+
+            async def end() -> None:
+                if txn.is_active:
+                    await txn.rollback()
+
+            try:
+                yield WriteLock(end)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await end()
     finally:
-        if conn.in_transaction:
-            conn.rollback()
-        conn.close()
+        await engine.dispose()
 
 
 # -- without a running writer: inline, as before ---------------------------------------------
 
 
-@SQLITE_FILE
 async def test_without_a_writer_each_call_is_written_before_it_returns(api: Api) -> None:
     assert not api.gateway.store.ledger.running
     path = database_file(api.gateway)
@@ -334,7 +392,6 @@ async def test_without_a_writer_each_call_is_written_before_it_returns(api: Api)
 # -- with a running writer --------------------------------------------------------------------
 
 
-@SQLITE_FILE
 async def test_concurrent_calls_all_appear_in_the_activity_api_once_they_return(
     any_api: Api,
 ) -> None:
@@ -440,7 +497,6 @@ async def test_replicas_never_grant_past_the_limit_however_old_their_count(
         await other.close()
 
 
-@SQLITE_FILE
 async def test_a_lone_call_is_committed_in_one_transaction_before_it_answers(
     any_api: Api,
 ) -> None:
@@ -458,13 +514,14 @@ async def test_a_lone_call_is_committed_in_one_transaction_before_it_answers(
             assert ledger.attempts == before + 1
 
 
-@SQLITE_FILE
 async def test_calls_waiting_for_the_database_answer_after_their_commit_and_share_it(
     api: Api,
 ) -> None:
     path = database_file(api.gateway)
-    ledger = api.gateway.store.ledger
-    assert (await run(api, 0)).status_code == 200  # the count is known: no read needed
+    assert (await run(api, 0)).status_code == 200
+    # Deferred counts (SQLite's default) on either database: a shared ledger's reservations
+    # would wait behind the lock themselves, before the calls run.
+    ledger = use_ledger(api.gateway, shared=False)
     answered: list[int] = []
 
     async def call(n: int) -> None:
@@ -473,23 +530,21 @@ async def test_calls_waiting_for_the_database_answer_after_their_commit_and_shar
         answered.append(n)
 
     async with background(api.gateway):
-        with write_locked(path) as lock:
-            async with anyio.create_task_group() as tg:
-                for n in range(1, 6):
-                    tg.start_soon(call, n)
-                # Another connection holds the write lock: every call ran its action and
-                # queued its count and record (two items each), and none may answer yet.
-                await queued(ledger, 10)
-                before = ledger.attempts  # the first waiter's commit has started
-                assert answered == []
-                lock.release()
+        async with write_locked(path) as lock, anyio.create_task_group() as tg:
+            for n in range(1, 6):
+                tg.start_soon(call, n)
+            # Another connection holds the write lock: every call ran its action and
+            # queued its count and record (two items each), and none may answer yet.
+            await queued(ledger, 10)
+            before = ledger.attempts  # the first waiter's commit has started
+            assert answered == []
+            await lock.release()
         assert sorted(answered) == [1, 2, 3, 4, 5]
         # The first waiter's commit, then one more for the four that queued behind it.
         assert ledger.attempts == before + 1
         assert await stored_count(path, api.org_id, this_month(api)) == 6
 
 
-@SQLITE_FILE
 async def test_near_the_limit_each_reservation_is_committed_before_it_returns(
     api: Api,
 ) -> None:
@@ -534,9 +589,9 @@ async def test_counts_older_than_stale_seconds_are_read_again(api: Api) -> None:
 # -- shutdown ---------------------------------------------------------------------------------
 
 
-@SQLITE_FILE
 async def test_counts_no_record_followed_are_written_at_shutdown(api: Api) -> None:
-    ledger = ExecutionLedger(api.gateway.store.db, api.gateway.store.usage)
+    # Deferred counts, on either database (a shared ledger writes each one at once).
+    ledger = ExecutionLedger(api.gateway.store.db, api.gateway.store.usage, shared=False)
     path = database_file(api.gateway)
     async with writing(ledger):
         for n in range(3):
@@ -546,21 +601,19 @@ async def test_counts_no_record_followed_are_written_at_shutdown(api: Api) -> No
     assert await stored_count(path, api.org_id, PERIOD) == 3
 
 
-@SQLITE_FILE
 async def test_records_of_calls_that_stopped_waiting_are_written_by_the_writer(
     api: Api,
 ) -> None:
     path = database_file(api.gateway)
-    ledger = api.gateway.store.ledger
-    assert (await run(api, 0)).status_code == 200  # the count is known: no read needed
+    assert (await run(api, 0)).status_code == 200
+    ledger = use_ledger(api.gateway, shared=False)  # deferred counts, on either database
     async with background(api.gateway):
-        with write_locked(path) as lock:
-            async with anyio.create_task_group() as tg:
-                for n in range(1, 4):
-                    tg.start_soon(run, api, n)
-                await queued(ledger, 6)
-                tg.cancel_scope.cancel()  # the clients went away while their calls waited
-                lock.release()
+        async with write_locked(path) as lock, anyio.create_task_group() as tg:
+            for n in range(1, 4):
+                tg.start_soon(run, api, n)
+            await queued(ledger, 6)
+            tg.cancel_scope.cancel()  # the clients went away while their calls waited
+            await lock.release()
         # Nobody waits for these records any more; the background writer commits them.
         with anyio.fail_after(10):
             while ledger.waiting:
@@ -569,17 +622,17 @@ async def test_records_of_calls_that_stopped_waiting_are_written_by_the_writer(
         assert await stored_count(path, api.org_id, this_month(api)) == 4
 
 
-@SQLITE_FILE
 async def test_close_writes_what_the_writer_could_not(settings: Settings) -> None:
     async with opened(settings) as api:
         path = database_file(api.gateway)
         ledger = api.gateway.store.ledger
+        per_call = 1 if ledger.shared else 2  # a record, and a deferred count unless shared
         async with activity_refused(path):
             async with background(api.gateway):
                 async with anyio.create_task_group() as tg:
                     for n in range(3):
                         tg.start_soon(run, api, n)
-                    await queued(ledger, 6)
+                    await queued(ledger, 3 * per_call)
                     await ledger.flush()  # an attempt was made, and failed
                     tg.cancel_scope.cancel()  # the clients gave up
                 assert await stored_executions(path) == 0
@@ -594,13 +647,13 @@ async def test_close_writes_what_the_writer_could_not(settings: Settings) -> Non
 # -- failed writes ----------------------------------------------------------------------------
 
 
-@SQLITE_FILE
 async def test_while_the_database_refuses_writes_calls_wait_and_nothing_is_lost(
     any_api: Api,
 ) -> None:
     api = any_api
     path = database_file(api.gateway)
-    ledger = use_ledger(api.gateway, retry_seconds=0.05)
+    # Deferred counts on either database: neither records nor counts commit while refused.
+    ledger = use_ledger(api.gateway, retry_seconds=0.05, shared=False)
     answered: list[int] = []
 
     async def call(n: int) -> None:
@@ -626,7 +679,6 @@ async def test_while_the_database_refuses_writes_calls_wait_and_nothing_is_lost(
         assert await used(api) == 6  # five calls and the reservation made above
 
 
-@SQLITE_FILE
 async def test_the_quota_holds_while_the_writer_cannot_write(api: Api) -> None:
     store = api.gateway.store
     ledger = ExecutionLedger(store.db, store.usage, exact_margin=1, retry_seconds=0.05)
@@ -676,7 +728,6 @@ class PausedReads(UsageCounters):
         return value
 
 
-@SQLITE_FILE
 async def test_a_count_read_while_the_writer_commits_does_not_lose_executions(
     api: Api,
 ) -> None:
@@ -690,7 +741,7 @@ async def test_a_count_read_while_the_writer_commits_does_not_lose_executions(
     limit = 10
     allowed = 0
     async with writing(ledger):
-        with write_locked(path) as lock:
+        async with write_locked(path) as lock:
             # Five executions queued while the writer waits behind another transaction.
             for _ in range(5):
                 allowed += (await ledger.reserve(api.org_id, PERIOD, limit))[0]
@@ -705,7 +756,7 @@ async def test_a_count_read_while_the_writer_commits_does_not_lose_executions(
                 tg.start_soon(stale_reader)
                 with anyio.fail_after(10):
                     await usage.read_done.wait()  # read 0: the five are not committed yet
-                    lock.release()
+                    await lock.release()
                     await ledger.flush()  # the writer commits the five
                 usage.proceed.set()
         with anyio.fail_after(10):

@@ -124,6 +124,11 @@ class ExecutionLedger:
         return self._running
 
     @property
+    def shared(self) -> bool:
+        """Whether every reservation is the database's own count (nothing deferred)."""
+        return self._shared
+
+    @property
     def attempts(self) -> int:
         """Group commits started so far (one transaction each)."""
         return self._attempts
