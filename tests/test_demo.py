@@ -134,3 +134,21 @@ def test_demo_twice_reuses_the_workspace_and_prints_a_fresh_token(tmp_path: Path
         check=True,
     )
     assert "treadle-demo" in json.loads(listed.stdout)["mcpServers"]
+
+
+async def test_demo_says_how_to_choose_a_mode_and_the_stdio_flag_works(demo: Demo) -> None:
+    assert "DISCOVERY" in demo.text
+    assert "AUTO" in demo.text
+    assert "--mode DISCOVERY" in demo.text
+    servers = demo.desktop_entry()["mcpServers"]
+    assert isinstance(servers, dict)
+    (entry,) = servers.values()
+    params = StdioServerParameters(
+        command=entry["command"], args=[*entry["args"], "--mode", "DISCOVERY"], env=entry.get("env")
+    )
+    async with Client(params) as client:
+        names = {tool.name for tool in (await client.list_tools()).tools}
+        assert names == {"search_tools", "describe_tools", "call_tool"}
+        found = await client.call_tool("search_tools", {"query": "store a value under a key"})
+        assert found.structured_content is not None
+        assert "notes__put" in [tool["name"] for tool in found.structured_content["tools"]][:3]

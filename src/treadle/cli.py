@@ -394,7 +394,7 @@ async def cmd_mcp_config(args: argparse.Namespace) -> int:
 
 
 async def cmd_demo(args: argparse.Namespace) -> int:
-    from treadle.demo import claude_desktop_entry, ensure_demo
+    from treadle.demo import claude_desktop_entry, ensure_demo, modes_hint
     from treadle.server import bind, serve
 
     settings = Settings.from_env(args.data_dir)
@@ -416,6 +416,7 @@ async def cmd_demo(args: argparse.Namespace) -> int:
             demo.server, settings.data_dir, database_url=os.environ.get("TREADLE_DATABASE_URL")
         )
         print(json.dumps(entry, indent=2))
+        print(modes_hint(demo.server, base_url))
         print("\nServing; press Ctrl+C to stop.", flush=True)
 
     await serve(settings, host=args.host, port=args.port, announce=ready)

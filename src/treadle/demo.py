@@ -96,6 +96,17 @@ async def ensure_demo(store: Store, data_dir: Path) -> Demo:
     return Demo(workspace.id, server, token)
 
 
+def modes_hint(server: McpServer, base_url: str) -> str:
+    """How to choose what the server lists (README "Many tools: DISCOVERY and AUTO modes")."""
+    return f"""
+  Modes (this server: {server.mode}): TOOLS lists every tool. With hundreds of tools, list
+  three meta-tools instead (search_tools, describe_tools, call_tool): DISCOVERY always,
+  AUTO once there are more tools than autoThreshold (default 40). To switch, PATCH
+  {base_url}/api/v1/mcp/servers/{server.id} with "mode": "DISCOVERY" or "AUTO"
+  (connected clients are told to list again), or for one stdio client only:
+    treadle stdio --server {server.id} --mode DISCOVERY"""
+
+
 def treadle_command() -> str:
     """An absolute path: Claude Desktop does not start clients inside our virtualenv."""
     found = shutil.which("treadle")
