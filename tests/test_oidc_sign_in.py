@@ -13,7 +13,7 @@ import httpx2
 import pytest
 import sqlalchemy as sa
 
-from treadle.auth.identity import tickets
+from treadle.auth.identity import consent, tickets
 from treadle.auth.identity.signin import begin_oidc
 from treadle.errors import ErrorCode, Refusal
 from treadle.store import schema
@@ -378,3 +378,39 @@ async def test_the_start_link_answers_a_page_for_an_unknown_provider(api: Api) -
         "/auth/oidc/start", params={"idp": "nope", "return_to": "https://evil.example/"}
     )
     assert (evil.status_code, evil.headers["x-treadle-sign-in-error"]) == (400, "validation_error")
+
+
+async def test_the_consent_page_links_each_oidc_provider_and_checks_the_ticket_it_gets_back(
+    api: Api, provider: Provider, browser: httpx2.AsyncClient
+) -> None:
+    idp = await add_idp(api, provider, allowCreateEndUsers=True)
+    await api.post(
+        "/identity-providers",
+        {"name": "as", "kind": "external_as", "issuer": "https://as.example.com"},
+    )
+    created = await api.post("/mcp/servers", {"workspaceId": api.workspace_id, "name": "s"})
+    server = await api.gateway.store.mcp_servers.get(created.json()["server"]["id"], api.org_id)
+    assert server is not None
+    return_to = "/oauth/authorize?client_id=x&state=s"
+    (link,) = await consent.sign_in_links(api.gateway, server, return_to)
+    assert (link.idp_id, link.name) == (idp["id"], "corporate")
+    started = await api.client.get(link.url)
+    assert started.status_code == 303
+    done = await callback(api, await at_provider(browser, started.headers["location"], "alice"))
+    assert done.response.headers["location"].startswith(return_to + "&ticket=")
+
+    shown = await consent.signed_in_for(api.gateway, server, done.ticket, redeem=False)
+    assert shown.external_id == "alice"
+    other_workspace = await api.post("/workspaces", {"name": "elsewhere"})
+    elsewhere = await api.post(
+        "/mcp/servers", {"workspaceId": other_workspace.json()["workspace"]["id"], "name": "e"}
+    )
+    other = await api.gateway.store.mcp_servers.get(elsewhere.json()["server"]["id"], api.org_id)
+    assert other is not None
+    with pytest.raises(Refusal) as refused:
+        await consent.signed_in_for(api.gateway, other, done.ticket, redeem=False)
+    assert refused.value.extra["reason"] == "ticket_for_another_server"
+    decided = await consent.signed_in_for(api.gateway, server, done.ticket, redeem=True)
+    assert decided == shown
+    with pytest.raises(tickets.TicketRefused):
+        await consent.signed_in_for(api.gateway, server, done.ticket, redeem=True)
