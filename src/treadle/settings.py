@@ -12,9 +12,9 @@ DATABASE_FILE = "treadle.db"
 
 @dataclass(frozen=True, slots=True)
 class McpSessionLimits:
-    """Handshake-era MCP sessions over HTTP live in the process: how many may be open at once
-    (for the whole process, one org, one MCP server, one principal) and how long one may sit
-    idle. The narrower limits keep one tenant from filling the process for every other."""
+    """Handshake-era MCP sessions over HTTP: how many one replica may serve at once (in all,
+    for one org, one MCP server, one principal) and how long one may sit idle on every
+    replica. The narrower limits keep one tenant from filling a replica for every other."""
 
     total: int = 10_000
     per_org: int = 2_500

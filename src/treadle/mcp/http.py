@@ -3,9 +3,10 @@
 Accepted tokens: the server's own `mcp_…` token, an API key that may use the server's
 workspace, or an OAuth access token issued for this endpoint (`treadle.auth.server`, which
 also words the 401/403 challenges that start a client's sign-in). A handshake-era session
-belongs to the (server, principal, end user) that opened it: the SDK's session manager answers
-404 to anyone else presenting its session ID. Sessions are bounded per principal, server and
-org (`treadle.mcp.sessions`).
+belongs to the (server, principal, end user) that opened it and continues on any replica
+(`treadle.mcp.shared_sessions`): anyone else presenting its session ID gets 404, as from the
+SDK for an unknown session. Sessions are bounded per principal, server and org, in each
+replica (`treadle.mcp.sessions`).
 
 Refusals after authentication are JSON-RPC errors (the SDK client surfaces them) whose `data`
 carries treadle's code: `{"error": CODE, "message", ...}` as in REST.
