@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx2
 import pytest
 from joserfc.jwk import RSAKey
 
@@ -13,10 +14,12 @@ from treadle.auth import external_jwt
 from treadle.auth.identity import discovery
 from treadle.auth.identity.end_users import NoEndUser
 from treadle.errors import ErrorCode
+from treadle.http_app import build_http_app
 from treadle.store.mcp_servers import McpServer
 
 from conftest import Api
 from jwks_server import AuthorizationServer, authorization_server
+from loopback import serve
 
 pytestmark = pytest.mark.anyio
 
@@ -229,3 +232,50 @@ async def test_an_unreachable_authorization_server_is_a_provider_failure(api: Ap
         ErrorCode.IDENTITY_PROVIDER_UNAVAILABLE,
         "provider_unavailable",
     )
+
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "probe", "version": "1"},
+    },
+}
+
+
+async def test_the_endpoint_names_the_external_server_and_admits_its_tokens(
+    api: Api, issuer: AuthorizationServer
+) -> None:
+    server = await new_server(api)
+    await point_at(api, issuer, server, scopes=["mcp", "tools"])
+    async with (
+        serve(build_http_app(api.gateway), lifespan="on") as port,
+        httpx2.AsyncClient(trust_env=False, timeout=30) as http,
+    ):
+        base = f"http://127.0.0.1:{port}"
+        url = f"{base}/mcp/{server.id}"
+        metadata = await http.get(f"{base}/.well-known/oauth-protected-resource/mcp/{server.id}")
+        assert metadata.status_code == 200, metadata.text
+        assert metadata.json()["authorization_servers"] == [issuer.issuer]
+        assert metadata.json()["resource"] == url
+
+        async def initialize(token: str | None) -> httpx2.Response:
+            headers = {"Accept": "application/json, text/event-stream"}
+            if token is not None:
+                headers["Authorization"] = f"Bearer {token}"
+            return await http.post(url, json=INITIALIZE, headers=headers)
+
+        challenge = await initialize(None)
+        assert challenge.status_code == 401
+        assert "resource_metadata=" in challenge.headers["www-authenticate"]
+        admitted = await initialize(issuer.token(aud=url, scope="mcp tools"))
+        assert admitted.status_code == 200, admitted.text
+        elsewhere = await initialize(issuer.token(aud=f"{base}/mcp/srv_other", scope="mcp tools"))
+        assert elsewhere.status_code == 401
+        assert 'error="invalid_token"' in elsewhere.headers["www-authenticate"]
+        narrow = await initialize(issuer.token(aud=url, scope="mcp"))
+        assert narrow.status_code == 403
+        assert 'scope="mcp tools"' in narrow.headers["www-authenticate"]
