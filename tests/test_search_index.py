@@ -93,3 +93,36 @@ def test_a_search_can_be_limited_to_an_alias_or_an_integration() -> None:
         n.split("__")[0] for n in [h.entry.name for h in search.search("send", 50, "sales")[0]]
     } == {"sales"}
     assert {h.entry.alias for h in search.search("send", 50, "SLACK")[0]} == {"design", "sales"}
+
+
+def test_semantic_ranking_with_the_extra_finds_tools_by_meaning() -> None:
+    """The bundled all-MiniLM-L6-v2 (CI installs the extra): paraphrases are close, and
+    hybrid ranking still tells aliases apart by their words."""
+    import pytest
+
+    from treadle.mcp import semantic
+
+    encoder = semantic.encoder()
+    if encoder is None:
+        pytest.skip("the semantic extra is not installed")
+    close, near, far = encoder.encode(
+        ["send a chat message", "post a message to a channel", "delete a spreadsheet"]
+    )
+    assert float(close @ near) > float(close @ far) + 0.2
+    workspace = [
+        configured("slack", "design"),
+        configured("slack", "sales"),
+        configured("gmail", "mail"),
+    ]
+    index = LexicalIndex()
+    index.sync(build_toolset(CATALOG, None, workspace, []))
+    vectors = semantic.VectorIndex(encoder)
+    vectors.sync(dict(index.meanings), index.source)
+    search = ToolSearch(index, vectors)
+    meaning = [
+        h.entry.name
+        for h in search.search("write to my colleagues in a channel", 2, ranking="semantic")[0]
+    ]
+    assert {name.split("__")[1] for name in meaning} == {"send_channel_message"}
+    hybrid = search.search("write to the sales colleagues in a channel", 1, ranking="hybrid")[0]
+    assert hybrid[0].entry.name == "sales__send_channel_message"
