@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--cases calls,large,resync,rest,memory,replicas]`
+"""`python -m bench [--quick] [--cases calls,large,resync,rest,memory,replicas,discovery]`
 
 Starts `treadle serve` (own temp data dir, ephemeral port) and the bare SDK baseline as
 subprocesses, runs each case against its baseline in the same run, prints the tables and the
@@ -22,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from bench.cases import call_overhead, large, memory, replicas, rest, resync
+from bench.cases import call_overhead, discovery, large, memory, replicas, rest, resync
 from bench.config import FULL, QUICK, configure, create_server
 from bench.env import Env
 from bench.procs import Bare, Treadle
@@ -30,7 +30,7 @@ from bench.report import render, targets
 from bench.stats import Noise, machine, source_state
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CASES = ("calls", "large", "resync", "rest", "memory", "replicas")
+CASES = ("calls", "large", "resync", "rest", "memory", "replicas", "discovery")
 # Per-case ceilings (seconds, full mode): a stuck case is recorded as failed, the run goes on.
 LIMITS = {
     "calls": 240,
@@ -39,6 +39,8 @@ LIMITS = {
     "rest": 150,
     "memory": 200,
     "replicas": 300,
+    # Embedding the workspace's 609 distinct tool meanings takes ~2 min on 2 loaded cores.
+    "discovery": 420,
 }
 
 
@@ -123,6 +125,9 @@ async def main_async(quick: bool, chosen: list[str]) -> dict[str, Any]:
         await _case(results, "memory", lambda: memory.run(sizes))
     if "replicas" in chosen:
         await _case(results, "replicas", lambda: replicas.run(sizes))
+    if "discovery" in chosen:
+        # In-process (no treadle serve); --quick leaves out the semantic ranking's embedding.
+        await _case(results, "discovery", lambda: discovery.run(sizes.quick, not sizes.quick))
     results["totalSeconds"] = round(time.perf_counter() - began, 1)
     results["machine"]["loadavgAtEnd"] = os.getloadavg()
     results["targets"] = targets(results)
