@@ -180,11 +180,14 @@ async def test_call_tool_pauses_for_approval_like_a_direct_call(mcp_env: McpEnv,
     assert statuses.count("succeeded") == 1
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("era", ERAS)
-async def test_auto_switches_at_its_threshold_and_notifies(mcp_env: McpEnv, era: str) -> None:
+async def test_auto_switches_at_its_threshold_and_notifies(
+    mcp_env: McpEnv, transport: str, era: str
+) -> None:
     await mcp_env.configure("testkit", integrationAlias="kit")  # 5 tools
     await mcp_env.create_server(mode="AUTO", autoThreshold=5)
-    async with watching(mcp_env, "memory", era) as (client, watch):
+    async with watching(mcp_env, transport, era) as (client, watch):
         assert {t.name for t in (await client.list_tools()).tools} == ECHO_TOOLS | {"kit__crash"}
         await mcp_env.configure("testkit", integrationAlias="kat")  # 10 tools: past it
         await watch.wait(1)
@@ -206,13 +209,14 @@ async def test_auto_switches_at_its_threshold_and_notifies(mcp_env: McpEnv, era:
         assert {t.name for t in (await client.list_tools()).tools} == META
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("era", ERAS)
 async def test_configuration_changes_reach_search_and_describe_at_once(
-    mcp_env: McpEnv, era: str
+    mcp_env: McpEnv, transport: str, era: str
 ) -> None:
     kit = await mcp_env.configure("testkit", integrationAlias="kit")
     await mcp_env.create_server(mode="DISCOVERY")
-    async with mcp_env.connect("memory", era) as client:
+    async with mcp_env.connect(transport, era) as client:
         assert not any(n.startswith("design") for n in await search(client, "design team"))
         # a new alias
         await mcp_env.configure("testkit", integrationAlias="design-team")
