@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
 from joserfc.jwk import RSAKey
@@ -279,3 +280,33 @@ async def test_the_endpoint_names_the_external_server_and_admits_its_tokens(
         narrow = await initialize(issuer.token(aud=url, scope="mcp"))
         assert narrow.status_code == 403
         assert 'scope="mcp tools"' in narrow.headers["www-authenticate"]
+
+
+async def test_concurrent_first_tokens_of_one_person_make_one_end_user(
+    api: Api, issuer: AuthorizationServer
+) -> None:
+    server = await new_server(api)
+    await point_at(api, issuer, server)
+    token = issuer.token(aud=endpoint(server), sub="newcomer")
+    seen: list[str | None] = []
+
+    async def use() -> None:
+        seen.append((await external_jwt.validate(api.gateway, server, token)).end_user_id)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(use)
+    users = await api.gateway.store.end_users.list(api.org_id, api.workspace_id, None)
+    assert [u.external_id for u in users] == ["newcomer"]
+    assert seen == [users[0].id] * 4
+
+
+async def test_a_deleted_server_drops_out_of_its_providers_list(
+    api: Api, issuer: AuthorizationServer
+) -> None:
+    server = await new_server(api)
+    idp = await point_at(api, issuer, server)
+    deleted = await api.delete(f"/mcp/servers/{server.id}")
+    assert deleted.status_code == 200, deleted.text
+    got = await api.get(f"/identity-providers/{idp['id']}")
+    assert got.json()["identityProvider"]["mcpServerIds"] == []

@@ -15,6 +15,7 @@ from treadle.auth.identity.tables import identity_provider_servers, identity_pro
 from treadle.clock import iso, now_iso, parse_iso, utcnow
 from treadle.errors import ErrorCode, Refusal
 from treadle.ids import hash_token, new_uuid
+from treadle.store import schema
 from treadle.store.database import Database, WriteTxn
 from treadle.store.portable import serialise
 from treadle.vault import Vault
@@ -215,9 +216,15 @@ class IdentityProviders:
 
     async def list(self, org_id: str, *, idp_id: str | None = None) -> list[IdentityProvider]:
         query = identity_providers.select().where(identity_providers.c.org_id == org_id)
-        servers = sa.select(
-            identity_provider_servers.c.idp_id, identity_provider_servers.c.server_id
-        ).where(identity_provider_servers.c.org_id == org_id)
+        # Joined to the servers: a deleted MCP server drops out of its provider's list.
+        servers = (
+            sa.select(identity_provider_servers.c.idp_id, identity_provider_servers.c.server_id)
+            .join(
+                schema.mcp_servers,
+                schema.mcp_servers.c.id == identity_provider_servers.c.server_id,
+            )
+            .where(identity_provider_servers.c.org_id == org_id)
+        )
         if idp_id is not None:
             query = query.where(identity_providers.c.id == idp_id)
             servers = servers.where(identity_provider_servers.c.idp_id == idp_id)
