@@ -310,3 +310,16 @@ async def test_a_deleted_server_drops_out_of_its_providers_list(
     assert deleted.status_code == 200, deleted.text
     got = await api.get(f"/identity-providers/{idp['id']}")
     assert got.json()["identityProvider"]["mcpServerIds"] == []
+
+
+async def test_a_document_cached_for_a_provider_allowed_private_networks_serves_no_other(
+    api: Api, issuer: AuthorizationServer
+) -> None:
+    found = await discovery.provider_metadata(api.gateway.http, issuer.issuer, True)
+    assert found.jwks_uri == f"{issuer.issuer}/jwks"
+    with pytest.raises(discovery.ProviderUnavailable) as refused:
+        await discovery.provider_metadata(api.gateway.http, issuer.issuer, False)
+    assert refused.value.reason == "destination_not_allowed"
+    await discovery.key_set(api.gateway.http, found.jwks_uri, True, kid=None)
+    with pytest.raises(discovery.ProviderUnavailable):
+        await discovery.key_set(api.gateway.http, found.jwks_uri, False, kid=None)

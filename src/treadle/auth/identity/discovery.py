@@ -53,18 +53,21 @@ class _Cached:
     fetched: float
 
 
-_cache: OrderedDict[str, _Cached] = OrderedDict()
+# Keyed by (URL, whether private networks were allowed): a document fetched for a provider
+# allowed to reach an intranet must never answer for one that is not (the guard's check).
+_cache: OrderedDict[tuple[str, bool], _Cached] = OrderedDict()
 
 
-def _remember(url: str, value: Any) -> None:
-    _cache[url] = _Cached(value, time.monotonic())
-    _cache.move_to_end(url)
+def _remember(url: str, private_allowed: bool, value: Any) -> None:
+    key = (url, private_allowed)
+    _cache[key] = _Cached(value, time.monotonic())
+    _cache.move_to_end(key)
     while len(_cache) > _MAX_CACHED:
         _cache.popitem(last=False)
 
 
-def _recent(url: str, seconds: float) -> Any | None:
-    cached = _cache.get(url)
+def _recent(url: str, private_allowed: bool, seconds: float) -> Any | None:
+    cached = _cache.get((url, private_allowed))
     if cached is None or time.monotonic() - cached.fetched > seconds:
         return None
     return cached.value
@@ -111,7 +114,7 @@ async def provider_metadata(
         f"{base}/.well-known/oauth-authorization-server",
     )
     for url in urls:
-        cached = _recent(url, DOCUMENT_SECONDS)
+        cached = _recent(url, private_allowed, DOCUMENT_SECONDS)
         if isinstance(cached, ProviderMetadata):
             return cached
     failure: ProviderUnavailable | None = None
@@ -122,7 +125,7 @@ async def provider_metadata(
             failure = failure or unavailable
             continue
         metadata = _metadata(body, issuer)
-        _remember(url, metadata)
+        _remember(url, private_allowed, metadata)
         return metadata
     assert failure is not None
     raise failure
@@ -159,17 +162,18 @@ async def key_set(
 ) -> KeySet:
     """The provider's keys; fetched again when `kid` is not among the cached ones (a key
     rotation), within the refetch limit."""
-    cached = _recent(jwks_uri, DOCUMENT_SECONDS)
+    cached = _recent(jwks_uri, private_allowed, DOCUMENT_SECONDS)
     if isinstance(cached, KeySet) and (kid is None or _has_kid(cached, kid)):
         return cached
-    if isinstance(cached, KeySet) and _recent(jwks_uri, REFETCH_SECONDS) is not None:
+    recently = _recent(jwks_uri, private_allowed, REFETCH_SECONDS)
+    if isinstance(cached, KeySet) and recently is not None:
         return cached
     body = await _fetch_json(http, jwks_uri, private_allowed)
     try:
         keys = KeySet.import_key_set(body)  # type: ignore[arg-type]
     except (JoseError, ValueError, TypeError, KeyError):
         raise ProviderUnavailable("bad_jwks") from None
-    _remember(jwks_uri, keys)
+    _remember(jwks_uri, private_allowed, keys)
     return keys
 
 
@@ -179,5 +183,5 @@ def _has_kid(keys: KeySet, kid: str) -> bool:
 
 def forget(url_prefix: str) -> None:
     """Drop the cached documents under `url_prefix` (an issuer whose configuration changed)."""
-    for url in [u for u in _cache if u.startswith(url_prefix)]:
-        del _cache[url]
+    for key in [k for k in _cache if k[0].startswith(url_prefix)]:
+        del _cache[key]
