@@ -65,6 +65,8 @@ class Gateway:
             store = Store(
                 db, vault, idempotency_lease=timedelta(seconds=settings.idempotency_lease_seconds)
             )
+            # Its plain-sqlite3 read connection (SQLite files) is not the engine's: close it too.
+            exit_stack.callback(store.mcp_sessions.close)
             # Runs before the database closes: records still queued are written.
             exit_stack.push_async_callback(store.ledger.drain)
             redis = None if settings.redis_url is None else await _open_redis(settings.redis_url)
