@@ -74,6 +74,7 @@ def served(
         yield serve, json.loads(init.stdout)
     finally:
         serve.stop()
+        print("".join(serve.lines))
 
 
 def test_the_examples_own_tests_pass_against_the_installed_package(installed: Path) -> None:
