@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jsonschema
 import pytest
 
 from test_api_auth import SECRET, add_key, assert_error, bearer, config_changes, other_org, snapshot
@@ -252,3 +253,35 @@ async def test_an_external_as_cannot_claim_another_orgs_server(api: Api) -> None
         headers=bearer(stranger.token),
     )
     assert assert_error(response, 400, "VALIDATION_ERROR")["field"] == "mcpServerIds"
+
+
+async def test_answers_conform_to_the_openapi_document(api: Api) -> None:
+    document = (await api.client.get("/api/v1/openapi.json")).json()
+
+    def check(path: str, method: str, answer: Any) -> None:
+        schema = document["paths"][f"/api/v1{path}"][method]["responses"][str(answer.status_code)]
+        body = schema["content"]["application/json"]["schema"]
+        jsonschema.validate(answer.json(), {**body, "components": document["components"]})
+
+    server_id = await new_server(api)
+    oidc = await api.post("/identity-providers", OIDC)
+    check("/identity-providers", "post", oidc)
+    external = await api.post(
+        "/identity-providers",
+        {
+            "name": "as",
+            "kind": "external_as",
+            "issuer": "https://as.example.com",
+            "mcpServerIds": [server_id],
+        },
+    )
+    check("/identity-providers", "post", external)
+    check("/identity-providers", "post", await api.post("/identity-providers", OIDC))
+    check("/identity-providers", "get", await api.get("/identity-providers"))
+    one_path = "/identity-providers/{idp_id}"
+    idp_id = oidc.json()["identityProvider"]["id"]
+    check(one_path, "get", await api.get(f"/identity-providers/{idp_id}"))
+    check(one_path, "patch", await api.patch(f"/identity-providers/{idp_id}", {"claim": "email"}))
+    check(one_path, "patch", await api.patch(f"/identity-providers/{idp_id}", {}))
+    check(one_path, "delete", await api.delete(f"/identity-providers/{idp_id}"))
+    check(one_path, "get", await api.get(f"/identity-providers/{idp_id}"))

@@ -19,6 +19,7 @@ from treadle.api.auth import Principal
 from treadle.api.bodies import Body, read_body
 from treadle.api.context import caller, path_param
 from treadle.api.fields import Name
+from treadle.api.openapi import Deleted, Out, listing, one, operation
 from treadle.api.responses import ok
 from treadle.app import Gateway
 from treadle.auth.identity import discovery
@@ -74,6 +75,31 @@ class UpdateIdp(Body):
     mcpServerIds: ServerIds | None = None
 
 
+class IdentityProviderOut(Out):
+    """An identity provider; `clientId`, `clientSecretSet` and `redirectUri` for `oidc`,
+    `audience` and `mcpServerIds` for `external_as`. The client secret itself never."""
+
+    id: str
+    orgId: str
+    name: str
+    kind: Literal["oidc", "external_as"]
+    issuer: str
+    scopes: list[str]
+    claim: str
+    allowCreateEndUsers: bool
+    allowPrivateNetwork: bool
+    createdAt: str
+    updatedAt: str
+    clientId: str | None = None
+    clientSecretSet: bool | None = None
+    redirectUri: str | None = None
+    audience: str | None = None
+    mcpServerIds: list[str] | None = None
+
+
+IdentityProviderAnswer = one("identityProvider", IdentityProviderOut)
+
+
 async def _checked(gw: Gateway, principal: Principal, fields: IdpFields) -> IdpFields:
     """The rules every create and update meets, whatever the body left out."""
     if urlsplit(fields.issuer).scheme != "https" and not fields.allow_private_network:
@@ -111,6 +137,12 @@ def _json(gw: Gateway, idp: IdentityProvider) -> dict[str, object]:
     return {"identityProvider": idp.to_json(redirect_uri(gw))}
 
 
+@operation(
+    "Create an identity provider (oidc sign-in, or an external authorization server)",
+    body=CreateIdp,
+    responses={201: IdentityProviderAnswer},
+    errors=[ErrorCode.DUPLICATE],
+)
 async def create_idp(request: Request) -> Response:
     gw, principal = await caller(request)
     principal.check_org_wide()
@@ -151,6 +183,10 @@ async def _idp(request: Request) -> tuple[Gateway, Principal, IdentityProvider]:
     return gw, principal, found
 
 
+@operation(
+    "List the org's identity providers",
+    responses={200: listing("identityProviders", IdentityProviderOut)},
+)
 async def list_idps(request: Request) -> Response:
     gw, principal = await caller(request)
     found = await providers(gw).list(principal.org_id)
@@ -159,11 +195,18 @@ async def list_idps(request: Request) -> Response:
     )
 
 
+@operation("Get an identity provider", responses={200: IdentityProviderAnswer})
 async def get_idp(request: Request) -> Response:
     gw, _principal, found = await _idp(request)
     return ok(_json(gw, found))
 
 
+@operation(
+    "Update an identity provider (a new clientSecret replaces the sealed one)",
+    body=UpdateIdp,
+    responses={200: IdentityProviderAnswer},
+    errors=[ErrorCode.NO_UPDATES, ErrorCode.DUPLICATE],
+)
 async def update_idp(request: Request) -> Response:
     gw, principal, current = await _idp(request)
     principal.check_org_wide()
@@ -211,6 +254,7 @@ async def update_idp(request: Request) -> Response:
     return ok(_json(gw, updated))
 
 
+@operation("Delete an identity provider", responses={200: Deleted})
 async def delete_idp(request: Request) -> Response:
     gw, principal, current = await _idp(request)
     principal.check_org_wide()
