@@ -27,6 +27,8 @@ class AuthorizationServer:
         default_factory=lambda: [RSAKey.generate_key(2048, parameters={"kid": "k1"})]
     )
     jwks_fetches: int = 0
+    # Fields the metadata document says instead (a misconfigured or hostile server).
+    metadata_overrides: dict[str, Any] = field(default_factory=dict)
 
     @property
     def issuer(self) -> str:
@@ -70,6 +72,7 @@ async def authorization_server() -> AsyncIterator[AuthorizationServer]:
                 "token_endpoint": f"{server.issuer}/token",
                 "jwks_uri": f"{server.issuer}/jwks",
                 "response_types_supported": ["code"],
+                **server.metadata_overrides,
             }
         )
 

@@ -323,3 +323,17 @@ async def test_a_document_cached_for_a_provider_allowed_private_networks_serves_
     await discovery.key_set(api.gateway.http, found.jwks_uri, True, kid=None)
     with pytest.raises(discovery.ProviderUnavailable):
         await discovery.key_set(api.gateway.http, found.jwks_uri, False, kid=None)
+
+
+@pytest.mark.parametrize("jwks_uri", ["http://[", "http://127.0.0.1:1/jwks", "ftp://x/jwks"])
+async def test_a_metadata_document_with_an_unusable_jwks_uri_is_a_provider_failure(
+    api: Api, issuer: AuthorizationServer, jwks_uri: str
+) -> None:
+    issuer.metadata_overrides["jwks_uri"] = jwks_uri
+    server = await new_server(api)
+    await point_at(api, issuer, server)
+    refused = await refusal(api, server, issuer.token(aud=endpoint(server)))
+    assert (refused.code, refused.reason) == (
+        ErrorCode.IDENTITY_PROVIDER_UNAVAILABLE,
+        "provider_unavailable",
+    )

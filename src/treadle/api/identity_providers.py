@@ -102,11 +102,18 @@ IdentityProviderAnswer = one("identityProvider", IdentityProviderOut)
 
 async def _checked(gw: Gateway, principal: Principal, fields: IdpFields) -> IdpFields:
     """The rules every create and update meets, whatever the body left out."""
-    if urlsplit(fields.issuer).scheme != "https" and not fields.allow_private_network:
+    try:
+        issuer = urlsplit(fields.issuer)
+        port = issuer.port  # raises for a port that is not a number in range
+    except ValueError:
+        raise ValidationFailed("issuer is not a valid URL", field="issuer") from None
+    if not issuer.hostname or port == 0:
+        raise ValidationFailed("issuer is not a valid URL", field="issuer")
+    if issuer.scheme != "https" and not fields.allow_private_network:
         raise ValidationFailed(
             "issuer must be an https URL (http only with allowPrivateNetwork)", field="issuer"
         )
-    if urlsplit(fields.issuer).query or urlsplit(fields.issuer).fragment:
+    if issuer.query or issuer.fragment:
         raise ValidationFailed("issuer must have no query or fragment", field="issuer")
     if fields.kind is IdpKind.OIDC:
         if fields.client_id is None:

@@ -81,7 +81,8 @@ async def _fetch_json(http: httpx2.AsyncClient, url: str, private_allowed: bool)
             )
     except BlockedDestination:
         raise ProviderUnavailable("destination_not_allowed") from None
-    except httpx2.HTTPError as error:
+    except (httpx2.HTTPError, httpx2.InvalidURL, ValueError) as error:
+        # A document may name an endpoint that is no URL at all: the provider's fault.
         raise ProviderUnavailable(type(error).__name__) from None
     if response.status_code != 200:
         raise ProviderUnavailable(f"http_{response.status_code}")

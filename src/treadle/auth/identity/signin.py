@@ -314,7 +314,7 @@ async def _exchange(
                 headers=headers,
                 timeout=TOKEN_TIMEOUT,
             )
-    except (httpx2.HTTPError, BlockedDestination):
+    except (httpx2.HTTPError, httpx2.InvalidURL, ValueError, BlockedDestination):
         raise SignInFailed("provider_unavailable", 502) from None
     try:
         body = response.json()
