@@ -507,3 +507,37 @@ async def test_deleting_an_upstream_removes_its_integration(api: Api, upstream: 
     assert deleted.status_code == 200, deleted.text
     assert (await api.get("/integrations/fixture")).status_code == 404
     assert (await api.get(f"/upstreams/{created['id']}")).status_code == 404
+
+
+@pytest.mark.parametrize("era", ["legacy", "2026-07-28"])
+async def test_progress_is_relayed_and_a_cancelled_call_is_cancelled_upstream(
+    api: Api, upstream: Running, era: str
+) -> None:
+    await register(api, upstream.url)
+    await api.configure("fixture", integrationAlias="fx")
+    runtime = McpRuntime(api.gateway, poll_seconds=0.05)
+    server = await api.post("/mcp/servers", {"workspaceId": api.workspace_id, "name": "s"})
+    binding = await bind_server(api.gateway.store, server.json()["server"]["id"], None)
+    reported: list[str | None] = []
+    got_progress = anyio.Event()
+
+    async def progress(done: float, total: float | None, message: str | None) -> None:
+        reported.append(message)
+        got_progress.set()
+
+    async with Client(runtime.bound_face(binding).server, mode=era) as client:
+        async with anyio.create_task_group() as tg:
+
+            async def call() -> None:
+                await client.call_tool("fx__slow", {}, progress_callback=progress)
+
+            tg.start_soon(call)
+            with anyio.fail_after(10):
+                await upstream.upstream.slow_started.wait()
+                if era == "legacy":
+                    await got_progress.wait()
+            tg.cancel_scope.cancel()
+        with anyio.fail_after(10):
+            await upstream.upstream.slow_cancelled.wait()
+    if era == "legacy":
+        assert "half way" in reported
