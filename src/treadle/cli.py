@@ -20,6 +20,7 @@ from treadle.app import Gateway
 from treadle.bootstrap import InitResult, create_org, initialise
 from treadle.clock import iso, utcnow
 from treadle.errors import SetupError
+from treadle.observability import logs
 from treadle.settings import Settings
 
 Command = Callable[[argparse.Namespace], Awaitable[int]]
@@ -32,13 +33,12 @@ MODE_HELP = (
 MAX_KEY_DAYS = 36_500  # a hundred years: longer is a typo
 
 
-def _setup_logging(verbose: bool = False) -> None:
+def _setup_logging(verbose: bool = False, log_format: str | None = None) -> None:
     # Everything goes to stderr: stdout belongs to command output (and to MCP on stdio).
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    chosen = log_format or os.environ.get("TREADLE_LOG_FORMAT", "text").lower()
+    # The access middleware reads the variable too (it peeks at MCP bodies only for json).
+    os.environ["TREADLE_LOG_FORMAT"] = chosen
+    logs.configure(logging.DEBUG if verbose else logging.INFO, chosen)
     for noisy in ("httpx2", "httpcore2", "mcp", "sqlalchemy", "aiosqlite"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -434,6 +434,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="treadle", description=__doc__)
     parser.add_argument("--version", action="version", version=f"treadle {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        help="text (default) or json: one JSON object per line (TREADLE_LOG_FORMAT)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, handler: Command, help: str) -> argparse.ArgumentParser:
@@ -536,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, args.log_format)
     handler: Command = args.handler
     try:
         return anyio.run(handler, args)

@@ -10,13 +10,15 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from treadle import health
-from treadle.api.routes import EXCEPTION_HANDLERS, AccessLog, api_routes
+from treadle.api.routes import EXCEPTION_HANDLERS, api_routes
 from treadle.app import Gateway
 from treadle.auth.identity import signin
 from treadle.auth.server import routes as authorization_routes
 from treadle.body_guard import BodyGuard
 from treadle.mcp.http import McpEndpoint
 from treadle.mcp.runtime import McpRuntime
+from treadle.observability import metrics
+from treadle.observability.http import AccessLog
 from treadle.web import approval_page, connect_page, docs_page, oauth_routes
 
 
@@ -41,6 +43,7 @@ def build_http_app(gateway: Gateway, runtime: McpRuntime | None = None) -> Starl
             *oauth_routes.routes,
             *docs_page.routes,
             *health.routes,
+            *metrics.routes,
             *signin.routes,
             *authorization_routes.routes,
         ],
@@ -50,6 +53,10 @@ def build_http_app(gateway: Gateway, runtime: McpRuntime | None = None) -> Starl
     app.state.gateway = gateway
     app.state.mcp = runtime
     app.state.mcp_endpoint = endpoint
+    # One registry per application; the pipeline tells it of each call (its one hook).
+    observed = metrics.Metrics(gateway, sessions=endpoint.sessions, hub=runtime.hub)
+    gateway.executor.observers.append(observed.call_finished)
+    app.state.metrics = observed
     app.state.mcp_auth = endpoint.auth
     app.add_middleware(BodyGuard)
     app.add_middleware(AccessLog)  # added last: outermost, so it sees what BodyGuard raises

@@ -43,6 +43,7 @@ from treadle.engine import (
 )
 from treadle.engine.approvals import canonical
 from treadle.errors import ErrorCode, Refusal, ValidationFailed
+from treadle.observability.logs import note
 from treadle.store.gates import IdempotencyRecord
 from treadle.store.records import Workspace
 
@@ -262,6 +263,7 @@ def render(outcome: Outcome) -> tuple[int, dict[str, Any], dict[str, str]]:
             }
             return 202, body, headers
         case Refused():
+            note(error=outcome.code.value)
             if outcome.code is ErrorCode.RATE_LIMITED:
                 headers["Retry-After"] = str(outcome.extra.get("retryAfter", 1))
             body = {**outcome.extra, "error": outcome.code.value, "message": outcome.message}

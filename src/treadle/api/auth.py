@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from treadle.errors import ErrorCode, NotFound, Refusal
+from treadle.observability.logs import note
 from treadle.store import Store
 from treadle.store.records import ApiKey, Workspace
 
@@ -80,6 +81,8 @@ async def authenticate(store: Store, request: Request) -> Principal:
     token = bearer_token(request)
     key = await store.config.api_key(token) if token else None
     if key is None:
+        # The log line says why, never with the token (unknown and expired look alike here).
+        note(authReason="invalid_token" if token else "missing")
         raise Refusal(ErrorCode.UNAUTHORIZED, "A valid API key is required (Authorization: Bearer)")
     return Principal(key)
 

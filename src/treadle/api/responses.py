@@ -8,6 +8,7 @@ from typing import Any
 from starlette.responses import Response
 
 from treadle.errors import ErrorCode, Refusal
+from treadle.observability.logs import note
 
 
 class JSON(Response):
@@ -27,6 +28,7 @@ def error(
     extra: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSON:
+    note(error=code.value)
     body: dict[str, Any] = {"error": code.value, "message": message}
     body.update(extra or {})
     return JSON(body, status_code=code.status, headers=headers)

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import logging
-import re
-import time
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from treadle.api import (
     actions,
@@ -34,6 +31,7 @@ from treadle.api import (
 )
 from treadle.api.responses import error, refusal
 from treadle.errors import ErrorCode, Refusal
+from treadle.observability.http import AccessLog
 
 log = logging.getLogger("treadle.access")
 
@@ -57,48 +55,6 @@ async def _on_http(_request: Request, exc: Exception) -> Response:
 async def _on_crash(_request: Request, exc: Exception) -> Response:
     log.error("unhandled error", exc_info=exc)
     return error(ErrorCode.INTERNAL_ERROR, "Internal error; it has been logged")
-
-
-class AccessLog:
-    """One line per request. The path only: query strings may carry tokens."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status: int | str = 500
-
-        async def observe(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, observe)
-        except ClientDisconnect:
-            # The client left mid-request: nothing to answer and nothing broke (no 500, no trace).
-            status = "client-disconnected"
-        finally:
-            log.info(
-                "%s %s %s %.1fms",
-                scope["method"],
-                _loggable(scope["path"][:200]),
-                status,
-                (time.perf_counter() - started) * 1000,
-            )
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def _loggable(path: str) -> str:
-    """The path with control characters escaped: a decoded `%0A` must not forge a log line."""
-    return _CONTROL.sub(lambda found: found.group().encode("unicode_escape").decode(), path)
 
 
 def api_routes() -> Mount:

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -67,6 +67,32 @@ class _Trace:
     # record holds the request's input, redacted when it is written).
     recorded_input: dict[str, Any] | None = None
     rate: RateStatus | None = None
+    # The action, once resolved (a label for observers: never a name a caller made up).
+    action: str | None = None
+    # time.perf_counter() at the end of each step, for observers (CallObserver).
+    prepared: float = 0.0
+    connected: float = 0.0
+    admitted: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CallFinished:
+    """What an observer learns of each call: labels from the configuration, never an input
+    value; the step ends are perf_counter() readings (0.0: the call stopped before)."""
+
+    request: ExecuteRequest
+    outcome: Outcome
+    integration: str | None
+    action: str | None
+    started: float
+    prepared: float
+    connected: float
+    admitted: float
+    finished: float
+
+
+# Called once per call, after it finished (metrics, traces). None: nothing observes.
+CallObserver = Callable[[CallFinished], None]
 
 
 def _chosen_partials(
@@ -123,6 +149,8 @@ class Executor:
         self._oauth = oauth
         self._approvals = approvals
         self._action_timeout = action_timeout
+        # The one hook of observability on the call path (treadle.observability).
+        self.observers: list[CallObserver] = []
 
     async def execute(self, request: ExecuteRequest) -> Outcome:
         trace = _Trace()
@@ -137,6 +165,20 @@ class Executor:
             outcome = ApprovalPending(waiting.approval, waiting.policy, url)
         if trace.configured is not None:
             await self._record(request, trace, outcome, started)
+        if self.observers:
+            finished = CallFinished(
+                request,
+                outcome,
+                None if trace.configured is None else trace.configured.integration_name,
+                trace.action,
+                started,
+                trace.prepared,
+                trace.connected,
+                trace.admitted,
+                time.perf_counter(),
+            )
+            for observe in self.observers:
+                observe(finished)
         return outcome
 
     async def _execute(self, request: ExecuteRequest, trace: _Trace, started: float) -> Outcome:
@@ -165,6 +207,7 @@ class Executor:
             alias=request.integration_alias,
         )
         trace.configured = configured
+        trace.action = action.name
         if not configured.allows(action.name):
             raise Refusal(
                 ErrorCode.ACTION_NOT_ALLOWED,
@@ -187,7 +230,9 @@ class Executor:
         validate_input(action.input_schema, merged)
         check_end_user_id(request.end_user_id)  # every face, and ids stored before the rule
         state = self._state_for(integration, configured, request)
+        trace.prepared = time.perf_counter()
         connection = await self._connections.resolve(request, integration, configured)
+        trace.connected = time.perf_counter()
         if connection is not None:
             # Neither the record nor an approval's preview may quote the connection's secrets,
             # whichever field of the input carried them.
@@ -218,6 +263,7 @@ class Executor:
                 raise
         else:
             await self._reserve_quota(org)
+        trace.admitted = time.perf_counter()
         context = ActionContext(
             workspace_id=request.workspace_id,
             integration_alias=configured.alias,

@@ -49,6 +49,7 @@ from treadle.mcp.sessions import (
     pending,
 )
 from treadle.mcp.shared_sessions import SharedSessions, not_found, session_id_of
+from treadle.observability.logs import note
 from treadle.store.config_cache import ConfigSnapshot
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -221,6 +222,7 @@ class McpEndpoint:
         request = Request(scope)
         token = bearer_token(request)
         if not token or not isinstance(server_id, str) or len(server_id) > 100:
+            note(authReason="missing" if not token else "unknown_server")
             return None
         end_user_header = _end_user_header(scope)
         # Every request of a session presents the same credentials: answer those from memory
@@ -250,23 +252,28 @@ class McpEndpoint:
     ) -> _Admission | None:
         server = await config.mcp_server(server_id)
         if server is None:
+            note(authReason="unknown_server")
             return None
         end_user = server.end_user_id
         expires_at = None
         if oauth_tokens.is_oauth_token(token):
             signed_in = await oauth_tokens.admit(self.auth, server, token, scope)
             if signed_in is None:
+                note(authReason="invalid_token")
                 return None
             principal, end_user = signed_in.actor, signed_in.end_user_id
         elif token.startswith("mcp_"):
             if await config.mcp_server_for_token(token) != server:
+                note(authReason="wrong_server")
                 return None
             principal = f"mcp_server:{server.id}"
         else:
             key = await config.api_key(token)
-            if key is None or key.org_id != server.org_id:
+            if key is None:
+                note(authReason="invalid_token")
                 return None
-            if key.workspace_id is not None and key.workspace_id != server.workspace_id:
+            if key.org_id != server.org_id or key.workspace_id not in (None, server.workspace_id):
+                note(authReason="wrong_server")
                 return None
             principal = f"api_key:{key.id}"
             expires_at = key.expires_at

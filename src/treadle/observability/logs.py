@@ -1,0 +1,64 @@
+"""Log output: the usual text lines, or `--log-format json` / TREADLE_LOG_FORMAT=json for one
+JSON object per line (what log pipelines parse without a grok pattern).
+
+The request line (treadle.access) carries the request's fields: `requestId`, method, route,
+status, duration, and what the handlers noted on the way (`note`): the refusal `error` code,
+the 401 `authReason` (missing, unknown_token, expired, wrong_server, unknown_server), for MCP
+the JSON-RPC `rpcMethod` and `tool`. Never a token, header value or argument.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+
+FORMATS = ("text", "json")
+
+# The fields of the request being served (set by the HTTP middleware), None outside one.
+_fields: ContextVar[dict[str, Any] | None] = ContextVar("treadle_request_fields", default=None)
+
+
+def note(**fields: Any) -> None:
+    """Add fields to the current request's log line (nothing outside a request)."""
+    current = _fields.get()
+    if current is not None:
+        current.update(fields)
+
+
+def begin(fields: dict[str, Any]) -> Any:
+    return _fields.set(fields)
+
+
+def end(token: Any) -> None:
+    _fields.reset(token)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        document: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            document.update(fields)
+        if record.exc_info:
+            document["exception"] = self.formatException(record.exc_info)
+        return json.dumps(document, ensure_ascii=False, default=str)
+
+
+def configure(level: int, log_format: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

@@ -1,0 +1,163 @@
+"""`GET /metrics` (Prometheus text, bounded labels, token or loopback) and the request log
+line (request id, refusal codes, 401 reasons, MCP method and tool; JSON with --log-format)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import httpx2
+import pytest
+
+from treadle.app import Gateway
+from treadle.http_app import build_http_app
+from treadle.observability.logs import JsonFormatter
+
+from conftest import Api
+
+pytestmark = pytest.mark.anyio
+
+
+def _samples(text: str, name: str) -> dict[str, float]:
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name)
+    }
+
+
+async def test_metrics_count_calls_and_requests_by_template(api: Api) -> None:
+    await api.configure(settings={"persistence": {"scope": "workspace"}})
+    ran = await api.execute(
+        integrationName="kv-store", actionName="get", input={"key": "k"}
+    )
+    assert ran.status_code == 200, ran.text
+    await api.execute(integrationName="kv-store", actionName="no-such-action", input={})
+    await api.get(f"/workspaces/{api.workspace_id}")
+    scraped = await api.client.get("/metrics", headers={"Authorization": ""})
+    assert scraped.status_code == 200, scraped.text
+    assert scraped.headers["content-type"].startswith("text/plain")
+    text = scraped.text
+    calls = _samples(text, "treadle_tool_calls_total")
+    assert any('action="get"' in k and 'outcome="success"' in k for k in calls)
+    # An action nobody configured is never a label: the call counts under `unknown`.
+    assert not any("no-such-action" in k for k in calls)
+    assert any('action="unknown"' in k and 'outcome="not_found"' in k for k in calls)
+    requests = _samples(text, "treadle_http_requests_total")
+    assert any('route="/api/v1/workspaces/{workspace_id}"' in k for k in requests)
+    assert api.workspace_id not in text
+    assert "treadle_pipeline_step_duration_seconds_bucket" in text
+    assert 'treadle_approvals{status="pending"} 0.0' in text
+    assert "treadle_mcp_sessions_open 0.0" in text
+    assert "treadle_db_pool_connections" in text
+
+
+async def test_metrics_need_the_token_when_one_is_set(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TREADLE_METRICS_TOKEN", "s3cret-metrics")
+    transport = httpx2.ASGITransport(app=build_http_app(gateway))
+    async with httpx2.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.get("/metrics")).status_code == 401
+        wrong = await client.get("/metrics", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        right = await client.get("/metrics", headers={"Authorization": "Bearer s3cret-metrics"})
+        assert right.status_code == 200
+        assert "treadle_http_requests_total" in right.text
+    monkeypatch.setenv("TREADLE_METRICS", "off")
+    async with httpx2.AsyncClient(transport=transport, base_url="http://t") as client:
+        off = await client.get("/metrics", headers={"Authorization": "Bearer s3cret-metrics"})
+        assert off.status_code == 404
+
+
+async def test_metrics_without_a_token_answer_loopback_only(gateway: Gateway) -> None:
+    transport = httpx2.ASGITransport(app=build_http_app(gateway), client=("10.1.2.3", 4000))
+    async with httpx2.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.get("/metrics")).status_code == 403
+
+
+def _access(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
+    return [
+        r.fields  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.name == "treadle.access" and hasattr(r, "fields")
+    ]
+
+
+async def test_log_line_names_request_id_refusal_code_and_401_reason(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="treadle.access")
+    answer = await api.get("/workspaces/missing", headers={"X-Request-Id": "req-123"})
+    assert answer.headers["x-request-id"] == "req-123"
+    await api.client.get(
+        "/api/v1/workspaces", headers={"Authorization": "Bearer tk_not-a-real-key-at-all"}
+    )
+    await api.client.get("/api/v1/workspaces", headers={"Authorization": ""})
+    lines = _access(caplog)
+    assert lines[0]["requestId"] == "req-123"
+    assert lines[0]["error"] == "NOT_FOUND"
+    assert lines[0]["route"] == "/api/v1/workspaces/{workspace_id}"
+    assert lines[1]["authReason"] == "invalid_token"
+    assert lines[1]["error"] == "UNAUTHORIZED"
+    assert lines[2]["authReason"] == "missing"
+    generated = str(lines[1]["requestId"])
+    assert len(generated) == 16
+    formatted = [JsonFormatter().format(r) for r in caplog.records if r.name == "treadle.access"]
+    assert all("tk_not-a-real-key" not in line for line in formatted)
+    parsed = json.loads(formatted[1])
+    assert parsed["authReason"] == "invalid_token"
+    assert parsed["status"] == 401
+
+
+async def test_json_log_line_of_mcp_names_method_tool_and_reason(
+    api: Api, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TREADLE_LOG_FORMAT", "json")
+    caplog.set_level(logging.INFO, logger="treadle.access")
+    app = build_http_app(api.gateway)
+    transport = httpx2.ASGITransport(app=app)
+    created = await api.post("/mcp/servers", {"workspaceId": api.workspace_id, "name": "logged"})
+    server, token = created.json()["server"]["id"], created.json()["token"]
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+    call = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "kv_store_get", "arguments": {"key": "secret-argument"}},
+    }
+    mcp_headers = {"Accept": "application/json, text/event-stream"}
+    async with (
+        app.router.lifespan_context(app),
+        httpx2.AsyncClient(transport=transport, base_url="http://127.0.0.1:8400") as client,
+    ):
+        opened = await client.post(
+            f"/mcp/{server}",
+            json=initialize,
+            headers={**mcp_headers, "Authorization": f"Bearer {token}"},
+        )
+        assert opened.status_code == 200, opened.text
+        await client.post(
+            f"/mcp/{server}",
+            json=call,
+            headers={"Authorization": "Bearer mcp_wrong", "Accept": "application/json"},
+        )
+        await client.post("/mcp/srv_nope", json=call, headers={"Authorization": "Bearer x"})
+    lines = _access(caplog)[-3:]
+    assert lines[0]["rpcMethod"] == "initialize"
+    assert lines[0]["status"] == 200
+    lines = lines[1:]
+    # Refused before its body was read: the reason is known, the method is not.
+    assert lines[0]["authReason"] == "wrong_server"
+    assert lines[0]["status"] == 401
+    assert lines[1]["authReason"] == "unknown_server"
+    assert all("secret-argument" not in json.dumps(line) for line in lines)
