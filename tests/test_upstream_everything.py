@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import pytest
 from mcp import Client
+from mcp.types import ElicitRequestParams, ElicitResult
 
 from treadle.catalog.upstream.transport import STDIO_ALLOW_ENV
 from treadle.mcp.binds import bind_server
@@ -162,3 +163,31 @@ async def test_a_partial_and_an_approval_gate_govern_its_tools(
         ran = await client.call_tool("ev__echo", {"message": "hello"})
     assert not ran.is_error
     assert ran.content[0].text == "Echo: hello"  # type: ignore[union-attr]
+
+
+async def test_an_upstream_elicitation_is_relayed_to_the_calling_client(
+    api: Api, everything: dict[str, Any]
+) -> None:
+    assert "trigger-elicitation-request" in everything["tools"]
+    await api.configure("everything", integrationAlias="ev")
+    runtime = McpRuntime(api.gateway, poll_seconds=0.05)
+    server = await api.post("/mcp/servers", {"workspaceId": api.workspace_id, "name": "s"})
+    binding = await bind_server(api.gateway.store, server.json()["server"]["id"], None)
+    asked: list[str] = []
+
+    async def person(_context: Any, params: ElicitRequestParams) -> ElicitResult:
+        asked.append(params.message)
+        return ElicitResult(action="accept", content={"name": "Ada"})
+
+    async with Client(
+        runtime.bound_face(binding).server, mode="legacy", elicitation_callback=person
+    ) as client:
+        tools = [tool.name for tool in (await client.list_tools()).tools]
+        name = next(
+            t for t in tools if "elicitation_request" in t.replace("-", "_") and "async" not in t
+        )
+        with anyio.fail_after(30):
+            result = await client.call_tool(name, {})
+    assert asked, "the question never reached the client"
+    text = " ".join(getattr(block, "text", "") for block in result.content)
+    assert "Ada" in text
