@@ -434,9 +434,94 @@ async def test_idempotent_retries_across_replicas_run_once(cluster: deploy.Clust
     assert await list_items(tenant, "events") == ["once"]
 
 
+# -- handshake-era sessions through the balancer -----------------------------------------
+
+
+async def test_a_handshake_session_continues_on_every_replica(cluster: deploy.Cluster) -> None:
+    tenant = await workspace_tenant(cluster)
+    await tenant.configure("notes")
+    server_id, token = await tenant.server()
+    seen: list[str] = []
+    async with mcp_client(f"{cluster.url}/mcp/{server_id}", token, LEGACY, seen) as client:
+        for n in range(10):
+            put = await client.call_tool("notes__put", {"key": f"s{n}", "value": n})
+            assert not put.is_error, put
+            assert "notes__get" in await tool_names(client)
+    assert set(seen) == {f"127.0.0.1:{r.port}" for r in cluster.replicas}
+
+
+async def test_a_session_get_stream_hears_a_change_made_through_any_replica(
+    cluster: deploy.Cluster,
+) -> None:
+    tenant = await workspace_tenant(cluster)
+    await tenant.configure("notes")
+    server_id, token = await tenant.server()
+    changes = Changes()
+    async with mcp_client(
+        f"{cluster.url}/mcp/{server_id}", token, LEGACY, message_handler=changes.on_message
+    ) as client:
+        # The round trip also lets the client's standalone GET stream open first.
+        await client.list_tools()
+        for number, writer in enumerate(cluster.replicas, start=1):
+            await tenant.configure(f"more{number}", base=writer.url)
+            await changes.wait(number)
+        assert {"more1__put", "more2__put", "more3__put"} <= await tool_names(client)
+    assert changes.faults == []
+
+
+async def test_a_deleted_session_is_gone_on_every_replica(cluster: deploy.Cluster) -> None:
+    tenant = await workspace_tenant(cluster)
+    await tenant.configure("notes")
+    server_id, token = await tenant.server()
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+    }
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "replicas", "version": "1"},
+        },
+    }
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
+    path = f"/mcp/{server_id}"
+    async with httpx2.AsyncClient(timeout=30) as http:
+        opened = await http.post(f"{cluster.url}{path}", json=initialize, headers=headers)
+        assert opened.status_code == 200, opened.text
+        session = {**headers, "Mcp-Session-Id": opened.headers["mcp-session-id"]}
+        session["MCP-Protocol-Version"] = "2025-11-25"
+        for replica in cluster.replicas:
+            listed = await http.post(f"{replica.url}{path}", json=listing, headers=session)
+            assert listed.status_code == 200, (replica.url, listed.text)
+        ended = await http.delete(f"{cluster.replicas[0].url}{path}", headers=session)
+        assert ended.status_code in (200, 204), ended.text
+        for replica in cluster.replicas:
+            gone = await http.post(f"{replica.url}{path}", json=listing, headers=session)
+            assert gone.status_code == 404, (replica.url, gone.text)
+
+
 # -- the MCP conformance suite through the balancer --------------------------------------
 
 SCENARIOS = {
+    # Handshake era: every scenario's session continues on whichever replica a request hits.
+    "2025-11-25": (
+        "server-initialize",
+        "server-session-lifecycle",
+        "ping",
+        "tools-list",
+        "tools-call-simple-text",
+        "tools-call-error",
+        "tools-call-with-progress",
+        "tools-call-with-logging",
+        "dns-rebinding-protection",
+        "tools-call-sampling",
+        "tools-call-elicitation",
+    ),
     MODERN: (
         "tools-list",
         "tools-call-simple-text",
@@ -449,6 +534,19 @@ SCENARIOS = {
         "server-stateless",
         "dns-rebinding-protection",
         "http-header-validation",
+    ),
+}
+
+
+# Scenarios that pass against one replica and fail through the balancer, and why. A listed one
+# that passes fails the test: take it off the list.
+FAILS_THROUGH_THE_BALANCER = {
+    ("tools-call-sampling", "2025-11-25"): (
+        "the client answers the server's sampling/createMessage in a new POST, which lands on "
+        "another replica than the tools/call waiting for it: the call never completes"
+    ),
+    ("tools-call-elicitation", "2025-11-25"): (
+        "the same for elicitation/create: its answer reaches a replica with nothing waiting"
     ),
 }
 
@@ -496,6 +594,8 @@ def run_conformance(
         for index, scenario in enumerate(scenarios):
             command = [str(npm_tool("conformance")), "server", "--url", url, "--scenario"]
             command += [scenario, "--spec-version", version, "-o", str(out / str(index))]
+            if (scenario, version) in FAILS_THROUGH_THE_BALANCER:
+                command += ["--timeout", "10000"]  # it times out: do not wait the full 30 s
             running.append(
                 subprocess.Popen(
                     command, env=node_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -522,5 +622,9 @@ def test_the_conformance_suite_passes_through_the_balancer(
         pytest.skip(missing)
     results = run_conformance(cluster, version, SCENARIOS[version], tmp_path)
     assert {r.scenario for r in results} == set(SCENARIOS[version])
-    failed = [f"{r.scenario}: {'; '.join(r.failures)}" for r in results if not r.ok]
-    assert failed == []
+    unexpected = [
+        f"{r.scenario}: {'; '.join(r.failures) or 'passes: take it off the list'}"
+        for r in results
+        if r.ok == ((r.scenario, version) in FAILS_THROUGH_THE_BALANCER)
+    ]
+    assert unexpected == []
