@@ -84,6 +84,15 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 _x(row["ratioP50"]),
                 row["ratioP50"] <= 1.3,
             )
+    federated = cases.get("federation", {})
+    for era in ERAS:
+        row = federated.get(f"{era} c1")
+        if row:
+            add(
+                f"federated call p50 ratio vs the upstream directly, c=1, {era} (<= 1.3)",
+                _x(row["ratioP50"]),
+                row["ratioP50"] <= 1.3,
+            )
     large = cases.get("large", {})
     quick = results["mode"] == "quick"
     tools = large.get("setup", {}).get("tools", 0)

@@ -1,9 +1,10 @@
-"""`python -m bench [--quick] [--cases calls,large,resync,rest,memory,replicas,discovery]`
+"""`python -m bench [--quick] [--cases calls,large,resync,rest,memory,replicas,...]`
 
 Starts `treadle serve` (own temp data dir, ephemeral port) and the bare SDK baseline as
 subprocesses, runs each case against its baseline in the same run, prints the tables and the
 PASS/FAIL targets, and writes bench/results/<UTC timestamp>[-quick].json.
 `python -m bench --render bench/results/X.json` prints the tables of an earlier run.
+Cases: calls, large, resync, rest, memory, replicas, discovery, federation (all by default).
 """
 
 from __future__ import annotations
@@ -22,7 +23,16 @@ from typing import Any
 
 import anyio
 
-from bench.cases import call_overhead, discovery, large, memory, replicas, rest, resync
+from bench.cases import (
+    call_overhead,
+    discovery,
+    federation,
+    large,
+    memory,
+    replicas,
+    rest,
+    resync,
+)
 from bench.config import FULL, QUICK, configure, create_server
 from bench.env import Env
 from bench.procs import Bare, Treadle
@@ -30,7 +40,7 @@ from bench.report import render, targets
 from bench.stats import Noise, machine, source_state
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CASES = ("calls", "large", "resync", "rest", "memory", "replicas", "discovery")
+CASES = ("calls", "large", "resync", "rest", "memory", "replicas", "discovery", "federation")
 # Per-case ceilings (seconds, full mode): a stuck case is recorded as failed, the run goes on.
 LIMITS = {
     "calls": 240,
@@ -39,6 +49,7 @@ LIMITS = {
     "rest": 150,
     "memory": 200,
     "replicas": 300,
+    "federation": 240,
     # Embedding the workspace's 609 distinct tool meanings takes ~2 min on 2 loaded cores.
     "discovery": 420,
 }
@@ -114,6 +125,8 @@ async def main_async(quick: bool, chosen: list[str]) -> dict[str, Any]:
             await _case(results, "resync", lambda: resync.run(env))
         if "rest" in chosen:
             await _case(results, "rest", lambda: rest.run(env))
+        if "federation" in chosen:
+            await _case(results, "federation", lambda: federation.run(env))
         results["treadleLogErrors"] = treadle.errors_in_log()
     finally:
         if env is not None and env.bare_big is not None:
