@@ -35,6 +35,7 @@ async def list_workspaces(request: Request) -> Response:
     "Create a workspace (org-wide key)",
     body=CreateWorkspace,
     responses={201: one("workspace", Workspace)},
+    errors=[ErrorCode.DUPLICATE],
 )
 async def create_workspace(request: Request) -> Response:
     gw, principal = await caller(request)
@@ -57,7 +58,7 @@ async def get_workspace(request: Request) -> Response:
     "Rename a workspace",
     body=UpdateWorkspace,
     responses={200: one("workspace", Workspace)},
-    errors=[ErrorCode.NO_UPDATES],
+    errors=[ErrorCode.NO_UPDATES, ErrorCode.DUPLICATE],
 )
 async def update_workspace(request: Request) -> Response:
     gw, principal = await caller(request)
