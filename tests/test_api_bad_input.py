@@ -271,7 +271,8 @@ async def test_wrong_types_missing_unknown_or_no_fields_are_refused(
         response = await send(api, endpoint, world.ids, json=body)
         assert response.status_code == 400, (case, response.text[:300])
         assert response.json()["error"] == "VALIDATION_ERROR", case
-    # Doc 003 (and workspaces, like it) answer NO_UPDATES; doc 004 says VALIDATION_ERROR.
+    # Workspace integrations (and workspaces, like them) answer NO_UPDATES; partials answer
+    # VALIDATION_ERROR (each operation's codes: GET /api/v1/openapi.json).
     no_updates = endpoint.method == "PATCH" and endpoint.template.startswith("/workspaces/")
     empty = await send(api, endpoint, world.ids, json={})
     assert empty.status_code == 400, empty.text

@@ -1,4 +1,4 @@
-"""`/api/v1/partials`, exactly as product document 004 says."""
+"""`/api/v1/partials`, as its operations in /api/v1/openapi.json describe them."""
 
 from __future__ import annotations
 

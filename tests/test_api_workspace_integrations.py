@@ -1,4 +1,4 @@
-"""`/api/v1/workspaces/{workspaceId}/integrations`, exactly as product document 003 says."""
+"""`/api/v1/workspaces/{workspaceId}/integrations`, as /api/v1/openapi.json describes it."""
 
 from __future__ import annotations
 

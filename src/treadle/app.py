@@ -1,4 +1,4 @@
-"""Assembles one gateway: settings → store → catalog → engine → faces (DESIGN.md)."""
+"""Assembles one gateway: settings → store → catalog → engine → faces."""
 
 from __future__ import annotations
 

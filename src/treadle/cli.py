@@ -1,4 +1,4 @@
-"""`treadle` command line (DESIGN.md: CLI contract)."""
+"""`treadle` command line (README.md: the commands; `treadle --help`)."""
 
 from __future__ import annotations
 

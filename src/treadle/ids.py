@@ -1,4 +1,4 @@
-"""Identifiers and bearer tokens (DESIGN.md: IDs). Tokens are shown once and stored hashed."""
+"""Identifiers and bearer tokens. Tokens are shown once and stored hashed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Where treadle keeps its data and how it finds its database (DESIGN.md: CLI and env)."""
+"""Where treadle keeps its data and how it finds its database (README.md: environment variables)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Which partials apply to a call, how they merge, and what that leaves of a schema.
 
 The MCP toolset prunes schemas with the same functions the pipeline merges with, so what a
-tool advertises and what a call enforces cannot drift apart (DESIGN.md).
+tool advertises and what a call enforces cannot drift apart.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Turns a workspace's configuration into MCP tools (the provider of DESIGN.md).
+"""Turns a workspace's configuration into MCP tools (the tool provider of the MCP faces).
 
 One tool per allowed action of each workspace integration. Schemas are pruned with the same
 partial functions the pipeline merges with. Tool sets are cached per server and rebuilt only

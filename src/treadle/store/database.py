@@ -49,7 +49,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class ChangeEvent:
-    """A committed configuration change (DESIGN.md: change events drive resync)."""
+    """A committed configuration change (change events drive resync: treadle.mcp.resync)."""
 
     org_id: str
     workspace_id: str | None
