@@ -15,9 +15,10 @@ from treadle.app import Gateway
 from treadle.auth.identity import signin
 from treadle.auth.server import routes as authorization_routes
 from treadle.body_guard import BodyGuard
+from treadle.errors import SetupError
 from treadle.mcp.http import McpEndpoint
 from treadle.mcp.runtime import McpRuntime
-from treadle.observability import metrics
+from treadle.observability import metrics, tracing_wanted
 from treadle.observability.http import AccessLog
 from treadle.web import approval_page, connect_page, docs_page, oauth_routes
 
@@ -57,6 +58,14 @@ def build_http_app(gateway: Gateway, runtime: McpRuntime | None = None) -> Starl
     observed = metrics.Metrics(gateway, sessions=endpoint.sessions, hub=runtime.hub)
     gateway.executor.observers.append(observed.call_finished)
     app.state.metrics = observed
+    if tracing_wanted():
+        try:
+            from treadle.observability import tracing
+        except ImportError:
+            raise SetupError(
+                'OTEL_* variables ask for traces: pip install "treadle[otel]"'
+            ) from None
+        tracing.install(app, gateway, tracing.Tracing(tracing.provider_from_env()))
     app.state.mcp_auth = endpoint.auth
     app.add_middleware(BodyGuard)
     app.add_middleware(AccessLog)  # added last: outermost, so it sees what BodyGuard raises

@@ -109,6 +109,12 @@ class AccessLog:
         path: str = scope["path"]
         method: str = scope["method"]
         is_mcp = path.startswith("/mcp/")
+        app = scope.get("app")
+        state = getattr(app, "state", None)
+        metrics = getattr(state, "metrics", None)
+        tracer = getattr(state, "tracing", None)
+        if tracer is not None and is_mcp and method == "POST":
+            receive = await tracer.read_meta(scope, receive)
         peeked: list[bytes] = []
         if is_mcp and method == "POST" and self.json:
             inner = receive
@@ -120,10 +126,6 @@ class AccessLog:
                 return message
 
             receive = peek
-        app = scope.get("app")
-        state = getattr(app, "state", None)
-        metrics = getattr(state, "metrics", None)
-        tracer = getattr(state, "tracing", None)
         listening = is_mcp and method == "GET" and metrics is not None
         if listening and metrics is not None:
             metrics.listen_streams.inc()
@@ -132,7 +134,7 @@ class AccessLog:
             if tracer is not None:
                 with tracer.request_span(scope, fields) as span:
                     await self.app(scope, receive, observe)
-                    tracer.finish_request(span, self._route(scope), status)
+                    tracer.finish_request(span, method, self._route(scope), status)
             else:
                 await self.app(scope, receive, observe)
         except ClientDisconnect:
