@@ -147,8 +147,7 @@ class AccessLog:
                 metrics.listen_streams.dec()
             route = self._route(scope)
             if metrics is not None:
-                metrics.http_requests.labels(route, method, str(status)).inc()
-                metrics.http_seconds.labels(route, method).observe(elapsed)
+                metrics.request_finished(route, method, str(status), elapsed)
             if peeked:
                 fields.update(_rpc_fields(peeked))
             fields.update(

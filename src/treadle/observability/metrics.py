@@ -126,6 +126,22 @@ class Metrics:
         # Label children resolved once per label set, not per call.
         self._steps = {step: self.step_seconds.labels(step) for step in STEPS}
         self._calls: dict[tuple[str, ...], Any] = {}
+        self._requests: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._call_seconds: dict[str, Any] = {}
+
+    def request_finished(self, route: str, method: str, status: str, seconds: float) -> None:
+        """The middleware's one call per request: label children looked up once per label
+        set (route templates, methods and statuses are few), then an increment and an
+        observation."""
+        key = (route, method, status)
+        found = self._requests.get(key)
+        if found is None:
+            found = self._requests[key] = (
+                self.http_requests.labels(route, method, status),
+                self.http_seconds.labels(route, method),
+            )
+        found[0].inc()
+        found[1].observe(seconds)
 
     # -- the pipeline's observer (Executor.observers) -------------------------------------
 
@@ -155,7 +171,11 @@ class Metrics:
         if counter is None:
             counter = self._calls[key] = self.tool_calls.labels(*key)
         counter.inc()
-        self.call_seconds.labels(request.source.value).observe(call.finished - call.started)
+        source = request.source.value
+        timer = self._call_seconds.get(source)
+        if timer is None:
+            timer = self._call_seconds[source] = self.call_seconds.labels(source)
+        timer.observe(call.finished - call.started)
         if call.prepared:
             self._steps["prepare"].observe(call.prepared - call.started)
         if call.connected:
