@@ -1,5 +1,8 @@
 """A small upstream MCP server (the Python SDK's low-level server) for federation tests.
 
+It also offers prompts (`greet`, `whoami`), resources (a text one, a binary one), a
+resource template (`note:///{topic}`) and completion of their arguments.
+
 It injects the failures a gateway must survive: a slow tool (progress, then waits until
 cancelled), an `isError` result, a crash (the process exits), a tool list that changes at
 runtime (with `list_changed` to both eras) and, over HTTP, a bearer token it requires (401
@@ -24,12 +27,30 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, Too
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
+    BlobResourceContents,
     CallToolRequestParams,
     CallToolResult,
+    CompleteRequestParams,
+    CompleteResult,
+    Completion,
+    GetPromptRequestParams,
+    GetPromptResult,
     ImageContent,
+    ListPromptsResult,
+    ListResourcesResult,
+    ListResourceTemplatesResult,
     ListToolsResult,
     PaginatedRequestParams,
+    Prompt,
+    PromptArgument,
+    PromptMessage,
+    PromptReference,
+    ReadResourceRequestParams,
+    ReadResourceResult,
+    Resource,
+    ResourceTemplate,
     TextContent,
+    TextResourceContents,
     Tool,
     ToolAnnotations,
 )
@@ -43,6 +64,22 @@ PIXEL = (
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmM"
     "IQAAAABJRU5ErkJggg=="
 )
+
+README_URI = "file:///docs/readme.md"
+PIXEL_URI = "file:///pixel.png"
+STYLES = ["casual", "cheerful", "formal"]
+TOPICS = ["cats", "cars", "dogs"]
+PROMPTS = {
+    "greet": Prompt(
+        name="greet",
+        description="A greeting",
+        arguments=[
+            PromptArgument(name="name", required=True),
+            PromptArgument(name="style", description="casual, cheerful or formal"),
+        ],
+    ),
+    "whoami": Prompt(name="whoami", description="The Authorization header seen"),
+}
 
 
 def _base_tools() -> dict[str, Tool]:
@@ -103,8 +140,75 @@ class Upstream:
             on_list_tools=self._list,
             on_call_tool=self._call,
             on_subscriptions_listen=ListenHandler(self.bus),
+            on_list_prompts=self._prompts,
+            on_get_prompt=self._prompt,
+            on_list_resources=self._resources,
+            on_list_resource_templates=self._templates,
+            on_read_resource=self._read,
+            on_completion=self._complete,
         )
         self.server.middleware.append(self._track)
+
+    async def _prompts(
+        self, ctx: ServerRequestContext, params: PaginatedRequestParams | None
+    ) -> ListPromptsResult:
+        return ListPromptsResult(prompts=list(PROMPTS.values()))
+
+    async def _prompt(self, ctx: ServerRequestContext, params: GetPromptRequestParams) -> Any:
+        args = params.arguments or {}
+        if params.name == "greet":
+            if "name" not in args:
+                raise MCPError(-32602, "Missing argument: name")
+            text = f"Say hello to {args['name']}, {args.get('style', 'casual')}ly"
+        elif params.name == "whoami":
+            seen = ctx.request.headers.get("authorization") if ctx.request is not None else None
+            text = str(seen)
+        else:
+            raise MCPError(-32602, f"Unknown prompt: {params.name}")
+        message = PromptMessage(role="user", content=TextContent(type="text", text=text))
+        return GetPromptResult(description=f"the {params.name} prompt", messages=[message])
+
+    async def _resources(
+        self, ctx: ServerRequestContext, params: PaginatedRequestParams | None
+    ) -> ListResourcesResult:
+        return ListResourcesResult(
+            resources=[
+                Resource(name="readme", uri=README_URI, mime_type="text/markdown"),
+                Resource(name="pixel", uri=PIXEL_URI, mime_type="image/png"),
+            ]
+        )
+
+    async def _templates(
+        self, ctx: ServerRequestContext, params: PaginatedRequestParams | None
+    ) -> ListResourceTemplatesResult:
+        template = ResourceTemplate(name="note", uri_template="note:///{topic}")
+        return ListResourceTemplatesResult(resource_templates=[template])
+
+    async def _read(
+        self, ctx: ServerRequestContext, params: ReadResourceRequestParams
+    ) -> ReadResourceResult:
+        uri = params.uri
+        if uri == README_URI:
+            contents: Any = TextResourceContents(uri=uri, mime_type="text/markdown", text="# Hi")
+        elif uri == PIXEL_URI:
+            contents = BlobResourceContents(uri=uri, mime_type="image/png", blob=PIXEL)
+        elif uri.startswith("note:///"):
+            contents = TextResourceContents(uri=uri, text=f"a note on {uri[8:]}")
+        else:
+            raise MCPError(-32002, f"Resource not found: {uri}")
+        return ReadResourceResult(contents=[contents])
+
+    async def _complete(
+        self, ctx: ServerRequestContext, params: CompleteRequestParams
+    ) -> CompleteResult:
+        if isinstance(params.ref, PromptReference):
+            choices = STYLES if params.ref.name == "greet" else []
+        else:
+            choices = TOPICS if params.ref.uri == "note:///{topic}" else []
+        if params.argument.name not in ("style", "topic"):
+            choices = []
+        values = [c for c in choices if c.startswith(params.argument.value)]
+        return CompleteResult(completion=Completion(values=values, total=len(values)))
 
     async def _track(
         self, ctx: ServerRequestContext, call_next: Callable[[Any], Awaitable[Any]]

@@ -7,6 +7,7 @@ from typing import Any
 from mcp.server import ServerRequestContext
 
 from treadle.app import Gateway
+from treadle.catalog.upstream.content import UpstreamContent
 from treadle.mcp.binding import Binding
 from treadle.mcp.discovery import SearchIndexes
 from treadle.mcp.resync import ResyncHub
@@ -37,6 +38,7 @@ class McpRuntime:
         self.toolsets = ToolsetCache(gateway.store, gateway.catalog)
         # DISCOVERY mode's search indexes, shared by every face of the process as tool sets are.
         self.search = SearchIndexes(gateway.settings.tool_search)
+        self.content = UpstreamContent(gateway.store, gateway.federation, gateway.oauth)
         self.hub = ResyncHub(gateway.store, self.toolsets, poll_seconds=poll_seconds)
 
     def face(
@@ -59,6 +61,7 @@ class McpRuntime:
             request_state_key=self.request_state_key,
             snapshot=snapshot,
             search=self.search,
+            content=self.content,
         )
 
     def bound_face(self, binding: Binding) -> McpFace:

@@ -54,6 +54,7 @@ from treadle.catalog.model import (
     JSONObject,
     LogLevel,
 )
+from treadle.catalog.upstream.content import UpstreamContent
 from treadle.engine import ApprovalPending, ExecuteRequest, Executor, Source
 from treadle.engine.approvals import ApprovalDesk, canonical
 from treadle.mcp import discovery
@@ -64,6 +65,7 @@ from treadle.mcp.discovery_tools import META_NAMES
 from treadle.mcp.results import to_result
 from treadle.mcp.resync import ResyncHub, listening
 from treadle.mcp.toolset import Current, ToolSet, ToolsetCache, ToolTarget
+from treadle.mcp.upstream_content import ContentFace
 from treadle.store.config_cache import ConfigSnapshot
 
 log = logging.getLogger(__name__)
@@ -278,6 +280,7 @@ class McpFace:
         request_state_key: bytes | None = None,
         snapshot: SnapshotSource | None = None,
         search: SearchIndexes | None = None,
+        content: UpstreamContent | None = None,
     ) -> None:
         self._executor = executor
         self._search = search or SearchIndexes()
@@ -290,6 +293,10 @@ class McpFace:
         self._page_bytes = page_bytes
         self._progress_seconds = progress_seconds
         self._listen = ListenHandler(hub.bus)
+        # Upstream MCP servers' prompts and resources (their capabilities per server).
+        self._content = (
+            ContentFace(content, resolve, self._snapshot) if content is not None else None
+        )
         # logging/setLevel floors per handshake-era connection (actions log via ctx.client).
         self._log_floors: dict[int, LogLevel] = {}
         # Logging is deprecated from 2026-07-28 on; handshake-era clients still set levels.
@@ -297,6 +304,8 @@ class McpFace:
             warnings.simplefilter("ignore", MCPDeprecationWarning)
             self.server = self._build(schema_lookup)
         self.server.middleware.append(self._track_handshake_clients)
+        if self._content is not None:
+            self.server.middleware.append(self._content.declare_capabilities)
         # 2026-07-28 approval rounds carry requestState: seal it with a key every process of
         # this deployment shares, so any replica can continue a round another one started.
         security = (
@@ -322,6 +331,7 @@ class McpFace:
             # Private: lists are per server and per principal.
             cache_hints={"tools/list": CacheHint(ttl_ms=LIST_TTL_MS, scope="private")},
             on_set_logging_level=self.set_logging_level,
+            **(self._content.handlers() if self._content is not None else {}),
         )
 
     async def set_logging_level(

@@ -35,7 +35,13 @@ from mcp.types import (
 )
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
-from treadle.catalog.model import ActionContext, ConnectionCredentials, JSONObject, ToolContent
+from treadle.catalog.model import (
+    ActionContext,
+    ConnectionCredentials,
+    Integration,
+    JSONObject,
+    ToolContent,
+)
 from treadle.catalog.registry import Catalog
 from treadle.catalog.upstream.actions import integration_for, output_of, wire
 from treadle.catalog.upstream.sessions import (
@@ -128,6 +134,17 @@ class Federation:
 
     def known(self, upstream_id: str) -> Upstream | None:
         return self._applied.get(upstream_id)
+
+    def named(self, org_id: str, name: str) -> Upstream | None:
+        """The org's upstream whose integration is `name` (prompts and resources find their
+        upstream through the workspace integration's name)."""
+        for upstream in self._applied.values():
+            if upstream.org_id == org_id and upstream.name == name:
+                return upstream
+        return None
+
+    def integration(self, org_id: str, name: str) -> Integration | None:
+        return self._catalog.get(name, org_id)
 
     # -- upstream → records ------------------------------------------------------------------
 

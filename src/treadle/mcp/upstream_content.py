@@ -1,0 +1,169 @@
+"""The MCP face of upstream prompts, resources and completion (`catalog.upstream.content`).
+
+The SDK declares a capability for every handler registered on the one `Server` that serves
+every MCP server record, so the handlers are registered whenever federation is on, and
+`declare_capabilities` (a middleware on `initialize` and `server/discover`) takes out
+`prompts`, `resources` and `completions` for a server whose workspace offers none of them.
+Resource subscriptions and prompt/resource `listChanged` are not relayed (yet), so they are
+declared false.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from mcp.server import ServerRequestContext
+from mcp.shared.exceptions import MCPError
+from mcp.types import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    CompleteRequestParams,
+    CompleteResult,
+    GetPromptRequestParams,
+    GetPromptResult,
+    ListPromptsResult,
+    ListResourcesResult,
+    ListResourceTemplatesResult,
+    PaginatedRequestParams,
+    Prompt,
+    ReadResourceRequestParams,
+    ReadResourceResult,
+    Resource,
+    ResourceTemplate,
+)
+
+from treadle.catalog.upstream.content import Caller, Offer, UnknownContent, UpstreamContent
+from treadle.errors import ActionRuntimeError, ConnectionCredentialsError, ErrorCode, Refusal
+from treadle.mcp.binding import Binding
+from treadle.store.config_cache import ConfigSnapshot
+
+# The JSON-RPC code the MCP specification gives an unknown resource.
+RESOURCE_NOT_FOUND = -32002
+
+Resolve = Callable[[ServerRequestContext[Any, Any]], Awaitable[Binding]]
+Snapshot = Callable[[ServerRequestContext[Any, Any]], Awaitable[ConfigSnapshot]]
+
+
+class ContentFace:
+    def __init__(self, content: UpstreamContent, resolve: Resolve, snapshot: Snapshot) -> None:
+        self._content = content
+        self._resolve = resolve
+        self._snapshot = snapshot
+
+    def handlers(self) -> dict[str, Any]:
+        """The `Server(...)` keyword arguments of these handlers."""
+        return {
+            "on_list_prompts": self.list_prompts,
+            "on_get_prompt": self.get_prompt,
+            "on_list_resources": self.list_resources,
+            "on_list_resource_templates": self.list_templates,
+            "on_read_resource": self.read_resource,
+            "on_completion": self.complete,
+        }
+
+    async def _offer(self, ctx: ServerRequestContext[Any, Any]) -> tuple[Binding, Offer]:
+        binding = await self._resolve(ctx)
+        snapshot = await self._snapshot(ctx)
+        config = await snapshot.workspace(binding.org_id, binding.workspace_id)
+        integrations = () if config is None else config.integrations
+        return binding, self._content.offer(binding.org_id, integrations)
+
+    async def list_prompts(
+        self, ctx: ServerRequestContext[Any, Any], params: PaginatedRequestParams | None
+    ) -> ListPromptsResult:
+        _, offer = await self._offer(ctx)
+        return ListPromptsResult(prompts=[Prompt.model_validate(p) for p in offer.prompts])
+
+    async def list_resources(
+        self, ctx: ServerRequestContext[Any, Any], params: PaginatedRequestParams | None
+    ) -> ListResourcesResult:
+        _, offer = await self._offer(ctx)
+        return ListResourcesResult(resources=[Resource.model_validate(r) for r in offer.resources])
+
+    async def list_templates(
+        self, ctx: ServerRequestContext[Any, Any], params: PaginatedRequestParams | None
+    ) -> ListResourceTemplatesResult:
+        _, offer = await self._offer(ctx)
+        templates = [ResourceTemplate.model_validate(t) for t in offer.templates]
+        return ListResourceTemplatesResult(resource_templates=templates)
+
+    async def get_prompt(
+        self, ctx: ServerRequestContext[Any, Any], params: GetPromptRequestParams
+    ) -> GetPromptResult:
+        binding, offer = await self._offer(ctx)
+        result: GetPromptResult = await _translated(
+            self._content.get_prompt(_caller(binding), offer, params.name, params.arguments),
+            INVALID_PARAMS,
+        )
+        return result
+
+    async def read_resource(
+        self, ctx: ServerRequestContext[Any, Any], params: ReadResourceRequestParams
+    ) -> ReadResourceResult:
+        binding, offer = await self._offer(ctx)
+        result: ReadResourceResult = await _translated(
+            self._content.read_resource(_caller(binding), offer, params.uri), RESOURCE_NOT_FOUND
+        )
+        return result
+
+    async def complete(
+        self, ctx: ServerRequestContext[Any, Any], params: CompleteRequestParams
+    ) -> CompleteResult:
+        binding, offer = await self._offer(ctx)
+        argument = {"name": params.argument.name, "value": params.argument.value}
+        context = params.context.arguments if params.context is not None else None
+        result: CompleteResult = await _translated(
+            self._content.complete(_caller(binding), offer, params.ref, argument, context),
+            INVALID_PARAMS,
+        )
+        return result
+
+    async def declare_capabilities(
+        self, ctx: ServerRequestContext[Any, Any], call_next: Callable[..., Awaitable[Any]]
+    ) -> Any:
+        result = await call_next(ctx)
+        if ctx.method not in ("initialize", "server/discover") or not isinstance(result, dict):
+            return result
+        capabilities = result.get("capabilities")
+        if not isinstance(capabilities, dict):
+            return result
+        try:
+            _, offer = await self._offer(ctx)
+        except Exception:
+            offer = Offer()  # no binding: nothing to declare
+        capabilities = dict(capabilities)
+        if offer.prompts:
+            capabilities["prompts"] = {"listChanged": False}
+        else:
+            capabilities.pop("prompts", None)
+        if offer.has_resources:
+            capabilities["resources"] = {"listChanged": False, "subscribe": False}
+        else:
+            capabilities.pop("resources", None)
+        if not offer.completions:
+            capabilities.pop("completions", None)
+        return {**result, "capabilities": capabilities}
+
+
+def _caller(binding: Binding) -> Caller:
+    return Caller(binding.org_id, binding.workspace_id, binding.actor, binding.end_user_id)
+
+
+async def _translated(work: Awaitable[Any], unknown_code: int) -> Any:
+    """The engine's refusals as JSON-RPC errors whose `data.code` is treadle's error code."""
+    try:
+        return await work
+    except UnknownContent as error:
+        raise MCPError(unknown_code, str(error)) from None
+    except Refusal as refusal:
+        data = {"code": str(refusal.code), **refusal.extra}
+        raise MCPError(INVALID_REQUEST, refusal.message, data) from None
+    except ConnectionCredentialsError as error:
+        data = {"code": str(ErrorCode.CONNECTION_ERROR)}
+        raise MCPError(INVALID_REQUEST, error.message, data) from None
+    except ActionRuntimeError as error:
+        raise MCPError(
+            INTERNAL_ERROR, error.message, {"code": str(ErrorCode.ACTION_FAILED)}
+        ) from None
