@@ -619,3 +619,31 @@ async def test_a_per_user_tool_without_a_connection_answers_with_the_connect_lin
     assert result.structured_content is not None
     assert result.structured_content["error"] == "CONNECTION_REQUIRED"
     assert "/connect?token=" in result.structured_content["connectUrl"]
+
+
+async def test_rest_refuses_bad_filters_and_a_workspace_key_revoking_a_client(
+    site: Site,
+) -> None:
+    tokens = await tokens_for(site)
+    store = site.env.runtime.gateway.store
+    async with store.db.write("test") as txn:
+        _key, scoped = await store.api_keys.create(
+            txn, site.env.org_id, name="scoped", workspace_id=site.env.workspace_id
+        )
+    async with httpx2.AsyncClient(
+        transport=site.env.rest._transport,
+        base_url="http://treadle.test",
+        headers={"Authorization": f"Bearer {scoped}"},
+    ) as rest:
+        denied = await rest.delete(f"/api/v1/mcp/oauth-clients/{tokens.client_id}")
+        assert denied.status_code == 403
+        assert denied.json()["error"] == "SCOPE_DENIED"
+        seen = await rest.get("/api/v1/mcp/oauth-grants", params={"clientId": tokens.client_id})
+        assert [g["endUserId"] for g in seen.json()["grants"]] == ["alice"]
+    bad = await site.env.rest.get("/api/v1/mcp/oauth-grants", params={"endUserId": " x"})
+    assert bad.status_code == 400
+    assert bad.json()["error"] == "VALIDATION_ERROR"
+    unknown = await site.env.rest.delete("/api/v1/mcp/oauth-clients/mcpc_never")
+    assert unknown.status_code == 404
+    # Nothing was revoked by the refusals.
+    assert (await mcp_post(site.mcp_url, tokens.access)).status_code == 200
