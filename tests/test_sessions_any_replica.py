@@ -484,3 +484,96 @@ async def test_an_outsized_declaration_still_gives_an_id_every_replica_opens(
     assert len(session_id) <= MAX_SESSION_ID_CHARS
     status, message = await replicas.rpc(replicas.b, session_id, "tools/list")
     assert status == 200, message
+
+
+async def _events(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
+    """The JSON-RPC messages of an SSE stream, as they arrive."""
+    async for line in lines:
+        if line.startswith("data:") and line[5:].strip():
+            yield json.loads(line[5:])
+
+
+async def test_an_elicitation_answered_on_b_completes_the_call_waiting_on_a_once(
+    replicas: Replicas,
+) -> None:
+    if replicas.a.gateway.store.db.is_sqlite:
+        pytest.skip(
+            "two processes on one SQLite file share no channel to hand an answer on; "
+            "several replicas need PostgreSQL (docs/deploy.md)"
+        )
+    await replicas.api.configure("kv-store", integrationAlias="notes")
+    policy = await replicas.api.post(
+        "/approval-policies",
+        {
+            "workspaceId": replicas.api.workspace_id,
+            "name": "lists need a yes",
+            "decision": "require_approval",
+            "sources": ["mcp_tools"],
+            "actionNames": ["add_to_list"],
+            "allowSelfApproval": True,
+        },
+    )
+    assert policy.status_code == 201, policy.text
+    # A client that answers forms: the approval pause asks it over the open call.
+    session_id = await replicas.initialize(replicas.a, capabilities={"elicitation": {"form": {}}})
+    headers = Replicas._headers(replicas.token, session_id)
+    call = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "tools/call",
+        "params": {"name": "notes__add_to_list", "arguments": {"key": "todo", "value": "ship"}},
+    }
+    answers: list[int] = []
+    with anyio.fail_after(WAIT_SECONDS):
+        async with replicas.http.stream(
+            "POST", replicas.a.base + replicas.path, json=call, headers=headers
+        ) as stream:
+            assert stream.status_code == 200
+            async for message in _events(stream.aiter_lines()):
+                if message.get("method") == "elicitation/create":
+                    assert message["params"]["mode"] == "form"
+                    # The answer lands on B, which holds nothing waiting for it.
+                    answered = await replicas.http.post(
+                        replicas.b.base + replicas.path,
+                        json={
+                            "jsonrpc": "2.0",
+                            "id": message["id"],
+                            "result": {"action": "accept", "content": {"approve": True}},
+                        },
+                        headers=headers,
+                    )
+                    answers.append(answered.status_code)
+                elif message.get("id") == 7:
+                    result = message["result"]
+                    break
+    assert answers == [202]
+    assert not result.get("isError"), result
+    assert result["structuredContent"]["value"] == ["ship"]
+    # Ran exactly once: the list holds the value once.
+    listed = await replicas.api.execute(
+        integrationName="kv-store",
+        integrationAlias="notes",
+        actionName="get",
+        input={"key": "todo"},
+        endUserId=END_USER,
+    )
+    assert listed.status_code == 200, listed.text
+    assert listed.json()["output"]["value"] == ["ship"]
+    # Nothing is left waiting on either replica.
+    for replica in (replicas.a, replicas.b):
+        assert replica.endpoint.manager.awaiting(session_id, str(7)) is None
+
+
+async def test_an_answer_nobody_waits_for_is_accepted_and_changes_nothing(
+    replicas: Replicas,
+) -> None:
+    session_id = await replicas.initialize(replicas.a)
+    for on in (replicas.b, replicas.a):
+        answered = await replicas.http.post(
+            on.base + replicas.path,
+            json={"jsonrpc": "2.0", "id": 99, "result": {}},
+            headers=Replicas._headers(replicas.token, session_id),
+        )
+        assert answered.status_code == 202, answered.text
+    status, message = await replicas.rpc(replicas.b, session_id, "ping")
+    assert (status, message.get("result")) == (200, {})

@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from mcp.server import ServerRequestContext
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
@@ -37,6 +38,7 @@ from treadle.clock import now_iso
 from treadle.engine.end_user_ids import check_end_user_id
 from treadle.errors import ErrorCode, Refusal, ValidationFailed
 from treadle.ids import hash_token
+from treadle.mcp.answer_relay import AnswerRelay, accepted, answered_id
 from treadle.mcp.binding import Binding
 from treadle.mcp.drain import StreamDrain, only_listens
 from treadle.mcp.modern_route import ModernRoute, routed
@@ -48,7 +50,13 @@ from treadle.mcp.sessions import (
     opens_session,
     pending,
 )
-from treadle.mcp.shared_sessions import SharedSessions, not_found, session_id_of
+from treadle.mcp.shared_sessions import (
+    SharedSessions,
+    not_found,
+    read_body,
+    replay,
+    session_id_of,
+)
 from treadle.observability.logs import note
 from treadle.store.config_cache import ConfigSnapshot
 
@@ -176,6 +184,9 @@ class McpEndpoint:
             idle_seconds=limits.idle_seconds,
             max_body_bytes=MAX_BODY_BYTES,
         )
+        # A client's answer to a request a call sent it, landing on another replica than the
+        # call (treadle.mcp.answer_relay).
+        self.answers = AnswerRelay(gateway.store.db, self.manager)
         self.drain = StreamDrain()
         # 2026-07-28 tools/call and tools/list: treadle's own route in front of the SDK's
         # (treadle.mcp.modern_route); the manager's lifespan state has no public accessor.
@@ -189,11 +200,13 @@ class McpEndpoint:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        async with self.manager.run():
+        async with self.manager.run(), anyio.create_task_group() as tg:
+            tg.start_soon(self.answers.run)
             try:
                 yield
             finally:
                 await self.manager.end_sessions()
+                tg.cancel_scope.cancel()
 
     @staticmethod
     async def _resolve(ctx: ServerRequestContext[Any, Any]) -> Binding:
@@ -357,8 +370,23 @@ class McpEndpoint:
         elif scope["method"] == "GET":
             async with self.shared.streaming(session_id, resumed):
                 await self._serve(scope, receive, send)
+        elif scope["method"] == "POST" and self.answers.relays:
+            await self._post(session_id, resumed.protocol_version, scope, receive, send)
         else:
             await self._serve(scope, receive, send)
+
+    async def _post(
+        self, session_id: str, version: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """A POST of a session: an answer to a request another replica's call waits for is
+        handed on to it (202, as the SDK answers once the answer is handed to the session)."""
+        body, messages = await read_body(receive, MAX_BODY_BYTES)
+        answered = answered_id(body) if len(body) <= MAX_BODY_BYTES else None
+        if answered is not None and not self.answers.takes_here(session_id, answered):
+            await self.answers.hand_on(session_id, version, body)
+            await accepted(send)
+            return
+        await self._serve(scope, replay(messages, receive), send)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         if only_listens(scope):

@@ -30,6 +30,7 @@ from mcp.types import InitializeRequestParams
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.types import Scope
 
+from treadle.mcp.answer_relay import AwaitingTransport
 from treadle.mcp.binding import Binding
 from treadle.settings import McpSessionLimits
 
@@ -191,8 +192,8 @@ class CountedSessionManager(StreamableHTTPSessionManager):
         self._register(session_id, transport, requestor, reservation)
         return transport
 
-    def _transport(self, session_id: str) -> StreamableHTTPServerTransport:
-        return StreamableHTTPServerTransport(
+    def _transport(self, session_id: str) -> AwaitingTransport:
+        return AwaitingTransport(
             mcp_session_id=session_id,
             is_json_response_enabled=self.json_response,
             event_store=self.event_store,
@@ -217,6 +218,14 @@ class CountedSessionManager(StreamableHTTPSessionManager):
     def holds(self, session_id: str) -> bool:
         """Whether this process serves the session now (it opened or restored it)."""
         return session_id in self._server_instances
+
+    def awaiting(self, session_id: str, request_id: str) -> AwaitingTransport | None:
+        """The session's transport here, when it waits for the client's answer to `request_id`
+        (treadle.mcp.answer_relay)."""
+        transport = self._server_instances.get(session_id)
+        if isinstance(transport, AwaitingTransport) and request_id in transport.awaiting:
+            return transport
+        return None
 
     async def end_here(self, session_id: str) -> None:
         """Stop serving the session in this process (it was ended through another one)."""

@@ -113,7 +113,7 @@ class SharedSessions:
         messages: list[Message] = []
         body = b""
         if scope["method"] == "POST":
-            body, messages = await _read_body(receive, self._max_body)
+            body, messages = await read_body(receive, self._max_body)
         state = opening_state(binding, body)
         session_id = self._seal.seal(state)
         at = now_ms()
@@ -125,7 +125,7 @@ class SharedSessions:
             int(prune_before) if math.isfinite(prune_before) else -1,
         )
         self._remember(session_id, state)
-        replayed = _replay(messages, receive)
+        replayed = replay(messages, receive)
         reset = opening_id.set(session_id)
         try:
             await serve(scope, replayed, send)
@@ -231,7 +231,7 @@ class SharedSessions:
             self._opened.popitem(last=False)
 
 
-async def _read_body(receive: Receive, limit: int) -> tuple[bytes, list[Message]]:
+async def read_body(receive: Receive, limit: int) -> tuple[bytes, list[Message]]:
     """The request body (up to just past `limit`: the SDK refuses longer ones itself), and
     the messages it came in, to hand on unchanged."""
     messages: list[Message] = []
@@ -247,7 +247,7 @@ async def _read_body(receive: Receive, limit: int) -> tuple[bytes, list[Message]
     return bytes(body), messages
 
 
-def _replay(messages: list[Message], receive: Receive) -> Receive:
+def replay(messages: list[Message], receive: Receive) -> Receive:
     pending = list(messages)
 
     async def replayed() -> Message:
