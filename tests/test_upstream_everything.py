@@ -18,7 +18,13 @@ from typing import Any
 import anyio
 import pytest
 from mcp import Client
-from mcp.types import ElicitRequestParams, ElicitResult
+from mcp.types import (
+    BlobResourceContents,
+    ElicitRequestParams,
+    ElicitResult,
+    PromptReference,
+    TextResourceContents,
+)
 
 from treadle.catalog.upstream.transport import STDIO_ALLOW_ENV
 from treadle.mcp.binds import bind_server
@@ -191,3 +197,38 @@ async def test_an_upstream_elicitation_is_relayed_to_the_calling_client(
     assert asked, "the question never reached the client"
     text = " ".join(getattr(block, "text", "") for block in result.content)
     assert "Ada" in text
+
+
+@pytest.mark.parametrize("era", ["legacy", "2026-07-28"])
+async def test_its_prompts_resources_and_completions_come_through_treadle(
+    api: Api, everything: dict[str, Any], era: str
+) -> None:
+    await api.configure("everything", integrationAlias="ev", allowedActions=["echo"])
+    runtime = McpRuntime(api.gateway, poll_seconds=0.05)
+    server = await api.post("/mcp/servers", {"workspaceId": api.workspace_id, "name": "s"})
+    binding = await bind_server(api.gateway.store, server.json()["server"]["id"], None)
+    async with Client(runtime.bound_face(binding).server, mode=era) as client:
+        prompts = {p.name: p for p in (await client.list_prompts()).prompts}
+        assert {"ev__simple-prompt", "ev__args-prompt", "ev__completable-prompt"} <= set(prompts)
+        with anyio.fail_after(30):
+            got = await client.get_prompt("ev__args-prompt", {"city": "Lisbon"})
+        assert "Lisbon" in json.dumps(got.model_dump(mode="json"))
+        resources = (await client.list_resources()).resources
+        assert resources
+        assert all(r.uri.startswith("treadle://ev/demo://") for r in resources)
+        text = (await client.read_resource(resources[0].uri)).contents[0]
+        assert isinstance(text, TextResourceContents)
+        assert text.text.startswith("#")
+        templates = [
+            t.uri_template for t in (await client.list_resource_templates()).resource_templates
+        ]
+        assert "treadle://ev/demo://resource/dynamic/blob/{resourceId}" in templates
+        blob = (await client.read_resource("treadle://ev/demo://resource/dynamic/blob/1")).contents
+        assert isinstance(blob[0], BlobResourceContents)
+        assert blob[0].uri == "treadle://ev/demo://resource/dynamic/blob/1"
+        completed = await client.complete(
+            PromptReference(type="ref/prompt", name="ev__completable-prompt"),
+            {"name": "department", "value": "E"},
+        )
+        assert completed.completion.values
+        assert all(v.startswith("E") for v in completed.completion.values)
