@@ -8,10 +8,15 @@ import logging
 
 import httpx2
 import pytest
+from prometheus_client.exposition import generate_latest
 
 from treadle.app import Gateway
 from treadle.http_app import build_http_app
+from treadle.mcp.binding import Binding
+from treadle.mcp.runtime import McpRuntime
 from treadle.observability.logs import JsonFormatter
+from treadle.observability.metrics import Metrics
+from treadle.store import ChangeEvent
 
 from conftest import Api
 
@@ -28,9 +33,7 @@ def _samples(text: str, name: str) -> dict[str, float]:
 
 async def test_metrics_count_calls_and_requests_by_template(api: Api) -> None:
     await api.configure(settings={"persistence": {"scope": "workspace"}})
-    ran = await api.execute(
-        integrationName="kv-store", actionName="get", input={"key": "k"}
-    )
+    ran = await api.execute(integrationName="kv-store", actionName="get", input={"key": "k"})
     assert ran.status_code == 200, ran.text
     await api.execute(integrationName="kv-store", actionName="no-such-action", input={})
     await api.get(f"/workspaces/{api.workspace_id}")
@@ -161,3 +164,23 @@ async def test_json_log_line_of_mcp_names_method_tool_and_reason(
     assert lines[0]["status"] == 401
     assert lines[1]["authReason"] == "unknown_server"
     assert all("secret-argument" not in json.dumps(line) for line in lines)
+
+
+async def test_list_changed_delay_is_measured_from_the_change(api: Api) -> None:
+    runtime = McpRuntime(api.gateway)
+    hub = runtime.hub
+    metrics = Metrics(api.gateway, hub=hub)
+    created = await api.post("/mcp/servers", {"workspaceId": api.workspace_id, "name": "seen"})
+    server = await api.gateway.store.mcp_servers.get(created.json()["server"]["id"])
+    assert server is not None
+    binding = Binding(api.org_id, api.workspace_id, server, None, "test")
+    told: list[object] = []
+    hub.add_listener(binding, told.append)
+    seen = await api.gateway.store.db.config_version()
+    await api.configure()  # a real change: the server now lists kv-store's tools
+    hub.on_change(ChangeEvent(api.org_id, api.workspace_id, "integration", "x", "created"))
+    await hub._catch_up(seen)
+    assert len(told) == 1
+    own = generate_latest(metrics.registry).decode()
+    assert "treadle_mcp_list_changed_delay_seconds_count 1.0" in own
+    assert "treadle_mcp_list_changed_notifications_total 1.0" in own

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -118,6 +119,10 @@ class ResyncHub:
         self.bus = RoutingBus(self)
         self.notifications_sent = 0
         self.passes = 0  # resync passes started
+        # When the change now being resynced arrived (monotonic), and who hears of the delay
+        # from it to each notification (treadle.observability.metrics); None: nobody.
+        self._changed_at: float | None = None
+        self.on_notified: Callable[[float], None] | None = None
 
     # -- who is connected ------------------------------------------------------------------
 
@@ -191,6 +196,8 @@ class ResyncHub:
     # -- when to tell them -----------------------------------------------------------------
 
     def on_change(self, _event: ChangeEvent) -> None:
+        if self._changed_at is None:
+            self._changed_at = time.monotonic()
         self._wake.set()
 
     def on_catalog_change(self) -> None:
@@ -242,7 +249,10 @@ class ResyncHub:
         # Before the lists are built: a client connecting during the pass already gets them
         # (at this version or later, which the next pass compares again).
         self._compared = seen
-        await self.resync()
+        try:
+            await self.resync()
+        finally:
+            self._changed_at = None
         return seen
 
     async def _quiet(self, version: int) -> int:
@@ -288,6 +298,8 @@ class ResyncHub:
 
     async def _notify(self, entry: _Server) -> None:
         self.notifications_sent += 1
+        if self.on_notified is not None and self._changed_at is not None:
+            self.on_notified(time.monotonic() - self._changed_at)
         for listener in list(entry.listeners.values()):
             listener(ToolsListChanged())
         for session in list(entry.sessions.values()):

@@ -121,6 +121,14 @@ class Metrics:
             ["limit"],
             registry=self.registry,
         )
+        self.list_changed_delay = Histogram(
+            "treadle_mcp_list_changed_delay_seconds",
+            "From a configuration change reaching this process to its tools/list_changed",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        if hub is not None:
+            hub.on_notified = self.list_changed_delay.observe
         self.approvals: dict[str, int] = {}
         self.registry.register(_StateCollector(self))
         # Label children resolved once per label set, not per call.
