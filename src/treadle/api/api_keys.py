@@ -18,8 +18,8 @@ from treadle.api.openapi import operation
 from treadle.api.query import WorkspaceFilter
 from treadle.api.resources import ApiKey, Deleted, listing, one
 from treadle.api.responses import ok
-from treadle.engine.api_keys import create_key, expiry, revoke_key
-from treadle.errors import ErrorCode, NotFound
+from treadle.engine.api_keys import create_key, expiry, manageable_key, revoke_key
+from treadle.errors import ErrorCode
 
 
 class CreateApiKey(Body):
@@ -76,11 +76,7 @@ async def create_api_key(request: Request) -> Response:
 async def revoke_api_key(request: Request) -> Response:
     gw, principal = await caller(request)
     key_id = path_param(request, "key_id", "API key")
-    key = await gw.store.api_keys.get(principal.org_id, key_id)
-    if key is None or principal.workspace_ids not in (None, {key.workspace_id}):
-        # Keys a restricted key does not list (org-wide ones, another workspace's) are as
-        # invisible by id.
-        raise NotFound("API key")
+    key = await manageable_key(gw.store, principal.org_id, principal.workspace_ids, key_id)
     await revoke_key(gw.store, principal.actor, key)
     return ok({"deleted": True, "id": key.id})
 

@@ -19,7 +19,7 @@ from treadle.api.resources import Approval as ApprovalOut
 from treadle.api.resources import ApprovalPage, one
 from treadle.api.responses import ok
 from treadle.app import Gateway
-from treadle.errors import ErrorCode, NotFound, Refusal, ValidationFailed
+from treadle.errors import ErrorCode, NotFound, ValidationFailed
 from treadle.store.gates import Approval
 
 STATUSES = {"pending", "approved", "rejected", "expired"}
@@ -106,32 +106,7 @@ async def _decide(request: Request, status: str) -> Response:
     # Read (bounded) before the approval is looked up or settled: an oversized body costs no work.
     body = parse(Decision, await read_json_object(request, optional=True))
     found = await _approval(request, gw, principal)
-    policy = await gw.store.approval_policies.get(found.org_id, found.policy_id)
-    if policy is not None and policy.approval_access_mode == "hosted_link_only":
-        raise Refusal(
-            ErrorCode.FORBIDDEN, "This approval can only be decided through its hosted link"
-        )
-    if (
-        status == "approved"
-        and policy is not None
-        and not policy.allow_self_approval
-        and principal.actor == found.actor
-    ):
-        # An agent holding a key must not approve its own request (rejecting it is fine).
-        raise Refusal(
-            ErrorCode.FORBIDDEN,
-            "The API key that asked for this action cannot approve it (allowSelfApproval is off)",
-        )
-    if found.status != "pending" or not await gw.approvals.decide(
-        found, status, principal.actor, body.reason, policy
-    ):
-        raise Refusal(
-            ErrorCode.APPROVAL_NOT_PENDING,
-            "This approval was already decided",
-            status=found.status,
-        )
-    decided = await gw.store.approvals.get(found.id)
-    assert decided is not None
+    decided = await gw.approvals.decide_by_key(found, status, principal.actor, body.reason)
     return ok({"approval": decided.to_json()})
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from jsonschema import Draft202012Validator
 from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response
@@ -19,9 +18,14 @@ from treadle.api.resources import Deleted, listing, one
 from treadle.api.resources import WorkspaceIntegration as InstalledOut
 from treadle.api.responses import ok
 from treadle.app import Gateway
-from treadle.catalog.model import AuthKind, Integration
+from treadle.engine.installs import (
+    allowed_actions,
+    checked_settings,
+    install,
+    integration_of,
+    shared_connection_id,
+)
 from treadle.errors import ErrorCode, NotFound, Refusal, ValidationFailed
-from treadle.ids import is_uuid
 from treadle.store.records import ConnectionStrategy, Workspace, WorkspaceIntegration
 
 Settings = Annotated[dict[str, Any], Field(max_length=100)]
@@ -43,79 +47,6 @@ class UpdateWorkspaceIntegration(Body):
     allowedActions: ActionList | None = None
     settings: Settings | None = None
     integrationAlias: Slug | None = None
-
-
-def _integration(gw: Gateway, name: str, org_id: str) -> Integration:
-    found = gw.catalog.get(name, org_id)
-    if found is None:
-        raise ValidationFailed(f"Unknown integration '{name}'", field="integrationName")
-    return found
-
-
-def _allowed(integration: Integration, names: list[str] | None) -> tuple[str, ...] | None:
-    if names is None:
-        return None
-    for index, name in enumerate(names):
-        if integration.action(name) is None:
-            raise ValidationFailed(
-                f"'{integration.name}' has no action '{name}'", field=f"allowedActions[{index}]"
-            )
-    return tuple(dict.fromkeys(names))
-
-
-def _settings(integration: Integration, settings: dict[str, Any]) -> dict[str, Any]:
-    error = next(
-        iter(Draft202012Validator(integration.settings_schema).iter_errors(settings)), None
-    )
-    if error is not None:
-        path = ".".join(str(p) for p in error.absolute_path)
-        raise ValidationFailed(
-            f"Invalid settings for '{integration.name}': failed '{error.validator}' check"
-            + (f" at {path}" if path else ""),
-            field="settings" + (f".{path}" if path else ""),
-        )
-    return settings
-
-
-async def _connection_id(
-    gw: Gateway,
-    principal: Principal,
-    workspace: Workspace,
-    integration: Integration,
-    strategy: ConnectionStrategy,
-    given: str | None,
-) -> str | None:
-    if strategy is ConnectionStrategy.PER_USER:
-        if given is not None:
-            raise ValidationFailed(
-                "per_user resolves each end user's own connection; omit connectionId",
-                field="connectionId",
-            )
-        return None
-    if given is None:
-        if integration.auth_kind is AuthKind.NONE:
-            return None
-        raise ValidationFailed(
-            f"connectionId is required for the {strategy.value} strategy", field="connectionId"
-        )
-    # Accept the connection's UUID or its externalId, as the documents' examples do both.
-    found = await gw.store.connections.find(
-        principal.org_id,
-        workspace_id=workspace.id,
-        connection_id=given if is_uuid(given) else None,
-        external_id=None if is_uuid(given) else given,
-        integration_name=integration.name,
-    )
-    # An external ID is unique per workspace, so it may name both the workspace's connection
-    # and an org-wide one: the workspace's own is the closer match. An end user's connection
-    # cannot serve everyone.
-    shared = [c for c in found if c.end_user_id is None]
-    shared.sort(key=lambda c: c.workspace_id is None)
-    if not shared:
-        raise ValidationFailed(
-            "No workspace connection with this ID for this integration", field="connectionId"
-        )
-    return shared[0].id
 
 
 async def _workspace(request: Request) -> tuple[Gateway, Principal, Workspace]:
@@ -143,23 +74,18 @@ async def list_workspace_integrations(request: Request) -> Response:
 async def create_workspace_integration(request: Request) -> Response:
     gw, principal, workspace = await _workspace(request)
     body = await read_body(request, CreateWorkspaceIntegration)
-    integration = _integration(gw, body.integrationName, principal.org_id)
-    strategy = ConnectionStrategy(body.connectionStrategy)
-    connection_id = await _connection_id(
-        gw, principal, workspace, integration, strategy, body.connectionId
+    created = await install(
+        gw.store,
+        gw.catalog,
+        principal.actor,
+        workspace,
+        integration_name=body.integrationName,
+        strategy=ConnectionStrategy(body.connectionStrategy),
+        alias=body.integrationAlias,
+        connection_id=body.connectionId,
+        allowed=body.allowedActions,
+        settings=body.settings,
     )
-    async with gw.store.db.write(principal.actor) as txn:
-        created = await gw.store.integrations.create(
-            txn,
-            org_id=principal.org_id,
-            workspace_id=workspace.id,
-            integration_name=integration.name,
-            alias=body.integrationAlias or integration.name,
-            strategy=strategy,
-            connection_id=connection_id,
-            allowed_actions=_allowed(integration, body.allowedActions),
-            settings=_settings(integration, body.settings or {}),
-        )
     return ok({"integration": created.to_json()}, status=201)
 
 
@@ -197,7 +123,7 @@ async def update_workspace_integration(request: Request) -> Response:
     given = body.model_fields_set
     if not given:
         raise Refusal(ErrorCode.NO_UPDATES, "No fields provided to update")
-    integration = _integration(gw, current.integration_name, principal.org_id)
+    integration = integration_of(gw.catalog, current.integration_name, principal.org_id)
     # Unlike connectionId and allowedActions, a strategy has no "unset" meaning for null.
     if "connectionStrategy" in given and body.connectionStrategy is None:
         raise ValidationFailed("connectionStrategy cannot be null", field="connectionStrategy")
@@ -212,13 +138,13 @@ async def update_workspace_integration(request: Request) -> Response:
         if strategy is ConnectionStrategy.PER_USER and "connectionId" not in given:
             keep = None
         changes["connection_strategy"] = strategy
-        changes["connection_id"] = await _connection_id(
-            gw, principal, workspace, integration, strategy, keep
+        changes["connection_id"] = await shared_connection_id(
+            gw.store, principal.org_id, workspace, integration, strategy, keep
         )
     if "allowedActions" in given:
-        changes["allowed_actions"] = _allowed(integration, body.allowedActions)
+        changes["allowed_actions"] = allowed_actions(integration, body.allowedActions)
     if "settings" in given:
-        changes["settings"] = _settings(integration, body.settings or {})
+        changes["settings"] = checked_settings(integration, body.settings or {})
     if "integrationAlias" in given:
         if body.integrationAlias is None:
             raise ValidationFailed("integrationAlias cannot be null", field="integrationAlias")

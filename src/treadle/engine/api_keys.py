@@ -51,6 +51,18 @@ async def create_key(
         )
 
 
+async def manageable_key(
+    store: Store, org_id: str, workspace_ids: set[str] | None, key_id: str
+) -> ApiKey:
+    """The key `key_id` if a caller reaching `workspace_ids` (None: the whole org) may see and
+    revoke it. Keys a restricted caller does not list (org-wide ones, another workspace's)
+    are as invisible by id: NotFound."""
+    key = await store.api_keys.get(org_id, key_id)
+    if key is None or workspace_ids not in (None, {key.workspace_id}):
+        raise NotFound("API key")
+    return key
+
+
 async def revoke_key(store: Store, actor: str, key: ApiKey) -> None:
     """Revoke `key`; NotFound when another revocation took it first."""
     async with store.db.write(actor) as txn:

@@ -258,6 +258,41 @@ class ApprovalDesk:
                 self._notify(policy, f"approval.{status}", updated)
         return decided
 
+    async def decide_by_key(
+        self, approval: Approval, status: str, actor: str, reason: str | None
+    ) -> Approval:
+        """A decision by an API key's holder (REST, the console): refused when the policy
+        allows only its hosted link, when the asking key would approve its own request
+        (allowSelfApproval off), or when the approval is no longer pending."""
+        policy = await self._store.approval_policies.get(approval.org_id, approval.policy_id)
+        if policy is not None and policy.approval_access_mode == "hosted_link_only":
+            raise Refusal(
+                ErrorCode.FORBIDDEN, "This approval can only be decided through its hosted link"
+            )
+        if (
+            status == "approved"
+            and policy is not None
+            and not policy.allow_self_approval
+            and actor == approval.actor
+        ):
+            # An agent holding a key must not approve its own request (rejecting it is fine).
+            raise Refusal(
+                ErrorCode.FORBIDDEN,
+                "The API key that asked for this action cannot approve it"
+                " (allowSelfApproval is off)",
+            )
+        if approval.status != "pending" or not await self.decide(
+            approval, status, actor, reason, policy
+        ):
+            raise Refusal(
+                ErrorCode.APPROVAL_NOT_PENDING,
+                "This approval was already decided",
+                status=approval.status,
+            )
+        decided = await self._store.approvals.get(approval.id)
+        assert decided is not None
+        return decided
+
     def _wake(self, approval_id: str) -> None:
         for event in self._waiters.pop(approval_id, ()):
             event.set()

@@ -71,3 +71,14 @@ class Activity:
         ]
         cursor = entries[-1].seq if len(rows) > where.limit else None
         return entries, cursor
+
+    async def get(self, org_id: str, entry_id: str) -> ActivityEntry | None:
+        """One entry of the org by id (the console's detail view)."""
+        await self._ledger.flush()
+        table = schema.activity
+        query = table.select().where(table.c.org_id == org_id, table.c.id == entry_id)
+        async with self._db.read() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        return ActivityEntry(**{column.name: row._mapping[column.name] for column in table.c})
