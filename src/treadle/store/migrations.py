@@ -329,6 +329,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         # meta-tools (existing servers keep mode TOOLS; 40 is the default for all of them).
         ("ALTER TABLE mcp_servers ADD COLUMN auto_threshold INTEGER NOT NULL DEFAULT 40",),
     ),
+    Migration(
+        "0015_console_sessions",
+        (
+            # Signed-in browsers of the web console (treadle.web.console): only the hash of
+            # the session cookie is kept; a revoked API key ends its sessions at once.
+            """CREATE TABLE console_sessions (
+                session_hash TEXT PRIMARY KEY, org_id TEXT NOT NULL, api_key_id TEXT NOT NULL,
+                created_at INTEGER NOT NULL, last_seen INTEGER NOT NULL)""",
+            "CREATE INDEX console_sessions_last_seen ON console_sessions (last_seen)",
+        ),
+    ),
 )
 
 _CREATE_LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -475,3 +475,13 @@ oauth_tokens = sa.Table(
     sa.Column("used_at", sa.Text),  # a refresh token that was rotated
     sa.Column("revoked_at", sa.Text),
 )
+
+console_sessions = sa.Table(
+    "console_sessions",
+    metadata,
+    sa.Column("session_hash", sa.Text, primary_key=True),
+    sa.Column("org_id", sa.Text, nullable=False),
+    sa.Column("api_key_id", sa.Text, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),  # wall-clock milliseconds
+    sa.Column("last_seen", sa.BigInteger, nullable=False),
+)
