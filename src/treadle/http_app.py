@@ -20,7 +20,7 @@ from treadle.mcp.http import McpEndpoint
 from treadle.mcp.runtime import McpRuntime
 from treadle.observability import metrics, tracing_wanted
 from treadle.observability.http import AccessLog
-from treadle.web import approval_page, connect_page, docs_page, oauth_routes
+from treadle.web import approval_page, connect_page, console, docs_page, oauth_routes
 
 
 def build_http_app(gateway: Gateway, runtime: McpRuntime | None = None) -> Starlette:
@@ -40,6 +40,7 @@ def build_http_app(gateway: Gateway, runtime: McpRuntime | None = None) -> Starl
             api_routes(),
             Route("/mcp/{server_id}", endpoint, methods=["GET", "POST", "DELETE"]),
             *approval_page.routes,
+            *console.routes,
             *connect_page.routes,
             *oauth_routes.routes,
             *docs_page.routes,

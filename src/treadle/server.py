@@ -132,6 +132,10 @@ async def serve(
             logging.getLogger("uvicorn.error").info(
                 "Uvicorn running on %s (Press CTRL+C to quit)", base_url
             )
+            log.info(
+                "web console: %s/console (sign in with an API key)",
+                settings.public_url.rstrip("/"),
+            )
             if announce is not None:
                 announce(base_url)
 

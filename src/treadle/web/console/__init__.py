@@ -1,0 +1,35 @@
+"""`/console`: the web console, server-rendered (Jinja2), usable without JavaScript.
+
+Signed in with an API key (`session`); every page calls the engine and store functions the
+REST API calls (`pages`), so a rule has one implementation whichever face is used.
+"""
+
+from __future__ import annotations
+
+from starlette.routing import Route
+
+from treadle.web.console import pages
+
+routes = [
+    Route("/console", pages.home, methods=["GET"]),
+    Route("/console/signin", pages.signin_form, methods=["GET"]),
+    Route("/console/signin", pages.signin, methods=["POST"]),
+    Route("/console/signout", pages.signout, methods=["POST"]),
+    Route("/console/approvals", pages.approvals_page, methods=["GET"]),
+    Route("/console/approvals/{approval_id}", pages.decide, methods=["POST"]),
+    Route("/console/workspaces", pages.workspaces_page, methods=["GET"]),
+    Route("/console/workspaces/{workspace_id}", pages.workspace_page, methods=["GET"]),
+    Route(
+        "/console/workspaces/{workspace_id}/integrations", pages.add_integration, methods=["POST"]
+    ),
+    Route(
+        "/console/workspaces/{workspace_id}/integrations/{id}/delete",
+        pages.delete_integration,
+        methods=["POST"],
+    ),
+    Route("/console/activity", pages.activity_page, methods=["GET"]),
+    Route("/console/activity/{entry_id}", pages.activity_detail, methods=["GET"]),
+    Route("/console/keys", pages.keys_page, methods=["GET"]),
+    Route("/console/keys", pages.create_key_page, methods=["POST"]),
+    Route("/console/keys/{key_id}/revoke", pages.revoke_key_page, methods=["POST"]),
+]
