@@ -7,17 +7,22 @@ client ends all of the org's grants to it and refuses its next authorizations.
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from treadle.api.auth import workspace_query
 from treadle.api.context import caller, path_param
+from treadle.api.openapi import operation
+from treadle.api.resources import OAuthClient, OAuthGrant, listing, one
 from treadle.api.responses import ok
 from treadle.app import Gateway
 from treadle.auth.server.authority import Authority
 from treadle.engine.end_user_ids import check_end_user_id
-from treadle.errors import NotFound, ValidationFailed
+from treadle.errors import ErrorCode, NotFound, ValidationFailed
 
 
 def _authority(request: Request, gateway: Gateway) -> Authority:
@@ -25,12 +30,27 @@ def _authority(request: Request, gateway: Gateway) -> Authority:
     return found if isinstance(found, Authority) else Authority(gateway)
 
 
+class GrantFilter(BaseModel):
+    workspaceId: str | None = None
+    endUserId: str | None = None
+    clientId: str | None = None
+    includeRevoked: Literal["true", "false"] | None = None
+
+
+@operation(
+    "List the OAuth clients that signed in to the org's MCP servers",
+    responses={200: listing("clients", OAuthClient)},
+)
 async def list_clients(request: Request) -> Response:
     gw, principal = await caller(request)
     clients = await _authority(request, gw).grants.seen_clients(principal.org_id)
     return ok({"clients": [c.to_json() for c in clients], "total": len(clients)})
 
 
+@operation(
+    "Revoke an OAuth client: its tokens are refused at once",
+    responses={200: one("client", OAuthClient)},
+)
 async def revoke_client(request: Request) -> Response:
     gw, principal = await caller(request)
     principal.check_org_wide()
@@ -45,6 +65,12 @@ async def revoke_client(request: Request) -> Response:
     return ok({"client": revoked.to_json()})
 
 
+@operation(
+    "List OAuth grants (who signed in where)",
+    query=GrantFilter,
+    responses={200: listing("grants", OAuthGrant)},
+    errors=[ErrorCode.NOT_FOUND],
+)
 async def list_grants(request: Request) -> Response:
     gw, principal = await caller(request)
     workspace_id = await workspace_query(gw.store, principal, request)
@@ -65,6 +91,10 @@ async def list_grants(request: Request) -> Response:
     return ok({"grants": [g.to_json() for g in grants], "total": len(grants)})
 
 
+@operation(
+    "Revoke an OAuth grant: its tokens are refused at once",
+    responses={200: one("grant", OAuthGrant)},
+)
 async def revoke_grant(request: Request) -> Response:
     gw, principal = await caller(request)
     authority = _authority(request, gw)

@@ -230,3 +230,56 @@ class ApprovalRequired(Out):
     success: bool
     status: str
     approval: PendingApproval
+
+
+class UpstreamHealth(Out):
+    connected: bool
+    lastError: str | None
+    protocolVersion: str | None
+    lastRefreshAt: str | None
+    serverName: str | None
+    toolCount: int
+
+
+class Upstream(Out):
+    id: str
+    orgId: str
+    name: str
+    displayName: str | None
+    description: str | None
+    transport: dict[str, Any]
+    allowPrivateNetwork: bool
+    auth: dict[str, Any]
+    health: UpstreamHealth
+    tools: list[str | None]
+    createdAt: str
+    updatedAt: str
+
+
+class UpstreamRemoved(Out):
+    success: bool
+    id: str
+
+
+class OAuthClient(Out):
+    clientId: str
+    clientName: str | None
+    kind: str
+    firstSeenAt: str
+    lastSeenAt: str
+    revokedAt: str | None
+
+
+class OAuthGrant(Out):
+    id: str
+    orgId: str
+    workspaceId: str
+    serverId: str
+    clientId: str
+    endUserId: str | None
+    signedInAs: str
+    scopes: list[str]
+    resource: str
+    createdAt: str
+    lastUsedAt: str | None
+    revokedAt: str | None

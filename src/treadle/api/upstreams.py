@@ -18,6 +18,9 @@ from starlette.routing import Route
 from treadle.api.bodies import Body, read_body, read_json_object
 from treadle.api.context import caller, path_param
 from treadle.api.fields import Description, Identifier, Name, Slug
+from treadle.api.openapi import operation
+from treadle.api.resources import Upstream as UpstreamOut
+from treadle.api.resources import UpstreamRemoved, listing, one
 from treadle.api.responses import ok
 from treadle.app import Gateway
 from treadle.catalog.upstream.transport import allowed_stdio, check_url
@@ -94,6 +97,12 @@ async def _checked_auth(gw: Gateway, org_id: str, auth: Auth) -> dict[str, Any]:
     return auth.model_dump(exclude_none=True)
 
 
+@operation(
+    "Register an upstream MCP server as an integration (its tools are read at once)",
+    body=CreateUpstream,
+    responses={201: one("upstream", UpstreamOut)},
+    errors=[ErrorCode.NOT_FOUND, ErrorCode.DUPLICATE],
+)
 async def create_upstream(request: Request) -> Response:
     gw, principal = await caller(request)
     principal.check_org_wide()
@@ -131,17 +140,25 @@ async def _upstream(request: Request) -> tuple[Gateway, str, Upstream]:
     return gw, principal.actor, found
 
 
+@operation("List upstream MCP servers", responses={200: listing("upstreams", UpstreamOut)})
 async def list_upstreams(request: Request) -> Response:
     gw, principal = await caller(request)
     found = await gw.federation.records.list(principal.org_id)
     return ok({"upstreams": [u.to_json() for u in found], "total": len(found)})
 
 
+@operation("Get an upstream MCP server", responses={200: one("upstream", UpstreamOut)})
 async def get_upstream(request: Request) -> Response:
     _gw, _actor, found = await _upstream(request)
     return ok({"upstream": found.to_json()})
 
 
+@operation(
+    "Update an upstream MCP server",
+    body=UpdateUpstream,
+    responses={200: one("upstream", UpstreamOut)},
+    errors=[ErrorCode.NO_UPDATES],
+)
 async def update_upstream(request: Request) -> Response:
     gw, principal = await caller(request)
     principal.check_org_wide()
@@ -183,6 +200,7 @@ async def update_upstream(request: Request) -> Response:
     return ok({"upstream": updated.to_json()})
 
 
+@operation("Remove an upstream MCP server", responses={200: UpstreamRemoved})
 async def delete_upstream(request: Request) -> Response:
     gw, principal = await caller(request)
     principal.check_org_wide()
@@ -193,6 +211,12 @@ async def delete_upstream(request: Request) -> Response:
     return ok({"success": True, "id": current.id})
 
 
+@operation(
+    "Read an upstream's tools again",
+    body=None,
+    responses={200: one("upstream", UpstreamOut)},
+    errors=[ErrorCode.VALIDATION_ERROR, ErrorCode.PAYLOAD_TOO_LARGE],
+)
 async def refresh_upstream(request: Request) -> Response:
     gw, principal = await caller(request)
     principal.check_org_wide()
