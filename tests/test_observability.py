@@ -8,6 +8,7 @@ import logging
 
 import httpx2
 import pytest
+import sqlalchemy as sa
 from prometheus_client.exposition import generate_latest
 
 from treadle.app import Gateway
@@ -97,6 +98,16 @@ async def test_log_line_names_request_id_refusal_code_and_401_reason(
         "/api/v1/workspaces", headers={"Authorization": "Bearer tk_not-a-real-key-at-all"}
     )
     await api.client.get("/api/v1/workspaces", headers={"Authorization": ""})
+    expiring = await api.post("/api-keys", {"name": "soon", "expiresAt": "2099-01-01T00:00:00Z"})
+    assert expiring.status_code == 201, expiring.text
+    async with api.gateway.store.db.engine.begin() as conn:
+        await conn.execute(
+            sa.text("UPDATE api_keys SET expires_at = :past WHERE id = :id"),
+            {"past": "2000-01-01T00:00:00.000Z", "id": expiring.json()["apiKey"]["id"]},
+        )
+    await api.client.get(
+        "/api/v1/workspaces", headers={"Authorization": f"Bearer {expiring.json()['token']}"}
+    )
     lines = _access(caplog)
     assert lines[0]["requestId"] == "req-123"
     assert lines[0]["error"] == "NOT_FOUND"
@@ -104,6 +115,7 @@ async def test_log_line_names_request_id_refusal_code_and_401_reason(
     assert lines[1]["authReason"] == "invalid_token"
     assert lines[1]["error"] == "UNAUTHORIZED"
     assert lines[2]["authReason"] == "missing"
+    assert lines[4]["authReason"] == "expired"
     generated = str(lines[1]["requestId"])
     assert len(generated) == 16
     formatted = [JsonFormatter().format(r) for r in caplog.records if r.name == "treadle.access"]

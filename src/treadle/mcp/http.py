@@ -30,7 +30,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from treadle.api.auth import bearer_token
+from treadle.api.auth import bearer_token, refused_reason
 from treadle.app import Gateway
 from treadle.auth.server import tokens as oauth_tokens
 from treadle.auth.server.authority import Authority
@@ -283,7 +283,7 @@ class McpEndpoint:
         else:
             key = await config.api_key(token)
             if key is None:
-                note(authReason="invalid_token")
+                note(authReason=await refused_reason(self._gateway.store, token))
                 return None
             if key.org_id != server.org_id or key.workspace_id not in (None, server.workspace_id):
                 note(authReason="wrong_server")

@@ -3,7 +3,7 @@ JSON object per line (what log pipelines parse without a grok pattern).
 
 The request line (treadle.access) carries the request's fields: `requestId`, method, route,
 status, duration, and what the handlers noted on the way (`note`): the refusal `error` code,
-the 401 `authReason` (missing, unknown_token, expired, wrong_server, unknown_server), for MCP
+the 401 `authReason` (missing, expired, invalid_token, wrong_server, unknown_server), for MCP
 the JSON-RPC `rpcMethod` and `tool`. Never a token, header value or argument.
 """
 
