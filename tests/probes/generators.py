@@ -323,6 +323,9 @@ SEGMENT_KINDS = {
     "approvals": "approval",
     "servers": "server",
     "oauth-apps": "oauth_app",
+    "api-keys": "api_key",
+    "identity-providers": "identity_provider",
+    "upstreams": "upstream",
 }
 
 

@@ -207,6 +207,33 @@ async def populate(gateway: Gateway, tenant: Tenant) -> None:
     )
     assert response.status_code in (200, 201), response.text
     ids["oauth_app"] = "github"
+    response = await tenant.call("POST", "/api-keys", json={"name": "probe key"})
+    assert response.status_code == 201, response.text
+    ids["api_key"] = response.json()["apiKey"]["id"]
+    tenant.issued_secrets.append(response.json()["token"])
+    idp = await tenant.create(
+        "/identity-providers",
+        {
+            "name": "probe idp",
+            "kind": "oidc",
+            "issuer": "https://idp.example.com",
+            "clientId": "probe-idp-client",
+            "clientSecret": OAUTH_APP_SECRET,
+        },
+        "identityProvider",
+    )
+    ids["identity_provider"] = idp["id"]
+    # Nothing listens on port 1: the record exists, its health says it cannot connect.
+    upstream = await tenant.create(
+        "/upstreams",
+        {
+            "name": f"probe-upstream-{tenant.org_id[-6:].lower()}",
+            "transport": {"type": "streamable_http", "url": "http://127.0.0.1:1/mcp"},
+            "allowPrivateNetwork": True,
+        },
+        "upstream",
+    )
+    ids["upstream"] = upstream["id"]
     put = {
         "workspaceId": ws,
         "integrationName": "kv-store",
