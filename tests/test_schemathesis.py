@@ -74,6 +74,7 @@ def test_schemathesis_finds_no_failure(tmp_path: Path) -> None:
             text=True,
             timeout=540,
             check=False,
+            cwd=tmp_path,  # its .schemathesis/ cache stays out of the work tree
         )
     finally:
         served.stop()
