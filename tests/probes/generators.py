@@ -326,6 +326,8 @@ SEGMENT_KINDS = {
     "api-keys": "api_key",
     "identity-providers": "identity_provider",
     "upstreams": "upstream",
+    "oauth-clients": "oauth_client",
+    "oauth-grants": "oauth_grant",
 }
 
 
@@ -335,7 +337,8 @@ def param_kinds(endpoint: Endpoint) -> dict[str, str | None]:
     segments = endpoint.template.strip("/").split("/")
     for index, segment in enumerate(segments):
         if segment.startswith("{") and index > 0:
-            kinds[segment.strip("{}")] = SEGMENT_KINDS.get(segments[index - 1])
+            # `{client_id:path}`: the name before any convertor.
+            kinds[segment.strip("{}").split(":")[0]] = SEGMENT_KINDS.get(segments[index - 1])
     return kinds
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import httpx2
 
 from treadle.app import Gateway
+from treadle.auth.server.authority import Authority
 from treadle.bootstrap import create_org, initialise
 from treadle.errors import ErrorCode
 
@@ -234,6 +235,28 @@ async def populate(gateway: Gateway, tenant: Tenant) -> None:
         "upstream",
     )
     ids["upstream"] = upstream["id"]
+    # A client registered by DCR and a grant it got by a person's consent, made by the
+    # authorization server's own code (the sign-in flow has tests of its own).
+    authority = Authority(gateway)
+    client = await authority.registrations.register(
+        {"redirect_uris": ["http://127.0.0.1:9/callback"], "client_name": "probe client"}
+    )
+    grant, _code = await authority.grants.create(
+        org_id=tenant.org_id,
+        workspace_id=ws,
+        server_id=ids["server"],
+        client_id=client["client_id"],
+        client_name="probe client",
+        client_kind="registered",
+        end_user_id=None,
+        signed_in_as=f"api_key:{tenant.org_id}",
+        scopes=["mcp"],
+        resource=f"http://127.0.0.1:8400/mcp/{ids['server']}",
+        redirect_uri="http://127.0.0.1:9/callback",
+        code_challenge="E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+    )
+    ids["oauth_client"] = client["client_id"]
+    ids["oauth_grant"] = grant.id
     put = {
         "workspaceId": ws,
         "integrationName": "kv-store",
