@@ -405,3 +405,32 @@ async def test_activity_lists_with_filters_and_opens_a_record(api: Api, console:
     bad = await console.page("/console/activity?status=nonsense")
     assert bad.status_code == 400
     assert "VALIDATION_ERROR" in bad.text
+
+
+@pytest.mark.parametrize(("mode", "status"), [("dashboard_only", 200), ("hosted_link_only", 403)])
+async def test_the_inbox_decides_by_the_policys_access_mode(
+    api: Api, console: Browser, mode: str, status: int
+) -> None:
+    ids = await resources(api)
+    policies = (await api.get("/approval-policies")).json()["policies"]
+    changed = await api.patch(
+        f"/approval-policies/{policies[0]['id']}", {"approvalAccessMode": mode}
+    )
+    assert changed.status_code == 200, changed.text
+    decided = await console.submit(f"/console/approvals/{ids['approval']}", {"decision": "approve"})
+    assert decided.status_code == status
+    approval = (await api.get(f"/approvals/{ids['approval']}")).json()["approval"]
+    assert approval["status"] == ("approved" if status == 200 else "pending")
+    if status == 403:
+        assert "FORBIDDEN" in decided.text
+
+
+async def test_the_inbox_shows_the_approvals_input_preview_escaped(
+    api: Api, console: Browser
+) -> None:
+    # The preview is the one REST answers (the engine redacts it when the approval is made).
+    ids = await resources(api)
+    inbox = (await console.page("/console/approvals")).text
+    approval = (await api.get(f"/approvals/{ids['approval']}")).json()["approval"]
+    assert approval["inputPreview"] == {"key": "k", "value": "v"}
+    assert "&#34;key&#34;: &#34;k&#34;" in inbox or "&quot;key&quot;: &quot;k&quot;" in inbox
