@@ -540,15 +540,7 @@ SCENARIOS = {
 
 # Scenarios that pass against one replica and fail through the balancer, and why. A listed one
 # that passes fails the test: take it off the list.
-FAILS_THROUGH_THE_BALANCER = {
-    ("tools-call-sampling", "2025-11-25"): (
-        "the client answers the server's sampling/createMessage in a new POST, which lands on "
-        "another replica than the tools/call waiting for it: the call never completes"
-    ),
-    ("tools-call-elicitation", "2025-11-25"): (
-        "the same for elicitation/create: its answer reaches a replica with nothing waiting"
-    ),
-}
+FAILS_THROUGH_THE_BALANCER: dict[tuple[str, str], str] = {}
 
 
 def run_conformance(
