@@ -63,12 +63,13 @@ class Target:
     allow_private_network: bool
     headers: tuple[tuple[str, str], ...] = ()
     connection_id: str | None = None
+    key: str = field(init=False, compare=False)
 
-    @property
-    def key(self) -> str:
-        # The secret's hash, not the secret: a rotated token opens a new session.
+    def __post_init__(self) -> None:
+        # The secret's hash, not the secret: a rotated token opens a new session. Computed
+        # once: a call's target is looked up by it more than once.
         digest = hashlib.sha256(repr(self.headers).encode()).hexdigest()[:16]
-        return f"{self.upstream_id}/{self.connection_id or '-'}/{digest}"
+        object.__setattr__(self, "key", f"{self.upstream_id}/{self.connection_id or '-'}/{digest}")
 
 
 class Unreachable(Exception):
@@ -115,6 +116,11 @@ class Live:
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
+
+    @property
+    def open(self) -> bool:
+        """Negotiated and not (yet) known to be dead: usable without waiting."""
+        return self.client is not None and not self.closed
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._own())
@@ -211,13 +217,19 @@ class SessionPool:
     async def session(self, target: Target, on_message: MessageHandler | None = None) -> Live:
         """A live session for `target`, opened if needed; `Unreachable` when it cannot be
         (within the connect timeout: a session still opening then is given up)."""
-        live = self._live.get(target.key)
+        key = target.key
+        live = self._live.get(key)
+        if live is not None and live.open:
+            # Every call after the first: no lock, no timeout scope, no wait.
+            if on_message is not None:
+                live.on_message = on_message
+            return live
         if live is None or live.closed:
             async with self._opening:
-                live = self._live.get(target.key)
+                live = self._live.get(key)
                 if live is None or live.closed:
                     live = Live(target, on_message)
-                    self._live[target.key] = live
+                    self._live[key] = live
                     live.start()
         if on_message is not None:
             live.on_message = on_message  # a catalog session's watch, on a shared one
