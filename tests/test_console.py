@@ -434,3 +434,20 @@ async def test_the_inbox_shows_the_approvals_input_preview_escaped(
     approval = (await api.get(f"/approvals/{ids['approval']}")).json()["approval"]
     assert approval["inputPreview"] == {"key": "k", "value": "v"}
     assert "&#34;key&#34;: &#34;k&#34;" in inbox or "&quot;key&quot;: &quot;k&quot;" in inbox
+
+
+async def test_the_pending_badge_fragment_and_htmx_are_served_from_the_package(
+    api: Api, console: Browser
+) -> None:
+    await resources(api)
+    badge = await console.page("/console/pending")
+    assert badge.status_code == 200
+    assert 'id="pending-count"' in badge.text
+    assert 'aria-label="1 pending"' in badge.text
+    script = await console.page("/console/static/htmx.min.js")
+    assert script.status_code == 200
+    assert script.headers["content-type"].startswith("text/javascript")
+    page = await console.page("/console/approvals")
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    async with browser(api.gateway) as signed_out:
+        assert (await signed_out.page("/console/pending")).status_code == 401

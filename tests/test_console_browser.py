@@ -50,6 +50,8 @@ def sign_in(driver: Any, served: Served) -> None:  # noqa: F811
     field.send_keys(key)
     driver.find_element(By.CSS_SELECTOR, "main button[type=submit]").click()
     titled(driver, "Approvals")
+    # The vendored htmx loaded under the console's Content-Security-Policy.
+    assert driver.execute_script("return typeof window.htmx") == "object"
 
 
 def no_overflow(driver: Any) -> None:
@@ -80,7 +82,9 @@ def test_a_person_adds_an_integration_and_approves_a_call_in_the_inbox(
         chromium.find_element(By.ID, f"action-{action}").click()
     no_overflow(chromium)
     assert chromium.save_screenshot(str(tmp_path / "console-add-integration-phone.png"))
-    chromium.find_element(By.CSS_SELECTOR, "main form[action$='/integrations'] button[type=submit]").click()
+    chromium.find_element(
+        By.CSS_SELECTOR, "main form[action$='/integrations'] button[type=submit]"
+    ).click()
     flash(chromium, "Added notes.")
     installed = served.rest.get(f"/workspaces/{served.workspace_id}/integrations").json()
     (only,) = installed["integrations"]
@@ -89,7 +93,9 @@ def test_a_person_adds_an_integration_and_approves_a_call_in_the_inbox(
     # The same alias again: the documented error (409 DUPLICATE) beside its field.
     chromium.find_element(By.PARTIAL_LINK_TEXT, "Key-Value Store").click()
     chromium.find_element(By.ID, "integrationAlias").send_keys("notes")
-    chromium.find_element(By.CSS_SELECTOR, "main form[action$='/integrations'] button[type=submit]").click()
+    chromium.find_element(
+        By.CSS_SELECTOR, "main form[action$='/integrations'] button[type=submit]"
+    ).click()
     assert "DUPLICATE" in chromium.find_element(By.ID, "integrationAlias-error").text
     assert chromium.find_element(By.ID, "integrationAlias").get_attribute("aria-invalid") == "true"
 

@@ -1,4 +1,5 @@
-"""`/console`: the web console, server-rendered (Jinja2), usable without JavaScript.
+"""`/console`: the web console, server-rendered (Jinja2), usable without JavaScript (the
+vendored htmx only keeps the pending count fresh).
 
 Signed in with an API key (`session`); every page calls the engine and store functions the
 REST API calls (`pages`), so a rule has one implementation whichever face is used.
@@ -15,6 +16,8 @@ routes = [
     Route("/console/signin", pages.signin_form, methods=["GET"]),
     Route("/console/signin", pages.signin, methods=["POST"]),
     Route("/console/signout", pages.signout, methods=["POST"]),
+    Route("/console/static/htmx.min.js", pages.htmx, methods=["GET"]),
+    Route("/console/pending", pages.pending_badge, methods=["GET"]),
     Route("/console/approvals", pages.approvals_page, methods=["GET"]),
     Route("/console/approvals/{approval_id}", pages.decide, methods=["POST"]),
     Route("/console/workspaces", pages.workspaces_page, methods=["GET"]),

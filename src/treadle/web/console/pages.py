@@ -39,7 +39,14 @@ from treadle.web.console.session import (
 from treadle.web.layout import _own_origins, security_headers
 
 MAX_FORM_BYTES = 32 * 1024
-HEADERS = security_headers()
+# The pages' headers, plus the vendored htmx (served from the package) and its requests.
+_BASE = security_headers()
+HEADERS = {
+    **_BASE,
+    "Content-Security-Policy": _BASE["Content-Security-Policy"]
+    + "; script-src 'self'; connect-src 'self'",
+}
+_HTMX = (Path(__file__).parent / "static" / "htmx.min.js").read_bytes()
 _TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=select_autoescape(default=True, default_for_string=True),
@@ -230,6 +237,22 @@ async def _signout(request: Request, me: SignedIn, _fields: dict[str, list[str]]
 
 
 signout = form_page(_signout)
+
+
+async def htmx(_request: Request) -> Response:
+    """htmx 2 (0BSD, static/htmx.LICENSE.txt): it only refreshes the pending count; every page
+    reads and works without it."""
+    headers = {"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"}
+    return Response(_HTMX, media_type="text/javascript", headers=headers)
+
+
+async def pending_badge(request: Request) -> Response:
+    """The header's pending count, for htmx to swap in; 401 when signed out."""
+    me = await signed_in(request)
+    if me is None:
+        return Response(status_code=401, headers=HEADERS)
+    fragment = _TEMPLATES.get_template("pending.html").render(pending=await _pending(me))
+    return Response(fragment, media_type="text/html", headers=HEADERS)
 
 
 async def home(request: Request) -> Response:
