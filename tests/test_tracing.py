@@ -150,3 +150,45 @@ def test_traces_are_off_without_the_standard_variables(monkeypatch: pytest.Monke
     assert tracing_wanted()
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     assert not tracing_wanted()
+
+
+@pytest.mark.parametrize("era", ["legacy", "2026-07-28"])
+async def test_an_mcp_tool_call_is_traced_to_the_provider(
+    api: Api, exporter: InMemorySpanExporter, provider_echo: tuple[int, list[str]], era: str
+) -> None:
+    """From the MCP request's traceparent through the call and its steps to the provider's
+    HTTP request, in both protocol eras (the handshake era runs handlers in the session's
+    own task, not the request's)."""
+    from bench.rawmcp import RawSession
+
+    port, seen = provider_echo
+    await api.configure("http", settings={"allowPrivateNetwork": True})
+    created = await api.post("/mcp/servers", {"workspaceId": api.workspace_id, "name": "t"})
+    server, token = created.json()["server"]["id"], created.json()["token"]
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = build_http_app(api.gateway)
+    tracing.install(app, api.gateway, tracing.Tracing(provider))
+    transport = httpx2.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx2.AsyncClient(
+            transport=transport, base_url="http://127.0.0.1:8400", headers={"traceparent": PARENT}
+        ) as client,
+    ):
+        session = await RawSession(client, f"/mcp/{server}", era, token).open()
+        exporter.clear()
+        result = await session.call(
+            "http__send_request", {"url": f"http://127.0.0.1:{port}/echo", "method": "GET"}
+        )
+        await session.close()
+    assert not result.get("isError"), result
+    spans = exporter.get_finished_spans()
+    request = next(s for s in spans if s.name == "POST /mcp/{server_id}")
+    call = next(s for s in spans if s.name == "treadle.call")
+    outbound = next(s for s in spans if s.name == "HTTP GET")
+    assert f"{request.context.trace_id:032x}" == TRACE_ID
+    assert call.parent is not None
+    assert call.parent.span_id == request.context.span_id
+    assert outbound.context.trace_id == request.context.trace_id
+    assert seen[-1] == f"00-{TRACE_ID}-{outbound.context.span_id:016x}-01"
