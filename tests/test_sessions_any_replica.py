@@ -493,8 +493,10 @@ async def _events(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
             yield json.loads(line[5:])
 
 
+# An answer past NOTIFY's 8000-byte payload limit travels in parts.
+@pytest.mark.parametrize("padding", [0, 30_000])
 async def test_an_elicitation_answered_on_b_completes_the_call_waiting_on_a_once(
-    replicas: Replicas,
+    replicas: Replicas, padding: int
 ) -> None:
     if replicas.a.gateway.store.db.is_sqlite:
         pytest.skip(
@@ -538,7 +540,11 @@ async def test_an_elicitation_answered_on_b_completes_the_call_waiting_on_a_once
                         json={
                             "jsonrpc": "2.0",
                             "id": message["id"],
-                            "result": {"action": "accept", "content": {"approve": True}},
+                            "result": {
+                                "action": "accept",
+                                "content": {"approve": True},
+                                "_meta": {"padding": "é" * padding},
+                            },
                         },
                         headers=headers,
                     )
