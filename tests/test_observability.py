@@ -196,3 +196,33 @@ async def test_list_changed_delay_is_measured_from_the_change(api: Api) -> None:
     own = generate_latest(metrics.registry).decode()
     assert "treadle_mcp_list_changed_delay_seconds_count 1.0" in own
     assert "treadle_mcp_list_changed_notifications_total 1.0" in own
+
+
+@pytest.mark.parametrize("era", ["legacy", "2026-07-28"])
+async def test_the_log_line_of_a_refused_mcp_tool_call_names_its_code(
+    api: Api, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, era: str
+) -> None:
+    """A refusal in the pipeline is on its own request's line, also in the handshake era,
+    where the handler runs in the session's task (opened by another request)."""
+    from bench.rawmcp import RawSession
+
+    monkeypatch.setenv("TREADLE_LOG_FORMAT", "json")  # method and tool names are read then
+    await api.configure("kv-store", settings={"persistence": {"scope": "workspace"}})
+    async with api.gateway.store.db.write("test") as txn:
+        await api.gateway.store.orgs.set_limits(txn, api.org_id, monthly_quota=0)
+    caplog.set_level(logging.INFO, logger="treadle.access")
+    created = await api.post("/mcp/servers", {"workspaceId": api.workspace_id, "name": "q"})
+    server, token = created.json()["server"]["id"], created.json()["token"]
+    app = build_http_app(api.gateway)
+    async with (
+        app.router.lifespan_context(app),
+        httpx2.AsyncClient(
+            transport=httpx2.ASGITransport(app=app), base_url="http://127.0.0.1:8400"
+        ) as client,
+    ):
+        session = await RawSession(client, f"/mcp/{server}", era, token).open()
+        result = await session.call("kv_store__get", {"key": "k"})
+        await session.close()
+    assert result["isError"], result
+    calls = [line for line in _access(caplog) if line.get("tool") == "kv_store__get"]
+    assert [line.get("error") for line in calls] == ["QUOTA_EXCEEDED"], _access(caplog)

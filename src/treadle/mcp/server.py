@@ -45,6 +45,7 @@ from mcp.types import (
 )
 from mcp.types import methods as spec_methods
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from starlette.requests import Request
 
 from treadle import __version__
 from treadle.catalog.model import (
@@ -55,7 +56,7 @@ from treadle.catalog.model import (
     LogLevel,
 )
 from treadle.catalog.upstream.content import UpstreamContent
-from treadle.engine import ApprovalPending, ExecuteRequest, Executor, Source
+from treadle.engine import ApprovalPending, ExecuteRequest, Executor, Refused, Source
 from treadle.engine.approvals import ApprovalDesk, canonical
 from treadle.mcp import discovery
 from treadle.mcp.approval_pause import ApprovalPause
@@ -66,6 +67,7 @@ from treadle.mcp.results import to_result
 from treadle.mcp.resync import ResyncHub, listening
 from treadle.mcp.toolset import Current, ToolSet, ToolsetCache, ToolTarget
 from treadle.mcp.upstream_content import ContentFace
+from treadle.observability.logs import note_on
 from treadle.store.config_cache import ConfigSnapshot
 
 log = logging.getLogger(__name__)
@@ -494,6 +496,9 @@ class McpFace:
             outcome = await self._executor.execute(request)
         if channel.missing is not None:
             raise _missing_capability(channel.missing)
+        if isinstance(outcome, Refused) and isinstance(ctx.request, Request):
+            # The request's log line names the refusal, as REST's does.
+            note_on(ctx.request.scope, error=outcome.code.value)
         if isinstance(outcome, ApprovalPending) and self._pause is not None:
             # A person decides later: the run after the decision reads the configuration then.
             rerun = replace(request, config=None)

@@ -130,6 +130,7 @@ class AccessLog:
         if listening and metrics is not None:
             metrics.listen_streams.inc()
         token = logs.begin(fields)
+        logs.carry(scope, fields)
         try:
             if tracer is not None:
                 with tracer.request_span(scope, fields) as span:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Mapping, MutableMapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +27,23 @@ def note(**fields: Any) -> None:
     """Add fields to the current request's log line (nothing outside a request)."""
     current = _fields.get()
     if current is not None:
+        current.update(fields)
+
+
+# The same fields, carried in the request's ASGI scope: a handshake-era MCP handler runs in
+# its session's task, whose context was copied from the request that opened the session, so
+# there `note` would write on that old request's line; `note_on` reaches the right one.
+_SCOPE_KEY = "treadle.log_fields"
+
+
+def carry(scope: MutableMapping[str, Any], fields: dict[str, Any]) -> None:
+    scope[_SCOPE_KEY] = fields
+
+
+def note_on(scope: Mapping[str, Any], **fields: Any) -> None:
+    """Add fields to the log line of the request `scope` belongs to."""
+    current = scope.get(_SCOPE_KEY)
+    if isinstance(current, dict):
         current.update(fields)
 
 
