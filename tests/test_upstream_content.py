@@ -7,13 +7,16 @@ import base64
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
     BlobResourceContents,
     DiscoverResult,
+    PromptListChangedNotification,
     PromptReference,
+    PromptsCapability,
     ResourceTemplateReference,
     ServerCapabilities,
     TextContent,
@@ -248,3 +251,43 @@ async def test_a_prompt_is_got_with_the_end_user_s_own_connection(
             "integrationAlias": "fx",
             "endUserId": "carol",
         }
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_an_upstream_prompt_list_change_reaches_treadle_s_clients(
+    api: Api, url: str, era: str
+) -> None:
+    await register(api, url)
+    await api.configure("fixture", integrationAlias="fx")
+    runtime = McpRuntime(api.gateway, poll_seconds=0.05)
+    server = await api.post("/mcp/servers", {"workspaceId": api.workspace_id, "name": "s"})
+    binding = await bind_server(api.gateway.store, server.json()["server"]["id"], None)
+    told = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, PromptListChangedNotification):
+            told.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runtime.hub.run)
+        tg.start_soon(api.gateway.federation.run)
+        face = runtime.bound_face(binding).server
+        async with Client(face, mode=era, message_handler=on_message) as client:
+            assert (await capabilities(client)).prompts == PromptsCapability(list_changed=True)
+            await client.list_tools()
+            if era == "legacy":
+                added = await client.call_tool("fx__add_prompt", {"name": "fresh"})
+                assert not added.is_error
+                with anyio.fail_after(10):
+                    await told.wait()
+            else:
+                async with client.listen(prompts_list_changed=True) as events:
+                    added = await client.call_tool("fx__add_prompt", {"name": "fresh"})
+                    assert not added.is_error
+                    with anyio.fail_after(10):
+                        async for event in events:
+                            assert "prompts" in repr(event).lower()
+                            break
+            names = {p.name for p in (await client.list_prompts()).prompts}
+            assert "fx__fresh" in names
+        tg.cancel_scope.cancel()

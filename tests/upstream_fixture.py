@@ -23,7 +23,12 @@ from typing import Any
 import anyio
 from mcp.server import NotificationOptions, Server, ServerRequestContext
 from mcp.server.session import ServerSession
-from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ListenHandler,
+    PromptsListChanged,
+    ToolsListChanged,
+)
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
@@ -115,6 +120,11 @@ def _base_tools() -> dict[str, Tool]:
         "crash": Tool(
             name="crash", description="Ends the server process", input_schema={"type": "object"}
         ),
+        "add_prompt": Tool(
+            name="add_prompt",
+            description="Adds a prompt and tells clients the prompt list changed",
+            input_schema={"type": "object", "properties": {"name": text}, "required": ["name"]},
+        ),
         "add_tool": Tool(
             name="add_tool",
             description="Adds a tool and tells clients the list changed",
@@ -128,6 +138,7 @@ class Upstream:
 
     def __init__(self) -> None:
         self.tools = _base_tools()
+        self.prompts = dict(PROMPTS)
         self.bus = InMemorySubscriptionBus()
         self.sessions: dict[str, ServerSession] = {}
         self.calls: list[tuple[str, dict[str, Any]]] = []
@@ -152,7 +163,7 @@ class Upstream:
     async def _prompts(
         self, ctx: ServerRequestContext, params: PaginatedRequestParams | None
     ) -> ListPromptsResult:
-        return ListPromptsResult(prompts=list(PROMPTS.values()))
+        return ListPromptsResult(prompts=list(self.prompts.values()))
 
     async def _prompt(self, ctx: ServerRequestContext, params: GetPromptRequestParams) -> Any:
         args = params.arguments or {}
@@ -160,6 +171,8 @@ class Upstream:
             if "name" not in args:
                 raise MCPError(-32602, "Missing argument: name")
             text = f"Say hello to {args['name']}, {args.get('style', 'casual')}ly"
+        elif params.name in self.prompts and params.name not in PROMPTS:
+            text = f"the {params.name} prompt, added at runtime"
         elif params.name == "whoami":
             seen = ctx.request.headers.get("authorization") if ctx.request is not None else None
             text = str(seen)
@@ -265,6 +278,13 @@ class Upstream:
             )
         if name == "crash":
             os._exit(3)
+        if name == "add_prompt":
+            added = str(args["name"])
+            self.prompts[added] = Prompt(name=added, description="added at runtime")
+            await self.bus.publish(PromptsListChanged())
+            for session in list(self.sessions.values()):
+                await session.send_prompt_list_changed()
+            return CallToolResult(content=[TextContent(type="text", text=f"added {added}")])
         if name == "add_tool":
             added = str(args["name"])
             self.tools[added] = Tool(
@@ -283,7 +303,9 @@ class _Server(Server):  # type: ignore[type-arg]
         self, notification_options: Any = None, *args: Any, **kw: Any
     ) -> Any:
         return super().create_initialization_options(
-            notification_options or NotificationOptions(tools_changed=True), *args, **kw
+            notification_options or NotificationOptions(tools_changed=True, prompts_changed=True),
+            *args,
+            **kw,
         )
 
 

@@ -20,6 +20,7 @@ from treadle.mcp.server import (
     SnapshotSource,
 )
 from treadle.mcp.toolset import ToolsetCache
+from treadle.mcp.upstream_content import ContentRelay
 
 
 class McpRuntime:
@@ -40,6 +41,7 @@ class McpRuntime:
         self.search = SearchIndexes(gateway.settings.tool_search)
         self.content = UpstreamContent(gateway.store, gateway.federation, gateway.oauth)
         self.hub = ResyncHub(gateway.store, self.toolsets, poll_seconds=poll_seconds)
+        gateway.federation.content_listeners.append(ContentRelay(self.hub).changed)
 
     def face(
         self,

@@ -4,16 +4,20 @@ The SDK declares a capability for every handler registered on the one `Server` t
 every MCP server record, so the handlers are registered whenever federation is on, and
 `declare_capabilities` (a middleware on `initialize` and `server/discover`) takes out
 `prompts`, `resources` and `completions` for a server whose workspace offers none of them.
-Resource subscriptions and prompt/resource `listChanged` are not relayed (yet), so they are
-declared false.
+A change in an upstream's prompts or resources reaches the clients of every server of its
+org as `prompts/list_changed` and `resources/list_changed` (`ContentRelay`); resource
+subscriptions are not relayed (yet), so `subscribe` is declared false.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from typing import Any
 
 from mcp.server import ServerRequestContext
+from mcp.server.subscriptions import PromptsListChanged, ResourcesListChanged
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
     INTERNAL_ERROR,
@@ -37,6 +41,7 @@ from mcp.types import (
 from treadle.catalog.upstream.content import Caller, Offer, UnknownContent, UpstreamContent
 from treadle.errors import ActionRuntimeError, ConnectionCredentialsError, ErrorCode, Refusal
 from treadle.mcp.binding import Binding
+from treadle.mcp.resync import ResyncHub
 from treadle.store.config_cache import ConfigSnapshot
 
 # The JSON-RPC code the MCP specification gives an unknown resource.
@@ -135,16 +140,46 @@ class ContentFace:
             offer = Offer()  # no binding: nothing to declare
         capabilities = dict(capabilities)
         if offer.prompts:
-            capabilities["prompts"] = {"listChanged": False}
+            capabilities["prompts"] = {"listChanged": True}
         else:
             capabilities.pop("prompts", None)
         if offer.has_resources:
-            capabilities["resources"] = {"listChanged": False, "subscribe": False}
+            capabilities["resources"] = {"listChanged": True, "subscribe": False}
         else:
             capabilities.pop("resources", None)
         if not offer.completions:
             capabilities.pop("completions", None)
         return {**result, "capabilities": capabilities}
+
+
+class ContentRelay:
+    """Tells connected clients that an org's upstream prompts and resources changed. Every
+    process applies the changed record itself (`Federation.load`), so each tells its own
+    clients; a server whose workspace offers none of them ignores the notification."""
+
+    def __init__(self, hub: ResyncHub) -> None:
+        self._hub = hub
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def changed(self, org_id: str) -> None:
+        entries = [e for e in self._hub.servers.values() if e.binding.org_id == org_id]
+        for entry in entries:
+            for listener in list(entry.listeners.values()):
+                listener(PromptsListChanged())
+                listener(ResourcesListChanged())
+        sessions = [s for e in entries for s in e.sessions.values()]
+        if sessions:
+            task = asyncio.get_running_loop().create_task(self._tell(sessions))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _tell(self, sessions: list[Any]) -> None:
+        for session in sessions:
+            for name in ("send_prompt_list_changed", "send_resource_list_changed"):
+                send = getattr(session, name, None)
+                if send is not None:
+                    with suppress(Exception):  # a connection that just went away
+                        await send()
 
 
 def _caller(binding: Binding) -> Caller:

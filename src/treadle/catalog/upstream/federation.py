@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from typing import Any
 
@@ -92,7 +92,11 @@ class Federation:
         self._stamps: dict[str, str] = {}
         self._pending: dict[str, asyncio.Task[None]] = {}
         self._listening: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
         self._wake = asyncio.Event()
+        # Told the org id when an applied upstream's prompts or resources changed (the MCP
+        # faces relay list_changed to their clients).
+        self.content_listeners: list[Callable[[str], None]] = []
 
     # -- records → catalog -------------------------------------------------------------------
 
@@ -113,6 +117,9 @@ class Federation:
         self._applied[upstream.id] = upstream
         if before is not None and _same_offer(before, upstream):
             return
+        if before is not None and _content_of(before) != _content_of(upstream):
+            for listener in list(self.content_listeners):
+                listener(upstream.org_id)
         try:
             self._catalog.put_scoped(upstream.org_id, integration_for(upstream, self.call))
         except ValueError:
@@ -188,16 +195,24 @@ class Federation:
         """A refresh in the background, one at a time per upstream."""
         running = self._pending.get(upstream_id)
         if running is not None and not running.done():
+            # The running read may have listed before this change: read once more after it.
+            self._again.add(upstream_id)
             return
         upstream = self._applied.get(upstream_id)
         if upstream is not None:
             self._pending[upstream_id] = self._spawn(self._refresh_quietly(upstream))
 
     async def _refresh_quietly(self, upstream: Upstream) -> None:
-        try:
-            await self.refresh(upstream)
-        except Exception:
-            log.exception("refreshing upstream %s failed", upstream.id)
+        while True:
+            self._again.discard(upstream.id)
+            try:
+                await self.refresh(upstream)
+            except Exception:
+                log.exception("refreshing upstream %s failed", upstream.id)
+            latest = self._applied.get(upstream.id)
+            if upstream.id not in self._again or latest is None:
+                return
+            upstream = latest
 
     def _watch_modern(self, upstream: Upstream, live: Live) -> None:
         """On 2026-07-28 change notifications come over one `subscriptions/listen` stream."""
@@ -402,6 +417,11 @@ def _same_offer(before: Upstream, after: Upstream) -> bool:
         and before.description == after.description
         and before.auth.get("type") == after.auth.get("type")
     )
+
+
+def _content_of(upstream: Upstream) -> tuple[Any, ...]:
+    catalog = upstream.catalog
+    return tuple(catalog.get(k) for k in ("prompts", "resources", "resourceTemplates"))
 
 
 def _session_gone(error: MCPError) -> bool:
