@@ -190,6 +190,7 @@ def forms(api: Api, ids: dict[str, str]) -> list[tuple[str, dict[str, str]]]:
         ),
         (f"/console/workspaces/{ws}/integrations/{ids['integration']}/delete", {}),
         ("/console/keys", {"name": "made-by-forgery"}),
+        ("/console/servers", {"name": "forged", "workspaceId": ws, "mode": "TOOLS"}),
         (f"/console/keys/{ids['key']}/revoke", {}),
     ]
 
@@ -234,7 +235,9 @@ async def state(api: Api) -> tuple[Any, ...]:
     approvals = (await api.get("/approvals")).json()["approvals"]
     integrations = (await api.get(f"/workspaces/{api.workspace_id}/integrations")).json()
     keys = (await api.get("/api-keys")).json()["apiKeys"]
+    servers = (await api.get("/mcp/servers")).json()["servers"]
     return (
+        sorted(s["id"] for s in servers),
         [(a["id"], a["status"]) for a in approvals],
         sorted(i["id"] for i in integrations["integrations"]),
         sorted(k["id"] for k in keys),
@@ -451,3 +454,24 @@ async def test_the_pending_badge_fragment_and_htmx_are_served_from_the_package(
     assert "script-src 'self'" in page.headers["content-security-policy"]
     async with browser(api.gateway) as signed_out:
         assert (await signed_out.page("/console/pending")).status_code == 401
+
+
+async def test_an_mcp_server_made_in_the_console_shows_its_token_once_and_a_client_entry(
+    api: Api, console: Browser
+) -> None:
+    made = await console.submit(
+        "/console/servers", {"name": "Support bot", "workspaceId": api.workspace_id, "mode": "AUTO"}
+    )
+    assert made.status_code == 201
+    token = re.search(r'id="new-server-token" readonly value="([^"]+)"', made.text)
+    assert token is not None
+    (server,) = (await api.get("/mcp/servers")).json()["servers"]
+    assert (server["name"], server["mode"]) == ("Support bot", "AUTO")
+    assert f"/mcp/{server['id']}" in made.text
+    assert "treadle-Support-bot" in made.text
+    assert "--server" in made.text
+    # The token is the server's bearer, and is never shown again.
+    found = await api.gateway.store.mcp_servers.by_token(token.group(1))
+    assert found is not None
+    assert found.id == server["id"]
+    assert token.group(1) not in (await console.page("/console/servers")).text

@@ -32,6 +32,8 @@ routes = [
     ),
     Route("/console/activity", pages.activity_page, methods=["GET"]),
     Route("/console/activity/{entry_id}", pages.activity_detail, methods=["GET"]),
+    Route("/console/servers", pages.servers_page, methods=["GET"]),
+    Route("/console/servers", pages.create_server, methods=["POST"]),
     Route("/console/keys", pages.keys_page, methods=["GET"]),
     Route("/console/keys", pages.create_key_page, methods=["POST"]),
     Route("/console/keys/{key_id}/revoke", pages.revoke_key_page, methods=["POST"]),
