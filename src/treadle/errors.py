@@ -125,7 +125,7 @@ class ActionRuntimeError(TreadleError):
 class UpstreamError(TreadleError):
     """Raised by an action when the third-party service reported an error.
 
-    Becomes `{"success": false, "output": {"error", "detail"}}` with HTTP 200 (product doc 001).
+    Becomes `{"success": false, "output": {"error", "detail"}}` with HTTP 200 (see `/docs`).
     """
 
     def __init__(self, error: str, detail: Any = None) -> None:

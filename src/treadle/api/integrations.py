@@ -1,4 +1,4 @@
-"""`/api/v1/integrations`: the catalog, with each action's input definitions (doc 000)."""
+"""`/api/v1/integrations`: the catalog, with each action's input definitions."""
 
 from __future__ import annotations
 

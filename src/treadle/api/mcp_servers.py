@@ -1,4 +1,4 @@
-"""`/api/v1/mcp/servers`: MCP server records (product doc 003, "Auto-Sync with MCP Servers").
+"""`/api/v1/mcp/servers`: MCP server records (README, "MCP").
 
 A server exposes one workspace's tools at `/mcp/{id}`. Its bearer token is returned once, on
 create and on rotation, as `token`.

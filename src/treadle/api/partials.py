@@ -1,4 +1,4 @@
-"""`/api/v1/partials` (product doc 004).
+"""`/api/v1/partials` (described in the OpenAPI document, `/docs`).
 
 Partials are scoped to (workspace, integration, optional alias, optional action). Without
 `integrationAlias` a partial applies to every alias of its integration; with it, only to calls

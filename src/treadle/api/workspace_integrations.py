@@ -1,4 +1,4 @@
-"""`/api/v1/workspaces/{workspaceId}/integrations` (product doc 003)."""
+"""`/api/v1/workspaces/{workspaceId}/integrations` (described in `/docs`)."""
 
 from __future__ import annotations
 

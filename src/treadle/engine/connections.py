@@ -1,4 +1,4 @@
-"""Connection resolution by strategy (product doc 003, "Connection Strategies")."""
+"""Connection resolution by strategy (README, "Connection strategies")."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ class ConnectionResolver:
             if request.connection_id and is_uuid(request.connection_id)
             else None
         )
-        # doc 001 examples pass externalId-like values ("conn_slack_abc") as connectionId.
+        # Callers pass externalId-like values ("conn_slack_abc") as connectionId.
         external = request.connection_external_id or (
             request.connection_id if by_id is None else None
         )

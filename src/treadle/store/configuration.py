@@ -320,7 +320,7 @@ class Partials:
         return _partial(row)
 
     async def delete(self, txn: WriteTxn, current: Partial) -> None:
-        """Also removes the partial's ID from every MCP tool override (product doc 004)."""
+        """Also removes the partial's ID from every MCP tool override."""
         table = schema.partials
         await txn.conn.execute(table.delete().where(table.c.id == current.id))
         await McpServers.drop_partial(txn, current.workspace_id, current.id)

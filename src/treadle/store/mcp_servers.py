@@ -237,7 +237,7 @@ class McpServers:
 
     @staticmethod
     async def drop_partial(txn: WriteTxn, workspace_id: str, partial_id: str) -> None:
-        """Remove a deleted partial's ID from every tool override (product doc 004)."""
+        """Remove a deleted partial's ID from every tool override."""
         table = schema.mcp_servers
         rows = await txn.conn.execute(table.select().where(table.c.workspace_id == workspace_id))
         for row in list(rows):

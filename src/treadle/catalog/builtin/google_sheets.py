@@ -1,6 +1,6 @@
 """Google Sheets: rows keyed by the header row; spreadsheets listed through Google Drive.
 
-Rows are read and written as objects keyed by the sheet's first row (product doc 001's
+Rows are read and written as objects keyed by the sheet's first row (the execute API's
 `append_row`), so callers never count columns. Values are written as if typed by a user
 (`USER_ENTERED`: "2025-02-01" becomes a date, "=A1*2" a formula) and read as displayed.
 
