@@ -1,4 +1,4 @@
-"""Connection resolution per strategy (product doc 003), and secrets that never come back out."""
+"""Connection resolution per strategy, and secrets that never come back out."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""How partials merge into an execution's input, in exactly which order (product doc 004).
+"""How partials merge into an execution's input, in exactly which order.
 
 Non-enforced values of integration-wide partials, then of action-specific ones (within a group:
 defaults alias-wide before alias-scoped, explicit ids in partialIds order), then the runtime

@@ -1,4 +1,4 @@
-"""Per-org sliding-window rate limits and monthly quotas (product doc 001)."""
+"""Per-org sliding-window rate limits and monthly quotas."""
 
 from __future__ import annotations
 
