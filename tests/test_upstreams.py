@@ -541,3 +541,63 @@ async def test_progress_is_relayed_and_a_cancelled_call_is_cancelled_upstream(
             await upstream.upstream.slow_cancelled.wait()
     if era == "legacy":
         assert "half way" in reported
+
+
+@dataclass
+class Counted:
+    running: Running
+    methods: list[str]
+
+
+@pytest.fixture
+async def counted_upstream() -> AsyncIterator[Counted]:
+    """The fixture upstream, recording the JSON-RPC method of every POST it receives."""
+    state = Upstream()
+    inner = http_app(state)
+    methods: list[str] = []
+
+    async def counting(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await inner(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        more = True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = json.loads(b"".join(chunks) or b"{}")
+        methods.append(body.get("method", "-") if isinstance(body, dict) else "batch")
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await inner(scope, replay, send)
+
+    async with serve(counting, lifespan="on", timeout_graceful_shutdown=1) as port:
+        yield Counted(Running(state, f"http://127.0.0.1:{port}/mcp"), methods)
+
+
+async def test_calls_reuse_one_session_and_send_one_request_each(
+    api: Api, counted_upstream: Counted
+) -> None:
+    # The federation benchmark's premise: after a session's first call, a call is exactly
+    # one `tools/call` upstream (no handshake, discover or tools/list per call).
+    methods = counted_upstream.methods
+    await register(api, counted_upstream.running.url)
+    await api.configure("fixture", integrationAlias="fx")
+    echo = {"text": "a", "channel": "b"}
+    first = await api.execute(integrationName="fixture", actionName="echo", input=echo)
+    assert first.status_code == 200, first.text
+    before = len(methods)
+    assert methods.count("tools/call") == 1  # the counter sees the upstream's traffic
+    for _ in range(5):
+        ran = await api.execute(integrationName="fixture", actionName="echo", input=echo)
+        assert ran.status_code == 200, ran.text
+    assert methods[before:] == ["tools/call"] * 5
+    assert [name for name, _ in counted_upstream.running.upstream.calls] == ["echo"] * 6
