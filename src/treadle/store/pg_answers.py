@@ -93,8 +93,9 @@ class PostgresAnswers:
         finally:
             conn, self._conn = self._conn, None
             if conn is not None:
-                with anyio.CancelScope(shield=True):
-                    await conn.close()
+                # Dropped outright: a graceful close waits for the server, which at shutdown
+                # (or while the database is being dropped) may never answer.
+                conn.terminate()
 
     async def _listen(self) -> None:
         import asyncpg  # type: ignore[import-untyped]  # ships no type hints
