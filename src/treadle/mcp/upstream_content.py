@@ -23,6 +23,7 @@ from mcp.types import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
+    METHOD_NOT_FOUND,
     CompleteRequestParams,
     CompleteResult,
     GetPromptRequestParams,
@@ -79,18 +80,21 @@ class ContentFace:
         self, ctx: ServerRequestContext[Any, Any], params: PaginatedRequestParams | None
     ) -> ListPromptsResult:
         _, offer = await self._offer(ctx)
+        _offered(bool(offer.prompts), "prompts")
         return ListPromptsResult(prompts=[Prompt.model_validate(p) for p in offer.prompts])
 
     async def list_resources(
         self, ctx: ServerRequestContext[Any, Any], params: PaginatedRequestParams | None
     ) -> ListResourcesResult:
         _, offer = await self._offer(ctx)
+        _offered(offer.has_resources, "resources")
         return ListResourcesResult(resources=[Resource.model_validate(r) for r in offer.resources])
 
     async def list_templates(
         self, ctx: ServerRequestContext[Any, Any], params: PaginatedRequestParams | None
     ) -> ListResourceTemplatesResult:
         _, offer = await self._offer(ctx)
+        _offered(offer.has_resources, "resources")
         templates = [ResourceTemplate.model_validate(t) for t in offer.templates]
         return ListResourceTemplatesResult(resource_templates=templates)
 
@@ -98,6 +102,7 @@ class ContentFace:
         self, ctx: ServerRequestContext[Any, Any], params: GetPromptRequestParams
     ) -> GetPromptResult:
         binding, offer = await self._offer(ctx)
+        _offered(bool(offer.prompts), "prompts")
         result: GetPromptResult = await _translated(
             self._content.get_prompt(_caller(binding), offer, params.name, params.arguments),
             INVALID_PARAMS,
@@ -108,6 +113,7 @@ class ContentFace:
         self, ctx: ServerRequestContext[Any, Any], params: ReadResourceRequestParams
     ) -> ReadResourceResult:
         binding, offer = await self._offer(ctx)
+        _offered(offer.has_resources, "resources")
         result: ReadResourceResult = await _translated(
             self._content.read_resource(_caller(binding), offer, params.uri), RESOURCE_NOT_FOUND
         )
@@ -117,6 +123,7 @@ class ContentFace:
         self, ctx: ServerRequestContext[Any, Any], params: CompleteRequestParams
     ) -> CompleteResult:
         binding, offer = await self._offer(ctx)
+        _offered(bool(offer.completions), "completions")
         argument = {"name": params.argument.name, "value": params.argument.value}
         context = params.context.arguments if params.context is not None else None
         result: CompleteResult = await _translated(
@@ -184,6 +191,13 @@ class ContentRelay:
 
 def _caller(binding: Binding) -> Caller:
     return Caller(binding.org_id, binding.workspace_id, binding.actor, binding.end_user_id)
+
+
+def _offered(offered: bool, what: str) -> None:
+    """A server declares a capability only when it has something to serve under it, and
+    answers its methods as unknown otherwise (as a client that asks anyway must expect)."""
+    if not offered:
+        raise MCPError(METHOD_NOT_FOUND, f"This MCP server offers no {what}")
 
 
 async def _translated(work: Awaitable[Any], unknown_code: int) -> Any:
