@@ -7,11 +7,11 @@ REST API calls (`pages`), so a rule has one implementation whichever face is use
 
 from __future__ import annotations
 
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
-from treadle.web.console import pages
+from treadle.web.console import integration_pages, pages
 
-routes = [
+routes: list[BaseRoute] = [
     Route("/console", pages.home, methods=["GET"]),
     Route("/console/signin", pages.signin_form, methods=["GET"]),
     Route("/console/signin", pages.signin, methods=["POST"]),
@@ -38,3 +38,5 @@ routes = [
     Route("/console/keys", pages.create_key_page, methods=["POST"]),
     Route("/console/keys/{key_id}/revoke", pages.revoke_key_page, methods=["POST"]),
 ]
+# Integration settings, partials and policies live in their own module.
+routes += integration_pages.routes
