@@ -19,7 +19,9 @@ from treadle.api.resources import Connection as ConnectionOut
 from treadle.api.resources import Deleted, listing, one
 from treadle.api.responses import ok
 from treadle.app import Gateway
-from treadle.errors import ErrorCode, NotFound, ValidationFailed
+from treadle.engine.connection_records import NewConnection
+from treadle.engine.connection_records import create_connection as store_connection
+from treadle.errors import ErrorCode, NotFound
 from treadle.store.records import Connection
 
 SecretKey = Annotated[str, StringConstraints(min_length=1, max_length=100)]
@@ -49,38 +51,26 @@ class CreateConnection(Body):
 async def create_connection(request: Request) -> Response:
     gw, principal = await caller(request)
     body = await read_body(request, CreateConnection)
-    if gw.catalog.get(body.integrationName, principal.org_id) is None:
-        raise ValidationFailed(
-            f"Unknown integration '{body.integrationName}'", field="integrationName"
-        )
     if body.workspaceId is None:
         principal.check_org_wide()
-        if body.endUserId is not None:
-            raise ValidationFailed("endUserId needs a workspaceId", field="workspaceId")
     else:
         await accessible_workspace(gw.store, principal, body.workspaceId)
-    end_user_id = None
-    if body.endUserId is not None and body.workspaceId is not None:
-        users = await gw.store.end_users.list(principal.org_id, body.workspaceId, None)
-        match = [u for u in users if u.external_id == body.endUserId]
-        if not match:
-            raise ValidationFailed(
-                "No end user with this externalId in the workspace", field="endUserId"
-            )
-        end_user_id = match[0].id
-    async with gw.store.db.write(principal.actor) as txn:
-        created = await gw.store.connections.create(
-            txn,
-            org_id=principal.org_id,
-            workspace_id=body.workspaceId,
-            end_user_id=end_user_id,
+    created = await store_connection(
+        gw.store,
+        gw.catalog,
+        principal.actor,
+        principal.org_id,
+        NewConnection(
             integration_name=body.integrationName,
             type=body.type,
             display_name=body.displayName,
             external_id=body.externalId,
             values=dict(body.values),
+            workspace_id=body.workspaceId,
+            end_user_external_id=body.endUserId,
             base_url=body.baseUrl,
-        )
+        ),
+    )
     return ok({"connection": created.to_json()}, status=201)
 
 
