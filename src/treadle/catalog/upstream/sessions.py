@@ -113,6 +113,8 @@ class Live:
     # "error response").
     auth_refused: bool = False
     in_flight: dict[int, ClientInteraction | None] = field(default_factory=dict)
+    # Also told of every message (resource updates for relayed subscriptions).
+    watchers: list[MessageHandler] = field(default_factory=list)
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
@@ -202,8 +204,12 @@ class Live:
             await caller.log(params.level, params.data, params.logger)
 
     async def _message(self, message: Any) -> None:
-        if self.on_message is not None and not isinstance(message, BaseException):
+        if isinstance(message, BaseException):
+            return
+        if self.on_message is not None:
             await self.on_message(message)
+        for watcher in list(self.watchers):
+            await watcher(message)
 
 
 class SessionPool:
