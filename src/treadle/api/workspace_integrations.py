@@ -18,14 +18,8 @@ from treadle.api.resources import Deleted, listing, one
 from treadle.api.resources import WorkspaceIntegration as InstalledOut
 from treadle.api.responses import ok
 from treadle.app import Gateway
-from treadle.engine.installs import (
-    allowed_actions,
-    checked_settings,
-    install,
-    integration_of,
-    shared_connection_id,
-)
-from treadle.errors import ErrorCode, NotFound, Refusal, ValidationFailed
+from treadle.engine.installs import Reconfiguration, install, reconfigure
+from treadle.errors import ErrorCode, NotFound
 from treadle.store.records import ConnectionStrategy, Workspace, WorkspaceIntegration
 
 Settings = Annotated[dict[str, Any], Field(max_length=100)]
@@ -120,37 +114,24 @@ async def update_workspace_integration(request: Request) -> Response:
     gw, principal, workspace = await _workspace(request)
     current = await _configured(gw, principal, workspace, request)
     body = await read_body(request, UpdateWorkspaceIntegration)
-    given = body.model_fields_set
-    if not given:
-        raise Refusal(ErrorCode.NO_UPDATES, "No fields provided to update")
-    integration = integration_of(gw.catalog, current.integration_name, principal.org_id)
-    # Unlike connectionId and allowedActions, a strategy has no "unset" meaning for null.
-    if "connectionStrategy" in given and body.connectionStrategy is None:
-        raise ValidationFailed("connectionStrategy cannot be null", field="connectionStrategy")
-    changes: dict[str, Any] = {}
-    strategy = (
-        ConnectionStrategy(body.connectionStrategy)
-        if body.connectionStrategy is not None
-        else current.connection_strategy
+    named = {
+        "connectionStrategy": "strategy",
+        "connectionId": "connection_id",
+        "allowedActions": "allowed",
+        "settings": "settings",
+        "integrationAlias": "alias",
+    }
+    change = Reconfiguration(
+        given=frozenset(named[f] for f in body.model_fields_set),
+        strategy=None
+        if body.connectionStrategy is None
+        else ConnectionStrategy(body.connectionStrategy),
+        connection_id=body.connectionId,
+        allowed=body.allowedActions,
+        settings=body.settings,
+        alias=body.integrationAlias,
     )
-    if "connectionStrategy" in given or "connectionId" in given:
-        keep = current.connection_id if "connectionId" not in given else body.connectionId
-        if strategy is ConnectionStrategy.PER_USER and "connectionId" not in given:
-            keep = None
-        changes["connection_strategy"] = strategy
-        changes["connection_id"] = await shared_connection_id(
-            gw.store, principal.org_id, workspace, integration, strategy, keep
-        )
-    if "allowedActions" in given:
-        changes["allowed_actions"] = allowed_actions(integration, body.allowedActions)
-    if "settings" in given:
-        changes["settings"] = checked_settings(integration, body.settings or {})
-    if "integrationAlias" in given:
-        if body.integrationAlias is None:
-            raise ValidationFailed("integrationAlias cannot be null", field="integrationAlias")
-        changes["alias"] = body.integrationAlias
-    async with gw.store.db.write(principal.actor) as txn:
-        updated = await gw.store.integrations.update(txn, current, changes)
+    updated = await reconfigure(gw.store, gw.catalog, principal.actor, workspace, current, change)
     return ok({"integration": updated.to_json()})
 
 

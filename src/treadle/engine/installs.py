@@ -8,13 +8,14 @@ integration needs no credentials.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from jsonschema import Draft202012Validator
 
 from treadle.catalog import Catalog
 from treadle.catalog.model import AuthKind, Integration
-from treadle.errors import ValidationFailed
+from treadle.errors import ErrorCode, Refusal, ValidationFailed
 from treadle.ids import is_uuid
 from treadle.store import Store
 from treadle.store.records import ConnectionStrategy, Workspace, WorkspaceIntegration
@@ -123,3 +124,55 @@ async def install(
             allowed_actions=allowed_actions(integration, allowed),
             settings=checked_settings(integration, settings or {}),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Reconfiguration:
+    """What to change of an installed integration: only the fields named in `given`
+    (`strategy`, `connection_id`, `allowed`, `settings`, `alias`); None there means null."""
+
+    given: frozenset[str]
+    strategy: ConnectionStrategy | None = None
+    connection_id: str | None = None
+    allowed: list[str] | None = None
+    settings: dict[str, Any] | None = None
+    alias: str | None = None
+
+
+async def reconfigure(
+    store: Store,
+    catalog: Catalog,
+    actor: str,
+    workspace: Workspace,
+    current: WorkspaceIntegration,
+    change: Reconfiguration,
+) -> WorkspaceIntegration:
+    """Apply `change` to `current` (NO_UPDATES when it names nothing, ALIAS_CONFLICT from the
+    store)."""
+    given = change.given
+    if not given:
+        raise Refusal(ErrorCode.NO_UPDATES, "No fields provided to update")
+    integration = integration_of(catalog, current.integration_name, workspace.org_id)
+    # Unlike connectionId and allowedActions, a strategy has no "unset" meaning for null.
+    if "strategy" in given and change.strategy is None:
+        raise ValidationFailed("connectionStrategy cannot be null", field="connectionStrategy")
+    changes: dict[str, Any] = {}
+    strategy = change.strategy or current.connection_strategy
+    if "strategy" in given or "connection_id" in given:
+        keep = current.connection_id if "connection_id" not in given else change.connection_id
+        if strategy is ConnectionStrategy.PER_USER and "connection_id" not in given:
+            keep = None
+        changes["connection_strategy"] = strategy
+        changes["connection_id"] = await shared_connection_id(
+            store, workspace.org_id, workspace, integration, strategy, keep
+        )
+    if "allowed" in given:
+        changes["allowed_actions"] = allowed_actions(integration, change.allowed)
+    if "settings" in given:
+        changes["settings"] = checked_settings(integration, change.settings or {})
+    if "alias" in given:
+        if change.alias is None:
+            raise ValidationFailed("integrationAlias cannot be null", field="integrationAlias")
+        changes["alias"] = change.alias
+    async with store.db.write(actor) as txn:
+        return await store.integrations.update(txn, current, changes)
