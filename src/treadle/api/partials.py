@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from jsonschema import Draft202012Validator
 from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,7 +23,7 @@ from treadle.api.resources import Deleted, listing, one
 from treadle.api.resources import Partial as PartialOut
 from treadle.api.responses import ok
 from treadle.app import Gateway
-from treadle.catalog.model import Integration
+from treadle.engine.partials import check_values
 from treadle.errors import ErrorCode, NotFound, ValidationFailed
 from treadle.store.records import Partial
 
@@ -56,33 +55,6 @@ class SetDefault(Body):
     isDefault: bool
 
 
-def _check_values(
-    integration: Integration, action_name: str | None, values: dict[str, Any], enforced: list[str]
-) -> None:
-    for index, key in enumerate(enforced):
-        if key not in values:
-            raise ValidationFailed(
-                f"Enforced key '{key[:100]}' is not a key of values", field=f"enforcedKeys[{index}]"
-            )
-    if action_name is None:
-        return
-    action = integration.action(action_name)
-    assert action is not None
-    properties = action.input_schema.get("properties", {})
-    closed = action.input_schema.get("additionalProperties") is False
-    for key, value in values.items():
-        if key not in properties:
-            if closed:
-                raise ValidationFailed(
-                    f"'{action_name}' has no input '{key[:100]}'", field=f"values.{key[:100]}"
-                )
-            continue
-        if not Draft202012Validator(properties[key]).is_valid(value):
-            raise ValidationFailed(
-                f"Invalid value for '{key}' of '{action_name}'", field=f"values.{key}"
-            )
-
-
 class PartialFilter(BaseModel):
     workspaceId: str
     integrationName: str | None = None
@@ -97,7 +69,12 @@ class PartialFilter(BaseModel):
 )
 async def create_partial(request: Request) -> Response:
     gw, principal = await caller(request)
-    body = await read_body(request, CreatePartial)
+    created = await new_partial(gw, principal, await read_body(request, CreatePartial))
+    return ok({"partial": created.to_json()}, status=201)
+
+
+async def new_partial(gw: Gateway, principal: Principal, body: CreatePartial) -> Partial:
+    """Create the partial `body` describes (for every face: REST and the console)."""
     workspace = await accessible_workspace(gw.store, principal, body.workspaceId)
     integration = gw.catalog.get(body.integrationName, principal.org_id)
     if integration is None:
@@ -108,9 +85,9 @@ async def create_partial(request: Request) -> Response:
         raise ValidationFailed(
             f"'{integration.name}' has no action '{body.actionName}'", field="actionName"
         )
-    _check_values(integration, body.actionName, body.values, body.enforcedKeys)
+    check_values(integration, body.actionName, body.values, body.enforcedKeys)
     async with gw.store.db.write(principal.actor) as txn:
-        created = await gw.store.partials.create(
+        return await gw.store.partials.create(
             txn,
             org_id=principal.org_id,
             workspace_id=workspace.id,
@@ -123,7 +100,6 @@ async def create_partial(request: Request) -> Response:
             enforced_keys=tuple(dict.fromkeys(body.enforcedKeys)),
             is_default=body.isDefault,
         )
-    return ok({"partial": created.to_json()}, status=201)
 
 
 @operation(
@@ -170,7 +146,15 @@ async def get_partial(request: Request) -> Response:
 )
 async def update_partial(request: Request) -> Response:
     gw, principal, current = await _partial(request)
-    body = await read_body(request, UpdatePartial)
+    updated = await changed_partial(gw, principal, current, await read_body(request, UpdatePartial))
+    return ok({"partial": updated.to_json()})
+
+
+async def changed_partial(
+    gw: Gateway, principal: Principal, current: Partial, body: UpdatePartial
+) -> Partial:
+    """Apply `body`'s fields to `current` (for every face: REST and the console)."""
+    principal.check_workspace(current.workspace_id)
     given = body.model_fields_set
     if not given:
         raise ValidationFailed("No updates provided")
@@ -191,12 +175,11 @@ async def update_partial(request: Request) -> Response:
     enforced = list(changes.get("enforced_keys", current.enforced_keys))
     integration = gw.catalog.get(current.integration_name, principal.org_id)
     if integration is not None:
-        _check_values(integration, current.action_name, values, enforced)
+        check_values(integration, current.action_name, values, enforced)
     if "enforced_keys" in changes:
         changes["enforced_keys"] = tuple(dict.fromkeys(enforced))
     async with gw.store.db.write(principal.actor) as txn:
-        updated = await gw.store.partials.update(txn, current, changes)
-    return ok({"partial": updated.to_json()})
+        return await gw.store.partials.update(txn, current, changes)
 
 
 @operation("Delete a partial", responses={200: Deleted})

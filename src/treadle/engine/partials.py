@@ -10,6 +10,9 @@ import copy
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from jsonschema import Draft202012Validator
+
+from treadle.catalog.model import Integration
 from treadle.errors import ValidationFailed
 from treadle.store.records import Partial
 
@@ -109,3 +112,35 @@ def prune_schema(schema: dict[str, Any], partials: Sequence[Partial]) -> dict[st
     else:
         pruned.pop("required", None)
     return pruned
+
+
+def check_values(
+    integration: Integration, action_name: str | None, values: dict[str, Any], enforced: list[str]
+) -> None:
+    """Enforced keys must be keys of `values`; for an action-specific partial, each value
+    must fit its input's schema (and be an input, when the schema is closed)."""
+    for index, key in enumerate(enforced):
+        if key not in values:
+            raise ValidationFailed(
+                f"Enforced key '{key[:100]}' is not a key of values", field=f"enforcedKeys[{index}]"
+            )
+    if action_name is None:
+        return
+    action = integration.action(action_name)
+    if action is None:  # gone from the catalog since the partial was made
+        raise ValidationFailed(
+            f"'{integration.name}' has no action '{action_name}'", field="actionName"
+        )
+    properties = action.input_schema.get("properties", {})
+    closed = action.input_schema.get("additionalProperties") is False
+    for key, value in values.items():
+        if key not in properties:
+            if closed:
+                raise ValidationFailed(
+                    f"'{action_name}' has no input '{key[:100]}'", field=f"values.{key[:100]}"
+                )
+            continue
+        if not Draft202012Validator(properties[key]).is_valid(value):
+            raise ValidationFailed(
+                f"Invalid value for '{key}' of '{action_name}'", field=f"values.{key}"
+            )
