@@ -38,6 +38,9 @@ class ActivityQuery(BaseModel):
     type: Literal["action_execution", "config_change", "approval_decision"] | None = None
     status: str | None = Field(None, description=", ".join(sorted(STATUSES)))
     source: str | None = None
+    integrationName: str | None = None
+    integrationAlias: str | None = None
+    actionName: str | None = None
     since: str | None = Field(None, description="ISO 8601")
     until: str | None = Field(None, description="ISO 8601")
     cursor: str | None = Field(None, description="nextCursor of the previous page")
@@ -59,6 +62,9 @@ async def activity_filter(
         type=choice(query.get("type"), "type", TYPES),
         status=choice(query.get("status"), "status", STATUSES),
         source=query.get("source"),
+        integration_name=query.get("integrationName"),
+        integration_alias=query.get("integrationAlias"),
+        action_name=query.get("actionName"),
         since=timestamp(query.get("since"), "since"),
         until=timestamp(query.get("until"), "until"),
         before_seq=bounded_int(query.get("cursor"), "cursor", 1, 2**62),
