@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -23,11 +22,9 @@ from treadle.api.auth import accessible_workspace
 from treadle.api.bodies import BodyTooLarge, read_bounded
 from treadle.api.context import gateway
 from treadle.clock import parse_iso, utcnow
-from treadle.demo import claude_desktop_entry
 from treadle.engine.api_keys import create_key, expiry, manageable_key, revoke_key
 from treadle.engine.installs import install
 from treadle.errors import ErrorCode, NotFound, Refusal
-from treadle.store.mcp_servers import DEFAULT_AUTO_THRESHOLD, McpServer
 from treadle.store.records import ConnectionStrategy
 from treadle.web.console.session import (
     CSRF_COOKIE,
@@ -50,6 +47,7 @@ HEADERS = {
     + "; script-src 'self'; connect-src 'self'",
 }
 _HTMX = (Path(__file__).parent / "static" / "htmx.min.js").read_bytes()
+_SCRIPT = (Path(__file__).parent / "static" / "console.js").read_bytes()
 _TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=select_autoescape(default=True, default_for_string=True),
@@ -247,6 +245,12 @@ async def htmx(_request: Request) -> Response:
     reads and works without it."""
     headers = {"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"}
     return Response(_HTMX, media_type="text/javascript", headers=headers)
+
+
+async def console_script(_request: Request) -> Response:
+    """The copy buttons (static/console.js): shown only where script runs."""
+    headers = {"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"}
+    return Response(_SCRIPT, media_type="text/javascript", headers=headers)
 
 
 async def pending_badge(request: Request) -> Response:
@@ -585,22 +589,12 @@ async def _servers_view(
     request: Request,
     me: SignedIn,
     *,
-    created: McpServer | None = None,
-    token: str | None = None,
     form: dict[str, str] | None = None,
     errors: dict[str, str] | None = None,
     status: int = 200,
 ) -> Response:
     gw = me.gateway
     servers = await gw.store.mcp_servers.list(me.principal.org_id, me.principal.workspace_ids)
-    desktop = None
-    if created is not None:
-        # As `treadle demo` prints it: the stdio process opens this gateway's data dir (and
-        # its database, when that lives outside it).
-        entry = claude_desktop_entry(
-            created, gw.settings.data_dir, database_url=os.environ.get("TREADLE_DATABASE_URL")
-        )
-        desktop = json.dumps(entry, indent=2)
     return await render(
         request,
         "servers.html",
@@ -608,15 +602,12 @@ async def _servers_view(
         title="MCP servers",
         section="servers",
         servers=servers,
-        created=created,
-        token=token,
-        claude_desktop=desktop,
-        base_url=gw.settings.public_url.rstrip("/"),
         workspaces=await _workspace_names(me),
         form=form or {},
         errors=errors or {},
         error=next(iter((errors or {}).values()), None),
         status=status,
+        flash=request.query_params.get("done"),
     )
 
 
@@ -625,30 +616,3 @@ async def _servers(request: Request, me: SignedIn) -> Response:
 
 
 servers_page = page(_servers)
-
-
-async def _create_server(request: Request, me: SignedIn, fields: dict[str, list[str]]) -> Response:
-    gw, principal = me.gateway, me.principal
-    form = {name: _one(fields, name) for name in ("name", "workspaceId", "mode")}
-    if not form["name"] or len(form["name"]) > 100:
-        errors = {"name": "Give the server a name of at most 100 characters. (VALIDATION_ERROR)"}
-        return await _servers_view(request, me, form=form, errors=errors, status=400)
-    if form["mode"] not in ("TOOLS", "DISCOVERY", "AUTO"):
-        errors = {"name": "Choose a mode: TOOLS, DISCOVERY or AUTO. (VALIDATION_ERROR)"}
-        return await _servers_view(request, me, form=form, errors=errors, status=400)
-    workspace = await accessible_workspace(gw.store, principal, form["workspaceId"][:100])
-    async with gw.store.db.write(principal.actor) as txn:
-        server, token = await gw.store.mcp_servers.create(
-            txn,
-            org_id=principal.org_id,
-            workspace_id=workspace.id,
-            name=form["name"],
-            mode=form["mode"],
-            auto_threshold=DEFAULT_AUTO_THRESHOLD,
-            end_user_id=None,
-            tool_overrides=(),
-        )
-    return await _servers_view(request, me, created=server, token=token, status=201)
-
-
-create_server = form_page(_create_server)
