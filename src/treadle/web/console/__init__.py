@@ -10,12 +10,20 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route
 
-from treadle.web.console import connection_pages, integration_pages, pages, server_pages
+from treadle.web.console import (
+    connection_pages,
+    integration_pages,
+    oidc_signin,
+    pages,
+    server_pages,
+)
 
 routes: list[BaseRoute] = [
     Route("/console", pages.home, methods=["GET"]),
     Route("/console/signin", pages.signin_form, methods=["GET"]),
     Route("/console/signin", pages.signin, methods=["POST"]),
+    Route("/console/signin/oidc/start", oidc_signin.start, methods=["GET"]),
+    Route(oidc_signin.FINISH_PATH, oidc_signin.finish, methods=["GET"]),
     Route("/console/signout", pages.signout, methods=["POST"]),
     Route("/console/static/htmx.min.js", pages.htmx, methods=["GET"]),
     Route("/console/static/console.js", pages.console_script, methods=["GET"]),

@@ -7,6 +7,7 @@ import hmac
 import json
 import secrets
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -21,11 +22,14 @@ from treadle.api.activity import activity_filter
 from treadle.api.auth import accessible_workspace
 from treadle.api.bodies import BodyTooLarge, read_bounded
 from treadle.api.context import gateway
-from treadle.clock import parse_iso, utcnow
+from treadle.auth.identity.records import IdpKind
+from treadle.auth.identity.signin import providers as identity_providers
+from treadle.clock import iso, parse_iso, utcnow
 from treadle.engine.api_keys import create_key, expiry, manageable_key, revoke_key
 from treadle.engine.installs import install
-from treadle.errors import ErrorCode, NotFound, Refusal
+from treadle.errors import ErrorCode, NotFound, Refusal, ValidationFailed
 from treadle.store.records import ConnectionStrategy
+from treadle.web.console.activity_chart import activity_chart
 from treadle.web.console.session import (
     CSRF_COOKIE,
     SESSION_COOKIE,
@@ -208,10 +212,30 @@ async def signin_form(request: Request, error: str | None = None, status: int = 
         return _back("/console/approvals")
     csrf = secrets.token_urlsafe(24)
     response = await render(
-        request, "signin.html", None, title="Sign in", csrf=csrf, error=error, status=status
+        request,
+        "signin.html",
+        None,
+        title="Sign in",
+        csrf=csrf,
+        error=error,
+        status=status,
+        providers=await _oidc_links(request),
+        idp=request.query_params.get("idp", "")[:100],
     )
     set_cookie(request, response, CSRF_COOKIE, csrf)
     return response
+
+
+async def _oidc_links(request: Request) -> list[tuple[str, str]]:
+    """(start URL, provider name) for the sign-in page's `?idp=…`, when that names an OIDC
+    provider: a link an admin shares, so the page lists no org's providers to strangers."""
+    idp_id = request.query_params.get("idp", "")
+    if not 0 < len(idp_id) <= 100:
+        return []
+    found = await identity_providers(gateway(request)).find(idp_id)
+    if found is None or found.kind is not IdpKind.OIDC:
+        return []
+    return [(f"/console/signin/oidc/start?{urlencode({'idp': found.id})}", found.name)]
 
 
 async def signin(request: Request) -> Response:
@@ -457,12 +481,36 @@ delete_integration = form_page(_delete_integration)
 # Activity ------------------------------------------------------------------------------------
 
 
+# The time range menu of the activity page: a name for "since now minus this".
+RANGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
+RANGES["30d"] = timedelta(days=30)
+_ACTIVITY_FIELDS = (
+    "workspaceId",
+    "integrationName",
+    "integrationAlias",
+    "actionName",
+    "type",
+    "status",
+    "source",
+    "since",
+    "until",
+    "range",
+    "cursor",
+)
+
+
 async def _activity(request: Request, me: SignedIn) -> Response:
-    # Empty filter fields of the form mean "any".
-    query = {k: v for k, v in request.query_params.items() if v}
-    entries, cursor = await me.gateway.store.activity.list(
-        await activity_filter(me.gateway.store, me.principal, query)
-    )
+    # Empty filter fields of the form mean "any"; unknown parameters are not carried along.
+    query = {k: v[:100] for k, v in request.query_params.items() if v and k in _ACTIVITY_FIELDS}
+    chosen = query.get("range")
+    if chosen is not None and chosen not in RANGES:
+        raise ValidationFailed("range is one of 1h, 24h, 7d, 30d", field="range")
+    asked = dict(query)
+    asked.pop("range", None)
+    if chosen is not None and "since" not in asked:
+        asked["since"] = iso(utcnow() - RANGES[chosen])
+    where = await activity_filter(me.gateway.store, me.principal, asked)
+    entries, cursor = await me.gateway.store.activity.list(where)
     next_url = None
     if cursor is not None:
         next_url = "/console/activity?" + urlencode({**query, "cursor": str(cursor)})
@@ -475,6 +523,13 @@ async def _activity(request: Request, me: SignedIn) -> Response:
         entries=entries,
         query=query,
         next_url=next_url,
+        first_url=(
+            "/console/activity?" + urlencode({k: v for k, v in query.items() if k != "cursor"})
+            if "cursor" in query
+            else None
+        ),
+        chart=await activity_chart(me.gateway.store, where),
+        ranges=list(RANGES),
         types=sorted(ACTIVITY_TYPES),
         statuses=sorted(ACTIVITY_STATUSES),
         workspaces=await _workspace_names(me),
@@ -496,7 +551,9 @@ async def _activity_detail(request: Request, me: SignedIn) -> Response:
         me,
         title="Activity record",
         section="activity",
+        entry=found,
         record=found.to_json(),
+        workspaces=await _workspace_names(me),
     )
 
 
@@ -516,6 +573,11 @@ async def _keys_view(
     status: int = 200,
 ) -> Response:
     keys = await me.gateway.store.api_keys.list(me.principal.org_id, me.principal.workspace_ids)
+    idps = [
+        p
+        for p in await identity_providers(me.gateway).list(me.principal.org_id)
+        if p.kind is IdpKind.OIDC
+    ]
     return await render(
         request,
         "keys.html",
@@ -523,6 +585,8 @@ async def _keys_view(
         title="API keys",
         section="keys",
         keys=keys,
+        idps=idps,
+        signin_url=me.gateway.settings.public_url.rstrip("/") + "/console/signin?idp=",
         token=token,
         form=form or {},
         errors=errors or {},
