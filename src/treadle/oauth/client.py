@@ -1,6 +1,7 @@
 """Calls to a provider's token endpoint: the code exchange and the refresh grant.
 
-Client authentication is `client_secret_post` (Slack, GitHub and Google all accept it). The
+Client authentication is `client_secret_post` (Slack, GitHub and Google all accept it; a
+public client registered with an upstream MCP server's authorization server sends none). The
 answer may be RFC 6749 JSON, Slack's `{"ok": false, "error": …}` or GitHub's 200 with an
 `error`; all of them come out as `TokenGrant` or `GrantRefused`. Tokens never reach a log:
 a provider's `error` is free text that may quote what it was sent (the refresh token, the
@@ -39,6 +40,9 @@ KNOWN_ERRORS = frozenset(
         "access_denied",
         "server_error",
         "temporarily_unavailable",
+        # RFC 8707 (a resource the server does not serve) and RFC 6750
+        "invalid_target",
+        "invalid_token",
         # Slack (oauth.v2.access)
         "invalid_client_id",
         "bad_client_secret",
@@ -132,6 +136,12 @@ class TokenClient:
         )
 
     async def _grant(self, app: OAuthApp, form: dict[str, str]) -> TokenGrant:
+        if app.resource is not None:
+            # RFC 8707: the token is for this resource (an upstream MCP server) only.
+            form["resource"] = app.resource
+        if not form["client_secret"]:
+            # A public client (registered with token_endpoint_auth_method "none").
+            del form["client_secret"]
         try:
             # Loopback or intranet token URLs only when an admin said so on the OAuth app.
             with allow_private_network(app.allow_private_network):

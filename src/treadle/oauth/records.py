@@ -21,6 +21,9 @@ class OAuthApp:
     allow_private_network: bool
     created_at: str
     updated_at: str
+    # The RFC 8707 resource its tokens are for (an upstream MCP server's URL), sent with the
+    # authorization, code exchange and refresh; None for the providers' own apps.
+    resource: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {

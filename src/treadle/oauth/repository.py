@@ -34,6 +34,7 @@ def _app(row: sa.Row[Any]) -> OAuthApp:
         allow_private_network=bool(row.allow_private_network),
         created_at=row.created_at,
         updated_at=row.updated_at,
+        resource=row.resource,
     )
 
 
@@ -55,6 +56,7 @@ class OAuthApps:
         token_url: str,
         api_base_url: str | None,
         allow_private_network: bool,
+        resource: str | None = None,
     ) -> tuple[OAuthApp, bool]:
         """Create or replace; a None secret keeps the stored one. Returns (app, created)."""
         table = schema.oauth_apps
@@ -75,6 +77,7 @@ class OAuthApps:
             "token_url": token_url,
             "api_base_url": api_base_url,
             "allow_private_network": allow_private_network,
+            "resource": resource,
             "updated_at": now,
         }
         if client_secret is not None:

@@ -340,6 +340,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX console_sessions_last_seen ON console_sessions (last_seen)",
         ),
     ),
+    Migration(
+        "0016_oauth_app_resource",
+        # The RFC 8707 resource an OAuth app's tokens are for: set on the clients treadle
+        # registers with an upstream MCP server's authorization server (oauth.upstream_clients).
+        ("ALTER TABLE oauth_apps ADD COLUMN resource TEXT",),
+    ),
 )
 
 _CREATE_LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -308,6 +308,7 @@ oauth_apps = sa.Table(
     sa.Column("allow_private_network", sa.Boolean, nullable=False),
     sa.Column("created_at", sa.Text, nullable=False),
     sa.Column("updated_at", sa.Text, nullable=False),
+    sa.Column("resource", sa.Text),
 )
 
 oauth_states = sa.Table(
