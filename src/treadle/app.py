@@ -98,7 +98,7 @@ class Gateway:
                 approvals=approvals,
                 oauth=oauth,
             )
-            federation = Federation(store, chosen_catalog)
+            federation = Federation(store, chosen_catalog, refresher=oauth.refresher)
             exit_stack.push_async_callback(federation.close)
             await federation.load()
         except BaseException:

@@ -46,11 +46,22 @@ class StdioTransport(Body):
 Transport = Annotated[HttpTransport | StdioTransport, Field(discriminator="type")]
 
 
+Scope = Annotated[str, StringConstraints(min_length=1, max_length=300, pattern=r"^[^\s,]+$")]
+ClientId = Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=r"^[^\s]+$")]
+ClientSecret = Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+
+
 class Auth(Body):
-    type: Literal["none", "bearer", "header"] = "none"
+    type: Literal["none", "bearer", "header", "oauth"] = "none"
     headerName: HeaderName | None = None
-    # An org-wide connection the catalog is read with (per-user calls use their own).
+    # The connection the catalog is read with (per-user calls use their own): org-wide, or
+    # for oauth any of the org's connections to this upstream (signed in at /oauth/start).
     connectionId: Identifier | None = None
+    # oauth only: the scopes to ask for (default: what the upstream's metadata names), and a
+    # client registered by hand where the authorization server has no dynamic registration.
+    scopes: Annotated[list[Scope], Field(min_length=1, max_length=50)] | None = None
+    clientId: ClientId | None = None
+    clientSecret: ClientSecret | None = None
 
 
 class CreateUpstream(Body):
@@ -80,21 +91,39 @@ async def _checked_transport(
     return {"type": "stdio", "command": transport.command, "args": list(transport.args)}
 
 
-async def _checked_auth(gw: Gateway, org_id: str, auth: Auth) -> dict[str, Any]:
+async def _checked_auth(
+    gw: Gateway, org_id: str, auth: Auth, transport: dict[str, Any]
+) -> dict[str, Any]:
     if auth.type != "header" and auth.headerName is not None:
         raise ValidationFailed("headerName is only for auth type header", field="auth.headerName")
     if auth.type == "none" and auth.connectionId is not None:
         raise ValidationFailed("auth type none takes no connection", field="auth.connectionId")
+    for name in ("scopes", "clientId", "clientSecret"):
+        if auth.type != "oauth" and getattr(auth, name) is not None:
+            raise ValidationFailed(f"{name} is only for auth type oauth", field=f"auth.{name}")
+    if auth.type == "oauth" and transport.get("type") == "stdio":
+        raise ValidationFailed(
+            "auth type oauth needs a streamable_http transport", field="auth.type"
+        )
+    if auth.clientSecret is not None and auth.clientId is None:
+        raise ValidationFailed("clientSecret needs its clientId", field="auth.clientSecret")
     if auth.connectionId is not None:
         found = await gw.store.connections.find(
             org_id, workspace_id="", connection_id=auth.connectionId
         )
+        if not found and auth.type == "oauth":
+            one_of_org = await gw.store.connections.get(org_id, auth.connectionId)
+            found = [] if one_of_org is None else [one_of_org]
         if not found:
             raise ValidationFailed(
                 "connectionId must name an org-wide connection of this org",
                 field="auth.connectionId",
             )
-    return auth.model_dump(exclude_none=True)
+    stored = auth.model_dump(exclude_none=True, exclude={"clientSecret"})
+    if auth.clientSecret is not None:
+        # Sealed like every secret; the record's answers only say that one is set.
+        stored["clientSecretSealed"] = gw.vault.seal({"clientSecret": auth.clientSecret})
+    return stored
 
 
 @operation(
@@ -114,7 +143,7 @@ async def create_upstream(request: Request) -> Response:
             field="name",
         )
     transport = await _checked_transport(body.transport, body.allowPrivateNetwork)
-    auth = await _checked_auth(gw, principal.org_id, body.auth)
+    auth = await _checked_auth(gw, principal.org_id, body.auth, transport)
     async with gw.store.db.write(principal.actor) as txn:
         created = await gw.federation.records.create(
             txn,
@@ -191,7 +220,9 @@ async def update_upstream(request: Request) -> Response:
     if "auth" in given:
         if body.auth is None:
             raise ValidationFailed("auth cannot be null", field="auth")
-        changes["auth"] = await _checked_auth(gw, principal.org_id, body.auth)
+        changes["auth"] = await _checked_auth(
+            gw, principal.org_id, body.auth, changes.get("transport", current.transport)
+        )
     async with gw.store.db.write(actor) as txn:
         updated = await gw.federation.records.update(txn, current, changes)
     gw.federation.apply(updated)

@@ -8,9 +8,10 @@ import httpx2
 
 from treadle.oauth.client import TokenClient
 from treadle.oauth.connect_links import ConnectLinks
-from treadle.oauth.flow import OAuthFlow
+from treadle.oauth.flow import CALLBACK_PATH, OAuthFlow
 from treadle.oauth.refresh import TokenRefresher
 from treadle.oauth.repository import OAuthApps, OAuthStates
+from treadle.oauth.upstream_clients import UpstreamClients
 from treadle.store import Store
 from treadle.vault import Vault
 
@@ -24,6 +25,8 @@ class OAuth:
     links: ConnectLinks
     flow: OAuthFlow
     refresher: TokenRefresher
+    # treadle as an OAuth client of upstream MCP servers (discovery, registration).
+    upstreams: UpstreamClients
 
     @classmethod
     def assemble(
@@ -33,12 +36,15 @@ class OAuth:
         states = OAuthStates(store.db, vault)
         tokens = TokenClient(http)
         links = ConnectLinks(vault.derive("treadle connect links"), public_url, store)
+        callback = f"{public_url.rstrip('/')}{CALLBACK_PATH}"
+        upstreams = UpstreamClients(store, apps, vault, http, callback)
         return cls(
             apps,
             states,
             links,
-            OAuthFlow(store, apps, states, tokens, public_url),
+            OAuthFlow(store, apps, states, tokens, public_url, upstreams),
             TokenRefresher(store, apps, tokens, links),
+            upstreams,
         )
 
 

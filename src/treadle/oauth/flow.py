@@ -17,6 +17,7 @@ from treadle.errors import ErrorCode, Refusal, TreadleError
 from treadle.oauth.client import GrantRefused, TokenClient, challenge_for, new_verifier
 from treadle.oauth.providers import defaults_for
 from treadle.oauth.repository import OAuthApps, OAuthStates, StateProblem
+from treadle.oauth.upstream_clients import UpstreamClients
 from treadle.store import Store
 from treadle.store.records import Connection, EndUser
 
@@ -55,8 +56,10 @@ class OAuthFlow:
         states: OAuthStates,
         tokens: TokenClient,
         public_url: str,
+        upstreams: UpstreamClients | None = None,
     ) -> None:
         self._store = store
+        self._upstreams = upstreams
         self._apps = apps
         self._states = states
         self._tokens = tokens
@@ -94,7 +97,12 @@ class OAuthFlow:
         actor: str,
     ) -> str:
         """Records a state and returns the provider's authorize URL to send the person to."""
-        app = await self._apps.get(org_id, integration_name)
+        app = None
+        if self._upstreams is not None:
+            # An OAuth upstream MCP server: its client is discovered and registered first.
+            app = await self._upstreams.app_for(org_id, integration_name, actor)
+        if app is None:
+            app = await self._apps.get(org_id, integration_name)
         if app is None:
             raise Refusal(
                 ErrorCode.NOT_FOUND,
@@ -130,6 +138,8 @@ class OAuthFlow:
         }
         if app.scopes:
             params["scope"] = separator.join(app.scopes)
+        if app.resource is not None:
+            params["resource"] = app.resource
         if defaults is not None:
             params.update(defaults.extra_authorize_params)
         joiner = "&" if urlsplit(app.authorize_url).query else "?"

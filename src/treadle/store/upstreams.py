@@ -61,8 +61,9 @@ class Upstream:
     # {"type": "streamable_http", "url": ...} or {"type": "stdio", "command": ..., "args": [...]}
     transport: dict[str, Any]
     allow_private_network: bool
-    # {"type": "none"} | {"type": "bearer"} | {"type": "header", "headerName": ...}, plus an
-    # optional "connectionId": the connection the catalog is read with.
+    # {"type": "none"} | {"type": "bearer"} | {"type": "header", "headerName": ...} |
+    # {"type": "oauth", "scopes"?: [...], "clientId"?: ..., "clientSecretSealed"?: ...}, plus
+    # an optional "connectionId": the connection the catalog is read with.
     auth: dict[str, Any]
     # {"tools": [...], "prompts": [...], "resources": [...], "resourceTemplates": [...]}, in
     # MCP's wire shapes; {} until first read.
@@ -85,12 +86,20 @@ class Upstream:
             "description": self.description,
             "transport": self.transport,
             "allowPrivateNetwork": self.allow_private_network,
-            "auth": self.auth,
+            "auth": public_auth(self.auth),
             "health": {**self.health.to_json(), "toolCount": len(self.tools)},
             "tools": [tool.get("name") for tool in self.tools],
             "createdAt": self.created_at,
             "updatedAt": self.updated_at,
         }
+
+
+def public_auth(auth: dict[str, Any]) -> dict[str, Any]:
+    """The record's auth as answers show it: a sealed client secret only as `clientSecretSet`."""
+    shown = {k: v for k, v in auth.items() if k != "clientSecretSealed"}
+    if "clientSecretSealed" in auth:
+        shown["clientSecretSet"] = True
+    return shown
 
 
 def _upstream(row: sa.Row[Any]) -> Upstream:

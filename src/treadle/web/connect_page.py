@@ -2,8 +2,9 @@
 
 The signed link (`POST /api/v1/end-users/{id}/connect-token`) names one end user of one
 workspace and expires after 30 minutes. The page lists the workspace's integrations that use
-per-user connections; each gets an OAuth button (when the org configured an OAuth app for it)
-and, for API-key and bearer integrations, a key form. Forms carry a double-submit CSRF cookie
+per-user connections; each gets an OAuth button (when the org configured an OAuth app for it,
+or "Sign in to …" for an upstream MCP server that signs in with OAuth) and, for API-key and
+bearer integrations, a key form. Forms carry a double-submit CSRF cookie
 (SameSite=Strict) and are checked against the Origin. Pages are never cached or framed and
 send no referrer (the URL carries the token).
 """
@@ -22,6 +23,7 @@ from treadle.app import Gateway
 from treadle.catalog.model import AuthKind
 from treadle.errors import Refusal
 from treadle.oauth.connect_links import ConnectClaims
+from treadle.oauth.upstream_clients import SignInUnavailable, is_oauth
 from treadle.store.records import ConnectionStrategy, EndUser, WorkspaceIntegration
 from treadle.web.layout import render_page, security_headers, verified_form
 
@@ -121,7 +123,15 @@ async def _section(
         f'<input type=hidden name=integration value="{html.escape(configured.id)}">'
     )
     forms = []
-    if await gateway.oauth.apps.get(claims.org_id, integration.name) is not None:
+    upstream = gateway.federation.named(claims.org_id, integration.name)
+    if upstream is not None and is_oauth(upstream):
+        # Its OAuth client is discovered and registered when the button is first pressed.
+        forms.append(
+            f"<form method=post action=/connect/oauth>{hidden}"
+            f"<button type=submit class=oauth>Sign in to {html.escape(integration.display_name)}"
+            "</button></form>"
+        )
+    elif await gateway.oauth.apps.get(claims.org_id, integration.name) is not None:
         forms.append(
             f"<form method=post action=/connect/oauth>{hidden}"
             f"<button type=submit class=oauth>Connect with {html.escape(integration.display_name)}"
@@ -238,6 +248,10 @@ async def start_oauth(request: Request) -> Response:
             display_name=None,
             redirect_to=None,
             actor=f"end_user:{user.id}",
+        )
+    except SignInUnavailable:
+        return _refused(
+            "Signing in to this server is not possible right now. Try again later.", 502
         )
     except Refusal:
         return _refused("This integration cannot be connected with OAuth here.", 400)

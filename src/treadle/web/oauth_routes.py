@@ -44,7 +44,8 @@ async def start(request: Request) -> Response:
         workspace_id = _param(request, "workspaceId", required=True) or ""
         integration_name = _param(request, "integrationName", required=True) or ""
         workspace = await accessible_workspace(gateway.store, principal, workspace_id)
-        if gateway.catalog.get(integration_name) is None:
+        # The org's own integrations (upstream MCP servers) too.
+        if gateway.catalog.get(integration_name, principal.org_id) is None:
             raise NotFound("Integration")
         end_user = None
         external_user = _param(request, "endUserId")

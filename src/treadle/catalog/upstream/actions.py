@@ -34,7 +34,12 @@ log = logging.getLogger(__name__)
 # upstream lists can be named in allowedActions, partials and policies.
 _ACTION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 
-AUTH_KINDS = {"none": AuthKind.NONE, "bearer": AuthKind.BEARER, "header": AuthKind.API_KEY}
+AUTH_KINDS = {
+    "none": AuthKind.NONE,
+    "bearer": AuthKind.BEARER,
+    "header": AuthKind.API_KEY,
+    "oauth": AuthKind.OAUTH2,
+}
 
 CallFn = Callable[[str, str, ActionContext, JSONObject], Awaitable[ToolContent]]
 

@@ -60,6 +60,7 @@ from treadle.errors import (
     ValidationFailed,
 )
 from treadle.net.guard import BlockedDestination
+from treadle.oauth.refresh import TokenRefresher
 from treadle.store import ChangeEvent, Store
 from treadle.store.upstreams import Upstream, UpstreamHealth, Upstreams
 
@@ -81,8 +82,11 @@ class Federation:
         *,
         refresh_seconds: float = 300.0,
         poll_seconds: float = 0.5,
+        refresher: TokenRefresher | None = None,
     ) -> None:
         self.records = Upstreams(store.db)
+        # Keeps an OAuth catalog connection's token fresh (calls get theirs from the pipeline).
+        self.refresher = refresher
         self._store = store
         self._catalog = catalog
         self._refresh_seconds = refresh_seconds
@@ -159,8 +163,7 @@ class Federation:
         """Read the upstream's lists now and store them; the record as it is afterwards.
         A failure is recorded in its health (the catalog keeps the last good lists)."""
         try:
-            target = await self._catalog_target(upstream)
-            live = await self._open(target, watch=upstream)
+            live = await self._open_catalog(upstream)
             catalog = await _read_catalog(live)
         except Exception as error:
             health = UpstreamHealth(
@@ -235,17 +238,39 @@ class Federation:
         except Exception as error:
             log.info("upstream %s: change stream ended (%s)", upstream_id, describe(error))
 
-    async def _catalog_target(self, upstream: Upstream) -> Target:
+    async def _catalog_credentials(self, upstream: Upstream) -> ConnectionCredentials | None:
         connection_id = upstream.auth.get("connectionId")
-        credentials = None
-        if isinstance(connection_id, str):
-            found = await self._store.connections.find(
-                upstream.org_id, workspace_id="", connection_id=connection_id, with_secret=True
-            )
-            if not found:
-                raise ValidationFailed("The upstream's catalog connection no longer exists")
-            credentials = await self._store.connections.credentials(found[0])
-        return target_for(upstream, credentials)
+        if not isinstance(connection_id, str):
+            return None
+        found = await self._store.connections.find(
+            upstream.org_id, workspace_id="", connection_id=connection_id, with_secret=True
+        )
+        if not found and upstream.auth.get("type") == "oauth":
+            # Signed in through /oauth/start, which makes a workspace's connection.
+            one = await self._store.connections.get(upstream.org_id, connection_id)
+            found = [] if one is None else [one]
+        if not found:
+            raise ValidationFailed("The upstream's catalog connection no longer exists")
+        credentials = await self._store.connections.credentials(found[0])
+        if self.refresher is not None:
+            # An OAuth token about to expire is refreshed first, once across replicas.
+            credentials = await self.refresher.before_run(found[0], credentials)
+        return credentials
+
+    async def _open_catalog(self, upstream: Upstream) -> Live:
+        credentials = await self._catalog_credentials(upstream)
+        try:
+            return await self._open(target_for(upstream, credentials), watch=upstream)
+        except Unreachable as failure:
+            refresher = self.refresher
+            if not failure.auth_refused or refresher is None:
+                raise
+            if not refresher.can_refresh(credentials):
+                raise
+            assert credentials is not None
+            # The upstream refused an OAuth token it had accepted: refresh it, try once more.
+            fresh = await refresher.after_rejection(credentials)
+            return await self._open(target_for(upstream, fresh), watch=upstream)
 
     async def _open(self, target: Target, watch: Upstream | None = None) -> Live:
         async def on_message(message: Any) -> None:

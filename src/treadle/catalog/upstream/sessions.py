@@ -231,12 +231,16 @@ class SessionPool:
                 live.on_message = on_message
             return live
         if live is None or live.closed:
+            opened = False
             async with self._opening:
                 live = self._live.get(key)
                 if live is None or live.closed:
                     live = Live(target, on_message)
                     self._live[key] = live
                     live.start()
+                    opened = True
+            if opened:
+                await self._drop_superseded(target)
         if on_message is not None:
             live.on_message = on_message  # a catalog session's watch, on a shared one
         try:
@@ -254,6 +258,21 @@ class SessionPool:
         if self._live.get(live.target.key) is live:
             del self._live[live.target.key]
         await live.close()
+
+    async def _drop_superseded(self, target: Target) -> None:
+        """A connection's rotated secret (a refreshed OAuth token) keys a new session; the
+        old one's token is dead, so it goes, unless a call on it is still running."""
+        if target.connection_id is None:
+            return
+        for live in [
+            v
+            for v in self._live.values()
+            if v.target.key != target.key
+            and v.target.upstream_id == target.upstream_id
+            and v.target.connection_id == target.connection_id
+            and not v.in_flight
+        ]:
+            await self.drop(live)
 
     async def drop_upstream(self, upstream_id: str) -> None:
         """Close every session of an upstream (deleted, or its transport changed)."""
