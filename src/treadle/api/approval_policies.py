@@ -155,7 +155,18 @@ def _columns(body: PolicyFields, fields: set[str]) -> dict[str, Any]:
 )
 async def create_policy(request: Request) -> Response:
     gw, principal = await caller(request)
-    body = await read_body(request, CreatePolicy)
+    policy, secret = await new_policy(gw, principal, await read_body(request, CreatePolicy))
+    payload: dict[str, Any] = {"policy": policy.to_json()}
+    if secret is not None:
+        payload["webhookSecret"] = secret
+    return ok(payload, status=201)
+
+
+async def new_policy(
+    gw: Gateway, principal: Principal, body: CreatePolicy
+) -> tuple[ApprovalPolicy, str | None]:
+    """Create the policy `body` describes, and its webhook secret if it notifies one (for
+    every face: REST and the console)."""
     if body.workspaceId is None:
         principal.check_org_wide()
     else:
@@ -170,10 +181,7 @@ async def create_policy(request: Request) -> Response:
             webhook_secret=secret,
             **values,
         )
-    payload: dict[str, Any] = {"policy": policy.to_json()}
-    if secret is not None:
-        payload["webhookSecret"] = secret
-    return ok(payload, status=201)
+    return policy, secret
 
 
 @operation(
@@ -217,6 +225,19 @@ async def update_policy(request: Request) -> Response:
     gw, principal, current = await _policy(request)
     principal.check_scope(current.workspace_id)
     body = await read_body(request, UpdatePolicy)
+    updated, secret = await changed_policy(gw, principal, current, body)
+    payload: dict[str, Any] = {"policy": updated.to_json()}
+    if secret is not None:
+        payload["webhookSecret"] = secret
+    return ok(payload)
+
+
+async def changed_policy(
+    gw: Gateway, principal: Principal, current: ApprovalPolicy, body: UpdatePolicy
+) -> tuple[ApprovalPolicy, str | None]:
+    """Apply `body`'s fields to `current`; a first webhook URL gets a new secret (for every
+    face: REST and the console)."""
+    principal.check_scope(current.workspace_id)
     if not body.model_fields_set:
         raise Refusal(ErrorCode.NO_UPDATES, "No fields provided to update")
     changes = _columns(body, body.model_fields_set)
@@ -225,10 +246,7 @@ async def update_policy(request: Request) -> Response:
         secret = changes["webhook_secret"] = f"whsec_{secrets.token_urlsafe(24)}"
     async with gw.store.db.write(principal.actor) as txn:
         updated = await gw.store.approval_policies.update(txn, current, changes)
-    payload: dict[str, Any] = {"policy": updated.to_json()}
-    if secret is not None:
-        payload["webhookSecret"] = secret
-    return ok(payload)
+    return updated, secret
 
 
 @operation("Delete an approval policy", responses={200: Deleted})

@@ -43,6 +43,26 @@ class UpdateWorkspaceIntegration(Body):
     integrationAlias: Slug | None = None
 
 
+def reconfiguration(body: UpdateWorkspaceIntegration) -> Reconfiguration:
+    """The engine's change for a PATCH body: the fields it names, null included."""
+    named = {
+        "connectionStrategy": "strategy",
+        "connectionId": "connection_id",
+        "allowedActions": "allowed",
+        "settings": "settings",
+        "integrationAlias": "alias",
+    }
+    strategy = body.connectionStrategy
+    return Reconfiguration(
+        given=frozenset(named[f] for f in body.model_fields_set),
+        strategy=None if strategy is None else ConnectionStrategy(strategy),
+        connection_id=body.connectionId,
+        allowed=body.allowedActions,
+        settings=body.settings,
+        alias=body.integrationAlias,
+    )
+
+
 async def _workspace(request: Request) -> tuple[Gateway, Principal, Workspace]:
     gw, principal = await caller(request)
     workspace_id = path_param(request, "workspace_id", "Workspace")
@@ -114,23 +134,7 @@ async def update_workspace_integration(request: Request) -> Response:
     gw, principal, workspace = await _workspace(request)
     current = await _configured(gw, principal, workspace, request)
     body = await read_body(request, UpdateWorkspaceIntegration)
-    named = {
-        "connectionStrategy": "strategy",
-        "connectionId": "connection_id",
-        "allowedActions": "allowed",
-        "settings": "settings",
-        "integrationAlias": "alias",
-    }
-    change = Reconfiguration(
-        given=frozenset(named[f] for f in body.model_fields_set),
-        strategy=None
-        if body.connectionStrategy is None
-        else ConnectionStrategy(body.connectionStrategy),
-        connection_id=body.connectionId,
-        allowed=body.allowedActions,
-        settings=body.settings,
-        alias=body.integrationAlias,
-    )
+    change = reconfiguration(body)
     updated = await reconfigure(gw.store, gw.catalog, principal.actor, workspace, current, change)
     return ok({"integration": updated.to_json()})
 
