@@ -18,9 +18,12 @@ from urllib.parse import parse_qs, urlsplit
 import anyio
 import httpx2
 import pytest
+from mcp import Client
 
 from emulators.oauth_stage import local, start
 from treadle.app import Gateway
+from treadle.mcp.binds import bind_server
+from treadle.mcp.runtime import McpRuntime
 from treadle.settings import Settings
 from upstream_oauth import Protected, protected_upstream
 
@@ -340,3 +343,30 @@ async def test_oauth_fields_belong_to_auth_type_oauth_only(api: Api, protected: 
         assert refused.json()["error"] == "VALIDATION_ERROR"
         assert refused.json()["field"] == field
     assert (await api.get("/upstreams")).json()["total"] == 0
+
+
+async def test_over_mcp_the_connect_link_comes_first_and_the_signed_in_token_after(
+    api: Api, protected: Protected
+) -> None:
+    browser = Browser(api)
+    await signed_in_catalog(api, browser, protected)
+    await api.configure("fixture", integrationAlias="fx", connectionStrategy="per_user")
+    await api.post("/end-users", {"workspaceId": api.workspace_id, "externalId": "carol"})
+    server = await api.post("/mcp/servers", {"workspaceId": api.workspace_id, "name": "s"})
+    assert server.status_code == 201, server.text
+    binding = await bind_server(api.gateway.store, server.json()["server"]["id"], "carol")
+    face = McpRuntime(api.gateway).bound_face(binding).server
+
+    async with Client(face, mode="legacy") as client:
+        listed = [tool.name for tool in (await client.list_tools()).tools]
+        assert "fx__whoami" in listed
+        refused = await client.call_tool("fx__whoami", {})
+        assert refused.is_error
+        assert refused.structured_content is not None
+        assert refused.structured_content["error"] == "CONNECTION_REQUIRED"
+        link = refused.structured_content["connectUrl"]
+        await browser.connect(link, "carol", "Sign in to Fixture server")
+        ran = await client.call_tool("fx__whoami", {})
+
+    assert not ran.is_error, ran
+    assert [protected.auth.subject_of(s) for s in protected.upstream.seen] == ["carol"]
