@@ -9,8 +9,9 @@ NOT_FOUND, SCOPE_DENIED) is the same here, shown beside the field it names.
 
 from __future__ import annotations
 
+import re
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -39,6 +40,14 @@ from treadle.web.console.session import SignedIn
 SECRET_NAMES = {"api_key": "apiKey", "bearer": "token"}
 TYPES = ("api_key", "bearer", "basic", "custom")
 _MAX_FIELD = 16384
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?")
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    # Only what a CSP source may hold: nothing of a URL could add a directive.
+    return origin if _ORIGIN.fullmatch(origin) else ""
 
 
 def status_label(connection: Connection) -> str:
@@ -73,6 +82,7 @@ async def _view(
         connections=connections,
         end_users=users,
         oauth_integrations=sorted(a.integration_name for a in apps),
+        form_origins=tuple(sorted({_origin(a.authorize_url) for a in apps} - {""})),
         integrations=[c.name for c in catalog],
         types=TYPES,
         status_label=status_label,

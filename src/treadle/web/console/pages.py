@@ -98,8 +98,11 @@ async def render(
     title: str,
     section: str = "",
     status: int = 200,
+    form_origins: tuple[str, ...] = (),
     **values: Any,
 ) -> Response:
+    """`form_origins`: where a form's answer may redirect besides here (Chrome applies the
+    CSP's form-action to the redirect after a submission, e.g. to an OAuth provider)."""
     page = _TEMPLATES.get_template(template).render(
         title=title,
         section=section,
@@ -113,7 +116,13 @@ async def render(
         form=values.pop("form", {}),
         **values,
     )
-    return Response(page, status_code=status, media_type="text/html", headers=HEADERS)
+    headers = HEADERS
+    if form_origins:
+        policy = HEADERS["Content-Security-Policy"].replace(
+            "form-action 'self'", "form-action 'self' " + " ".join(form_origins)
+        )
+        headers = {**HEADERS, "Content-Security-Policy": policy}
+    return Response(page, status_code=status, media_type="text/html", headers=headers)
 
 
 def _to_signin() -> Response:
@@ -496,6 +505,7 @@ _ACTIVITY_FIELDS = (
     "until",
     "range",
     "cursor",
+    "limit",
 )
 
 
