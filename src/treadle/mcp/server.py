@@ -63,6 +63,7 @@ from treadle.mcp.approval_pause import ApprovalPause
 from treadle.mcp.binding import Binding
 from treadle.mcp.discovery import SearchIndexes
 from treadle.mcp.discovery_tools import META_NAMES
+from treadle.mcp.resource_relay import StreamTap
 from treadle.mcp.results import to_result
 from treadle.mcp.resync import ResyncHub, listening
 from treadle.mcp.toolset import Current, ToolSet, ToolsetCache, ToolTarget
@@ -294,7 +295,8 @@ class McpFace:
         self._page_size = page_size
         self._page_bytes = page_bytes
         self._progress_seconds = progress_seconds
-        self._listen = ListenHandler(hub.bus)
+        # Tapped: a listen stream's resource subscriptions reach that stream only.
+        self._listen = ListenHandler(StreamTap(hub.bus))
         # Upstream MCP servers' prompts and resources (their capabilities per server).
         self._content = (
             ContentFace(content, resolve, self._snapshot) if content is not None else None
@@ -331,7 +333,14 @@ class McpFace:
             get_tool_input_schema=schema_lookup,
             # 2026-07-28 clients may reuse a list for a while; a list_changed event evicts it.
             # Private: lists are per server and per principal.
-            cache_hints={"tools/list": CacheHint(ttl_ms=LIST_TTL_MS, scope="private")},
+            cache_hints={
+                "tools/list": CacheHint(ttl_ms=LIST_TTL_MS, scope="private"),
+                "prompts/list": CacheHint(ttl_ms=LIST_TTL_MS, scope="private"),
+                "resources/list": CacheHint(ttl_ms=LIST_TTL_MS, scope="private"),
+                "resources/templates/list": CacheHint(ttl_ms=LIST_TTL_MS, scope="private"),
+                # A resource's contents may change at any moment (subscribers hear of it).
+                "resources/read": CacheHint(ttl_ms=0, scope="private"),
+            },
             on_set_logging_level=self.set_logging_level,
             **(self._content.handlers() if self._content is not None else {}),
         )
@@ -522,6 +531,8 @@ class McpFace:
         await self._hub.remember(binding)
         token = listening.set(binding)
         try:
+            if self._content is not None:
+                return await self._content.listen(ctx, params, binding, self._listen)
             return await self._listen(ctx, params)
         finally:
             listening.reset(token)

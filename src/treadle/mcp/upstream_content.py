@@ -5,8 +5,9 @@ every MCP server record, so the handlers are registered whenever federation is o
 `declare_capabilities` (a middleware on `initialize` and `server/discover`) takes out
 `prompts`, `resources` and `completions` for a server whose workspace offers none of them.
 A change in an upstream's prompts or resources reaches the clients of every server of its
-org as `prompts/list_changed` and `resources/list_changed` (`ContentRelay`); resource
-subscriptions are not relayed (yet), so `subscribe` is declared false.
+org as `prompts/list_changed` and `resources/list_changed` (`ContentRelay`). Resource
+subscriptions are relayed to the upstream owning the resource (`mcp.resource_relay`), and
+`subscribe` is declared only when an upstream offering resources takes them.
 """
 
 from __future__ import annotations
@@ -37,11 +38,14 @@ from mcp.types import (
     ReadResourceResult,
     Resource,
     ResourceTemplate,
+    SubscriptionsListenRequestParams,
+    SubscriptionsListenResult,
 )
 
 from treadle.catalog.upstream.content import Caller, Offer, UnknownContent, UpstreamContent
 from treadle.errors import ActionRuntimeError, ConnectionCredentialsError, ErrorCode, Refusal
 from treadle.mcp.binding import Binding
+from treadle.mcp.resource_relay import Listen, ResourceRelay
 from treadle.mcp.resync import ResyncHub
 from treadle.store.config_cache import ConfigSnapshot
 
@@ -57,6 +61,7 @@ class ContentFace:
         self._content = content
         self._resolve = resolve
         self._snapshot = snapshot
+        self.relay = ResourceRelay(content, self._offer, _translated)
 
     def handlers(self) -> dict[str, Any]:
         """The `Server(...)` keyword arguments of these handlers."""
@@ -67,7 +72,18 @@ class ContentFace:
             "on_list_resource_templates": self.list_templates,
             "on_read_resource": self.read_resource,
             "on_completion": self.complete,
+            "on_subscribe_resource": self.relay.subscribe,
+            "on_unsubscribe_resource": self.relay.unsubscribe,
         }
+
+    async def listen(
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        params: SubscriptionsListenRequestParams,
+        binding: Binding,
+        inner: Listen,
+    ) -> SubscriptionsListenResult:
+        return await self.relay.listen(ctx, params, binding, inner)
 
     async def _offer(self, ctx: ServerRequestContext[Any, Any]) -> tuple[Binding, Offer]:
         binding = await self._resolve(ctx)
@@ -117,7 +133,9 @@ class ContentFace:
         result: ReadResourceResult = await _translated(
             self._content.read_resource(_caller(binding), offer, params.uri), RESOURCE_NOT_FOUND
         )
-        return result
+        # treadle's own cache hints, not the upstream's: what a read answers depends on the
+        # caller's connection, which the upstream cannot know.
+        return ReadResourceResult(contents=result.contents, _meta=result.meta)
 
     async def complete(
         self, ctx: ServerRequestContext[Any, Any], params: CompleteRequestParams
@@ -151,7 +169,7 @@ class ContentFace:
         else:
             capabilities.pop("prompts", None)
         if offer.has_resources:
-            capabilities["resources"] = {"listChanged": True, "subscribe": False}
+            capabilities["resources"] = {"listChanged": True, "subscribe": offer.subscribe}
         else:
             capabilities.pop("resources", None)
         if not offer.completions:

@@ -43,6 +43,14 @@ AUTH_KINDS = {
 
 CallFn = Callable[[str, str, ActionContext, JSONObject], Awaitable[ToolContent]]
 
+# A workspace integration of an upstream: how its prompts and resources are named
+# (catalog/upstream/content.py); other keys are kept as given, as before.
+SETTINGS_SCHEMA: JSONObject = {
+    "type": "object",
+    "properties": {"contentNames": {"enum": ["namespaced", "upstream"]}},
+    "additionalProperties": True,
+}
+
 
 def integration_for(upstream: Upstream, call: CallFn) -> Integration:
     actions: list[Action] = []
@@ -60,6 +68,7 @@ def integration_for(upstream: Upstream, call: CallFn) -> Integration:
         description=upstream.description or f"Tools of the MCP server '{upstream.display_name}'",
         auth_kind=AUTH_KINDS.get(str(upstream.auth.get("type")), AuthKind.NONE),
         actions=tuple(actions),
+        settings_schema=SETTINGS_SCHEMA,
     )
 
 

@@ -419,6 +419,10 @@ async def _read_catalog(live: Live) -> dict[str, Any]:
             client.list_resource_templates, "resource_templates"
         )
     catalog["completions"] = capabilities.completions is not None
+    # Whether treadle may relay subscriptions to its resources (mcp/resource_relay.py).
+    catalog["subscribe"] = capabilities.resources is not None and (
+        capabilities.resources.subscribe is True
+    )
     return catalog
 
 

@@ -1,0 +1,153 @@
+"""Subscriptions to an upstream's resources, shared by every treadle client that asks.
+
+One upstream subscription per (pooled session, upstream URI), however many of treadle's
+clients subscribe to it: the first subscriber opens it, the last one leaving closes it, and
+every update fans out to all of them. How it is opened follows the era the session speaks:
+`resources/subscribe` (and `notifications/resources/updated` on the session) in the
+handshake era, a `subscriptions/listen` stream naming the URI on 2026-07-28.
+
+A subscription lives as long as the session it was made on: when the upstream restarts,
+its updates stop until the URI is subscribed to again (the next subscriber opens it on the
+fresh session).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import warnings
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from mcp.shared.exceptions import MCPDeprecationWarning
+from mcp.shared.subscriptions import ResourceUpdated
+from mcp.types import ResourceUpdatedNotification
+from mcp.types.version import MODERN_PROTOCOL_VERSIONS
+
+from treadle.catalog.upstream.sessions import Live, describe
+
+log = logging.getLogger(__name__)
+
+Deliver = Callable[[], Awaitable[None]]
+Cancel = Callable[[], Awaitable[None]]
+
+# An upstream that does not answer a subscribe or unsubscribe in this long is given up on.
+ANSWER_SECONDS = 10.0
+
+
+@dataclass(slots=True)
+class _Watch:
+    live: Live
+    uri: str
+    subscribers: dict[object, Deliver] = field(default_factory=dict)
+    listening: asyncio.Task[None] | None = None
+
+    async def fan_out(self) -> None:
+        for deliver in list(self.subscribers.values()):
+            with suppress(Exception):  # a subscriber whose client just went away
+                await deliver()
+
+    async def on_message(self, message: Any) -> None:
+        if isinstance(message, ResourceUpdatedNotification) and message.params.uri == self.uri:
+            await self.fan_out()
+
+
+class ResourceWatches:
+    def __init__(self) -> None:
+        self._watches: dict[tuple[str, str], _Watch] = {}
+        self._lock = asyncio.Lock()
+
+    async def watch(self, live: Live, uri: str, deliver: Deliver) -> Cancel:
+        """Call `deliver` on every update of the upstream's `uri` until the returned
+        callable is awaited. The upstream's refusal (an MCPError) propagates."""
+        key = (live.target.key, uri)
+        token = object()
+        async with self._lock:
+            watch = self._watches.get(key)
+            if watch is not None and (watch.live is not live or watch.live.closed):
+                del self._watches[key]  # made on a session that has since been replaced
+                await _end(watch)
+                watch = None
+            if watch is None:
+                watch = _Watch(live, uri)
+                await _start(watch)
+                self._watches[key] = watch
+            watch.subscribers[token] = deliver
+
+        async def cancel() -> None:
+            async with self._lock:
+                watch.subscribers.pop(token, None)
+                if watch.subscribers or self._watches.get(key) is not watch:
+                    return
+                del self._watches[key]
+                await _end(watch)
+
+        return cancel
+
+    def __len__(self) -> int:
+        return len(self._watches)
+
+
+async def _start(watch: _Watch) -> None:
+    client = watch.live.client
+    assert client is not None
+    if client.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        acknowledged = asyncio.Event()
+        watch.listening = asyncio.get_running_loop().create_task(_listen(watch, acknowledged))
+        done = asyncio.ensure_future(acknowledged.wait())
+        try:
+            await asyncio.wait(
+                {done, watch.listening}, timeout=ANSWER_SECONDS, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            done.cancel()
+        if not acknowledged.is_set():
+            listening = watch.listening
+            listening.cancel()
+            with suppress(BaseException):
+                await listening
+            error = None if listening.cancelled() else listening.exception()
+            raise error or TimeoutError("the upstream did not acknowledge the subscription")
+        return
+    with anyio.fail_after(ANSWER_SECONDS), warnings.catch_warnings():
+        warnings.simplefilter("ignore", MCPDeprecationWarning)
+        await client.subscribe_resource(watch.uri)
+    watch.live.watchers.append(watch.on_message)
+
+
+async def _listen(watch: _Watch, acknowledged: asyncio.Event) -> None:
+    client = watch.live.client
+    assert client is not None
+    try:
+        async with client.listen(resource_subscriptions=[watch.uri]) as events:
+            acknowledged.set()
+            async for event in events:
+                if isinstance(event, ResourceUpdated) and event.uri == watch.uri:
+                    await watch.fan_out()
+    except Exception as error:
+        if not acknowledged.is_set():
+            raise
+        log.info("upstream resource stream for %s ended (%s)", watch.uri, describe(error))
+
+
+async def _end(watch: _Watch) -> None:
+    if watch.listening is not None:
+        watch.listening.cancel()
+        with suppress(BaseException):
+            await watch.listening
+        return
+    with suppress(ValueError):
+        watch.live.watchers.remove(watch.on_message)
+    client = watch.live.client
+    if client is None or not watch.live.open:
+        return
+    with (
+        suppress(Exception),
+        anyio.move_on_after(ANSWER_SECONDS),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore", MCPDeprecationWarning)
+        await client.unsubscribe_resource(watch.uri)
