@@ -125,6 +125,20 @@ class Stack:
             response = rest.post(f"/api/v1/workspaces/{self.workspace_id}/integrations", json=body)
         assert response.status_code == 201, response.text
 
+    def register_upstream(self, name: str, url: str) -> dict[str, Any]:
+        """An upstream MCP server on loopback, registered and read (its record)."""
+        body = {
+            "name": name,
+            "transport": {"type": "streamable_http", "url": url},
+            "allowPrivateNetwork": True,
+        }
+        with self.rest() as rest:
+            response = rest.post("/api/v1/upstreams", json=body)
+        assert response.status_code == 201, response.text
+        record: dict[str, Any] = response.json()["upstream"]
+        assert record["health"]["connected"] is True, record["health"]
+        return record
+
     def create_server(self, name: str, **fields: Any) -> tuple[str, str]:
         """An MCP server record: (its id, its bearer token)."""
         with self.rest() as rest:
@@ -135,6 +149,46 @@ class Stack:
 
     def mcp_url(self, server_id: str) -> str:
         return f"{self.base_url}/mcp/{server_id}"
+
+
+@dataclass
+class ContentUpstream:
+    """`fixture_upstream.py` on a loopback port: the suite's prompts, resources and
+    completion, served to treadle as an upstream MCP server."""
+
+    process: subprocess.Popen[str]
+    url: str
+
+    @classmethod
+    def start(cls) -> ContentUpstream:
+        port = free_port()
+        script = Path(__file__).resolve().parent / "fixture_upstream.py"
+        process = subprocess.Popen(
+            [sys.executable, str(script), str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert process.stderr is not None
+        lines: list[str] = []
+        for line in process.stderr:
+            lines.append(line)
+            if "Uvicorn running" in line:
+                break
+        else:
+            raise RuntimeError("fixture_upstream.py exited:\n" + "".join(lines))
+        threading.Thread(target=_drain, args=(process,), daemon=True).start()
+        return cls(process, f"http://127.0.0.1:{port}/mcp")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def _drain(process: subprocess.Popen[str]) -> None:
+    assert process.stderr is not None
+    for _line in process.stderr:
+        pass
 
 
 class BearerProxy:

@@ -4,7 +4,9 @@
 
 The suite (npm @modelcontextprotocol/conformance, pinned in .ci/run) runs under the Node 22 of
 `.tools/`. It sends no credentials, so it talks to a loopback proxy that adds the MCP server's
-bearer token. Fixture tools come from `fixture_integration.py`.
+bearer token. Fixture tools come from `fixture_integration.py`; prompts, resources and
+completion from `fixture_upstream.py`, an upstream MCP server on loopback registered as the
+workspace's integration `conformance-content`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 from fixture_integration import tool_overrides  # noqa: E402
-from live import REPO, BearerProxy, Stack, node_env, npm_tool  # noqa: E402
+from fixture_upstream import TRIGGERS  # noqa: E402
+from live import REPO, BearerProxy, ContentUpstream, Stack, node_env, npm_tool  # noqa: E402
 
 SPEC_VERSIONS = ("2025-11-25", "2026-07-28")
 # Scenarios outside the suite's "active" set that we run explicitly, per spec version.
@@ -30,6 +33,7 @@ EXTRA_SCENARIOS = {"2026-07-28": ("server-stateless", "caching", "http-header-va
 EXPECTED_FILE = HERE / "expected-failures.txt"
 REPORT = REPO / "docs" / "conformance.md"
 SUITE_VERSION = "0.2.0-alpha.12"
+CONTENT_UPSTREAM = "conformance-content"
 _DIR = re.compile(r"^server-(?P<scenario>.+)-\d{4}-\d{2}-\d{2}T[\d-]+Z$")
 
 
@@ -84,10 +88,18 @@ def _collect(out_dir: Path, version: str) -> list[Result]:
 
 
 def run_suite(work: Path) -> list[Result]:
+    content = ContentUpstream.start()
     stack = Stack.start(work / "data")
     try:
         stack.configure("conformance", "fx")
-        server_id, token = stack.create_server("conformance", toolOverrides=tool_overrides("fx"))
+        # Prompts, resources and completion come from an upstream integration, offered
+        # under the upstream's own names (the ones the suite asks for).
+        stack.register_upstream(CONTENT_UPSTREAM, content.url)
+        stack.configure(CONTENT_UPSTREAM, "content", settings={"contentNames": "upstream"})
+        overrides = tool_overrides("fx") + [
+            {"integrationAlias": "content", "actionName": t.name, "name": t.name} for t in TRIGGERS
+        ]
+        server_id, token = stack.create_server("conformance", toolOverrides=overrides)
         port = int(stack.base_url.rsplit(":", 1)[1])
         results: list[Result] = []
         with BearerProxy(port, token) as proxy:
@@ -106,6 +118,7 @@ def run_suite(work: Path) -> list[Result]:
         return results
     finally:
         stack.stop()
+        content.stop()
 
 
 def write_report(results: list[Result], expected: dict[tuple[str, str], str]) -> None:
@@ -118,7 +131,10 @@ def write_report(results: list[Result], expected: dict[tuple[str, str], str]) ->
         "`treadle serve`, written by `tests/conformance/run.py` "
         "(run by `python -m pytest`, see `tests/conformance/test_conformance.py`).",
         "Fixture tools: `tests/conformance/fixture_integration.py`, named exactly through the "
-        "MCP server's `toolOverrides`. Checks with a warning are not failures.",
+        "MCP server's `toolOverrides`. Prompts, resources and completion: "
+        "`tests/conformance/fixture_upstream.py`, an upstream MCP server on loopback "
+        "registered as an upstream integration whose settings keep its own names "
+        '(`"contentNames": "upstream"`). Checks with a warning are not failures.',
         "",
         "| scenario | spec version | result | checks passed / failed / warnings |",
         "| --- | --- | --- | --- |",
@@ -136,6 +152,8 @@ def write_report(results: list[Result], expected: dict[tuple[str, str], str]) ->
     lines += ["", "## Expected failures", ""]
     for (scenario, version), reason in sorted(expected.items()):
         lines.append(f"- `{scenario}` ({version}): {reason}")
+    if not expected:
+        lines.append(f"None (`tests/conformance/{EXPECTED_FILE.name}` is empty).")
     failing = [r for r in results if not r.ok]
     if failing:
         lines += ["", "## Failed checks", ""]
