@@ -31,6 +31,7 @@ from conformance.fixture_upstream import (
     http_app,
 )
 from test_upstream_content import capabilities, face_of, register
+from test_upstream_everything import EVERYTHING, NODE, everything, everything_http  # noqa: F401
 from treadle.mcp.binds import bind_server
 from treadle.mcp.runtime import McpRuntime
 from upstream_fixture import Upstream as PlainUpstream
@@ -229,3 +230,40 @@ async def test_an_own_name_taken_earlier_or_shaped_like_a_namespaced_one_is_name
         assert {STATIC_TEXT, f"treadle://two/{STATIC_TEXT}"} <= uris
         again = await client.read_resource(f"treadle://two/{STATIC_TEXT}")
         assert again.contents[0].uri == f"treadle://two/{STATIC_TEXT}"
+
+
+@pytest.mark.skipif(
+    NODE is None or not EVERYTHING.exists(),
+    reason="@modelcontextprotocol/server-everything is not installed in .tools/ (run .ci/run)",
+)
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("era", ERAS)
+async def test_server_everything_s_resource_updates_reach_a_subscriber(
+    api: Api,
+    everything: dict[str, Any],  # noqa: F811 (the fixture imported above)
+    era: str,
+) -> None:
+    # server-everything sends an update for every resource its session subscribed to when
+    # `toggle-subscriber-updates` starts its simulated updates (then every 5 s).
+    await api.configure("everything", integrationAlias="ev")
+    updated = anyio.Event()
+    uri = ""
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, ResourceUpdatedNotification) and message.params.uri == uri:
+            updated.set()
+
+    async def touch() -> None:
+        result = await client.call_tool("ev__toggle_subscriber_updates", {})
+        assert not result.is_error
+
+    async with Client(await face_of(api), mode=era, message_handler=on_message) as client:
+        declared = await capabilities(client)
+        assert declared.resources is not None
+        assert declared.resources.subscribe is True
+        uri = (await client.list_resources()).resources[0].uri
+        assert uri.startswith("treadle://ev/")
+        try:
+            await _updates_of(client, uri, updated, touch)
+        finally:
+            await touch()  # its updates stop again
