@@ -320,8 +320,31 @@ async def test_a_client_registered_by_hand_is_used_and_its_secret_never_shown(
     assert finished.status_code == 200, finished.text
     # Only the hand-made client: treadle registered none of its own.
     assert [c.client_id for c in protected.auth.registered] == ["by-hand"]
+
+    # Its secret is rotated: the same client, so the tokens made with it stay good and are
+    # refreshed with the new secret.
+    protected.auth.clients["by-hand"].client_secret = "cs_by-hand-rotated-9876543210"
+    connections = (await api.get("/connections")).json()["connections"]
+    [catalog] = [c for c in connections if c["integrationName"] == "fixture"]
+    protected.auth.expire("admin")
+    rotated = await api.patch(
+        f"/upstreams/{created['id']}",
+        {
+            "auth": {
+                "type": "oauth",
+                "clientId": "by-hand",
+                "clientSecret": "cs_by-hand-rotated-9876543210",
+                "connectionId": catalog["id"],
+            }
+        },
+    )
+    assert rotated.status_code == 200, rotated.text
+    assert rotated.json()["upstream"]["health"]["connected"] is True
+    assert protected.auth.refreshes == 1
     for path in ("/upstreams", "/oauth-apps", "/activity"):
-        assert "cs_by-hand-secret" not in (await api.get(path)).text
+        text = (await api.get(path)).text
+        assert "cs_by-hand-secret" not in text
+        assert "cs_by-hand-rotated" not in text
 
 
 async def test_oauth_fields_belong_to_auth_type_oauth_only(api: Api, protected: Protected) -> None:
@@ -370,3 +393,59 @@ async def test_over_mcp_the_connect_link_comes_first_and_the_signed_in_token_aft
 
     assert not ran.is_error, ran
     assert [protected.auth.subject_of(s) for s in protected.upstream.seen] == ["carol"]
+
+
+async def test_without_dynamic_registration_the_sign_in_says_so_and_changes_nothing(
+    api: Api,
+) -> None:
+    async with protected_upstream(registration=False) as bare:
+        await register(api, bare.url)
+        await api.configure("fixture", integrationAlias="fx", connectionStrategy="per_user")
+        person = await api.post(
+            "/end-users", {"workspaceId": api.workspace_id, "externalId": "alice"}
+        )
+        # No tool list yet (nobody could sign in to read it): the link is minted directly.
+        minted = await api.post(f"/end-users/{person.json()['endUser']['id']}/connect-token")
+        assert minted.status_code == 201, minted.text
+        page = await api.client.get(local(minted.json()["connectUrl"]))
+        assert "Sign in to Fixture server" in page.text
+        fields = dict(re.findall(r'name=(\w+) value="([^"]*)"', page.text))
+
+        pressed = await api.client.post("/connect/oauth", data=fields, headers={"Origin": PUBLIC})
+        started = await api.client.get(
+            "/oauth/start", params={"workspaceId": api.workspace_id, "integrationName": "fixture"}
+        )
+
+        assert pressed.status_code == 502
+        assert started.status_code == 400
+        assert started.json()["error"] == "CONNECTION_ERROR"
+        assert started.json()["reason"] == "upstream_sign_in_unavailable"
+        assert (await api.get("/oauth-apps")).json()["total"] == 0
+
+
+async def test_the_registered_client_goes_with_the_url_it_was_made_for(
+    api: Api, protected: Protected
+) -> None:
+    browser = Browser(api)
+    upstream = await signed_in_catalog(api, browser, protected)
+    assert (await api.get("/oauth-apps")).json()["total"] == 1
+    path = f"/upstreams/{upstream['id']}"
+
+    # The catalog connection changes nothing about the client ...
+    same = await api.patch(path, {"auth": {"type": "oauth", "connectionId": None}})
+    assert same.status_code == 200, same.text
+    assert (await api.get("/oauth-apps")).json()["total"] == 1
+    # ... another server needs another client (tokens are bound to the resource).
+    async with protected_upstream() as elsewhere:
+        moved = await api.patch(
+            path, {"transport": {"type": "streamable_http", "url": elsewhere.url}}
+        )
+        assert moved.status_code == 200, moved.text
+        assert (await api.get("/oauth-apps")).json()["total"] == 0
+        location = await start(api.client, workspaceId=api.workspace_id, integrationName="fixture")
+        assert location.startswith(elsewhere.auth.issuer)
+        assert len(elsewhere.auth.registered) == 1
+        assert parse_qs(urlsplit(location).query)["resource"] == [elsewhere.url]
+    # Removing the upstream removes its client.
+    assert (await api.delete(path)).status_code == 200
+    assert (await api.get("/oauth-apps")).json()["total"] == 0

@@ -215,12 +215,12 @@ class AuthServer:
         return RedirectResponse(target, status_code=302)
 
 
-def auth_server_app(server: AuthServer) -> ASGIApp:
+def auth_server_app(server: AuthServer, registration: bool = True) -> ASGIApp:
     routes = create_auth_routes(
         provider=server,
         issuer_url=AnyHttpUrl(server.issuer),
         client_registration_options=ClientRegistrationOptions(
-            enabled=True, valid_scopes=[SCOPE], default_scopes=[SCOPE]
+            enabled=registration, valid_scopes=[SCOPE], default_scopes=[SCOPE]
         ),
         revocation_options=RevocationOptions(enabled=True),
     )
@@ -274,7 +274,8 @@ class Protected:
 
 
 @asynccontextmanager
-async def protected_upstream() -> AsyncIterator[Protected]:
+async def protected_upstream(registration: bool = True) -> AsyncIterator[Protected]:
+    """`registration`: whether the authorization server offers dynamic registration."""
     as_socket, as_port = _bound()
     rs_socket, rs_port = _bound()
     server = AuthServer(issuer=f"http://127.0.0.1:{as_port}")
@@ -284,7 +285,7 @@ async def protected_upstream() -> AsyncIterator[Protected]:
     options: dict[str, Any] = {"log_config": None, "http": "h11"}
     async with anyio.create_task_group() as tasks:
         for app, sock, lifespan in (
-            (auth_server_app(server), as_socket, "off"),
+            (auth_server_app(server, registration), as_socket, "off"),
             (protected_app(upstream, server, url), rs_socket, "on"),
         ):
             running = _Server(

@@ -25,6 +25,7 @@ from treadle.api.responses import ok
 from treadle.app import Gateway
 from treadle.catalog.upstream.transport import allowed_stdio, check_url
 from treadle.errors import ErrorCode, NotFound, Refusal, ValidationFailed
+from treadle.store.database import WriteTxn
 from treadle.store.upstreams import Upstream
 
 Url = Annotated[str, StringConstraints(min_length=1, max_length=2000, pattern=r"^[^\x00-\x20]+$")]
@@ -126,6 +127,49 @@ async def _checked_auth(
     return stored
 
 
+def _oauth_client_of(upstream: Upstream) -> tuple[Any, ...]:
+    """What the OAuth client treadle signs in with was made for (not the catalog
+    connection; a re-sealed client secret is the same client)."""
+    ignored = ("connectionId", "clientSecretSealed")
+    auth = {k: v for k, v in upstream.auth.items() if k not in ignored}
+    return (auth, upstream.transport, upstream.allow_private_network)
+
+
+async def _forget_oauth_client(gw: Gateway, txn: WriteTxn, upstream: Upstream) -> None:
+    """The OAuth app registered for an upstream goes with what it was registered for; the
+    next sign-in discovers and registers again (its connections have to sign in again)."""
+    app = await gw.oauth.apps.get(upstream.org_id, upstream.name)
+    if app is not None and app.resource is not None:
+        await gw.oauth.apps.delete(txn, app)
+
+
+async def _follow_oauth_client(
+    gw: Gateway, txn: WriteTxn, before: Upstream, after: Upstream
+) -> None:
+    if _oauth_client_of(before) != _oauth_client_of(after):
+        await _forget_oauth_client(gw, txn, before)
+        return
+    sealed = after.auth.get("clientSecretSealed")
+    if sealed is None or sealed == before.auth.get("clientSecretSealed"):
+        return
+    # A hand-registered client's new secret: its tokens stay valid, so its app is updated.
+    app = await gw.oauth.apps.get(after.org_id, after.name)
+    if app is not None and app.resource is not None:
+        await gw.oauth.apps.put(
+            txn,
+            org_id=app.org_id,
+            integration_name=app.integration_name,
+            client_id=app.client_id,
+            client_secret=gw.vault.open_sealed(sealed)["clientSecret"],
+            scopes=app.scopes,
+            authorize_url=app.authorize_url,
+            token_url=app.token_url,
+            api_base_url=app.api_base_url,
+            allow_private_network=app.allow_private_network,
+            resource=app.resource,
+        )
+
+
 @operation(
     "Register an upstream MCP server as an integration (its tools are read at once)",
     body=CreateUpstream,
@@ -225,6 +269,7 @@ async def update_upstream(request: Request) -> Response:
         )
     async with gw.store.db.write(actor) as txn:
         updated = await gw.federation.records.update(txn, current, changes)
+        await _follow_oauth_client(gw, txn, current, updated)
     gw.federation.apply(updated)
     if {"transport", "allow_private_network", "auth"} & set(changes):
         updated = await gw.federation.refresh(updated)
@@ -238,6 +283,7 @@ async def delete_upstream(request: Request) -> Response:
     _gw, actor, current = await _upstream(request)
     async with gw.store.db.write(actor) as txn:
         await gw.federation.records.delete(txn, current)
+        await _forget_oauth_client(gw, txn, current)
     await gw.federation.forget(current)
     return ok({"success": True, "id": current.id})
 
