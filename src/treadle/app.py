@@ -15,7 +15,12 @@ from treadle.catalog.upstream.federation import Federation
 from treadle.engine import Executor
 from treadle.engine.approval_links import ApprovalLinks
 from treadle.engine.approvals import ApprovalDesk
-from treadle.engine.limits import MonthlyQuota, RateLimiter, SlidingWindowRateLimiter
+from treadle.engine.limits import (
+    Admission,
+    MonthlyQuota,
+    RateLimiter,
+    SlidingWindowRateLimiter,
+)
 from treadle.engine.webhooks import WebhookNotifier
 from treadle.errors import SetupError
 from treadle.net import build_http_client
@@ -89,14 +94,17 @@ class Gateway:
                 settings.public_url,
             )
             oauth = OAuth.assemble(store, vault, client, settings.public_url)
+            limiter = rate_limiter or _rate_limiter(db, redis)
+            quota = MonthlyQuota(store.ledger)
             executor = Executor(
                 store,
                 chosen_catalog,
                 client,
-                rate_limiter or _rate_limiter(db, redis),
-                MonthlyQuota(store.ledger),
+                limiter,
+                quota,
                 approvals=approvals,
                 oauth=oauth,
+                admission=_admission(limiter, quota, store.ledger.shared),
             )
             federation = Federation(store, chosen_catalog, refresher=oauth.refresher)
             exit_stack.push_async_callback(federation.close)
@@ -147,6 +155,14 @@ def _rate_limiter(db: Database, redis: Redis | None) -> RateLimiter:
     if db.is_sqlite:
         return SlidingWindowRateLimiter()
     return DatabaseRateLimiter(db)
+
+
+def _admission(limiter: RateLimiter, quota: MonthlyQuota, shared: bool) -> Admission | None:
+    """Both counts in one statement where both are the database's own on PostgreSQL: the
+    window unless Redis counts it, the quota when the ledger defers none of it (`shared`)."""
+    if isinstance(limiter, DatabaseRateLimiter) and shared:
+        return limiter.admission(quota.period)
+    return None
 
 
 async def _change_bus(db: Database, redis: Redis | None) -> ChangeBus:

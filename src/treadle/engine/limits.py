@@ -130,6 +130,26 @@ class QuotaGate(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A rate-limit hit and a quota reservation decided together (`Admission`). The quota is
+    only asked when the hit was counted; `quota_used` is the count before this call."""
+
+    rate_allowed: bool
+    rate: RateStatus
+    quota_counted: bool
+    quota_used: int
+
+
+class Admission(Protocol):
+    """The rate-limit hit and the quota reservation of a call with no approval to consume
+    between them, in one step: where both are counted in one database, one round trip."""
+
+    async def admit(
+        self, key: str, limit: int, window_seconds: int, org_id: str, quota: int
+    ) -> Admitted: ...
+
+
 class UsageReserver(Protocol):
     async def reserve(self, org_id: str, period: str, limit: int) -> tuple[bool, int]: ...
 

@@ -23,7 +23,7 @@ from treadle.catalog.registry import Catalog
 from treadle.engine.approvals import ApprovalDesk, ApprovalRequired
 from treadle.engine.connections import ConnectionResolver
 from treadle.engine.end_user_ids import check_end_user_id
-from treadle.engine.limits import QuotaGate, RateLimiter
+from treadle.engine.limits import Admission, QuotaGate, RateLimiter
 from treadle.engine.outcome import (
     ApprovalPending,
     Outcome,
@@ -139,12 +139,15 @@ class Executor:
         approvals: ApprovalDesk | None = None,
         action_timeout: float = DEFAULT_ACTION_TIMEOUT,
         oauth: OAuth | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self._store = store
         self._catalog = catalog
         self._http = http
         self._rate_limiter = rate_limiter
         self._quota = quota
+        # Where the limiter and the quota share a database: both counted in one round trip.
+        self._admission = admission
         self._connections = ConnectionResolver(store.connections, oauth)
         self._oauth = oauth
         self._approvals = approvals
@@ -238,16 +241,39 @@ class Executor:
             # whichever field of the input carried them.
             trace.recorded_input = scrub(trace.recorded_input, secret_values(connection.values))
         approved = await self._gate(request, configured, config.policies, merged, trace)
+        if approved is None and self._admission is not None:
+            # Nothing to consume between the two: the hit and the quota unit in one step.
+            admitted = await self._admission.admit(
+                org.id, org.rate_limit, org.rate_window_seconds, org.id, org.monthly_quota
+            )
+            trace.rate = admitted.rate
+            if not admitted.rate_allowed:
+                raise _rate_limited(admitted.rate)
+            if not admitted.quota_counted:
+                raise _quota_exceeded(org, admitted.quota_used)
+        else:
+            await self._admit(org, approved, trace)
+        trace.admitted = time.perf_counter()
+        context = ActionContext(
+            workspace_id=request.workspace_id,
+            integration_alias=configured.alias,
+            action_name=action.name,
+            end_user_id=request.end_user_id,
+            connection=connection,
+            settings=configured.settings,
+            http=self._http,
+            state=state,
+            client=request.client,
+        )
+        return await self._run(action, context, merged, trace.rate, started)
+
+    async def _admit(self, org: Org, approved: Approval | None, trace: _Trace) -> None:
+        """The rate-limit hit, then the approval (if any) consumed, then the quota unit."""
         allowed, trace.rate = await self._rate_limiter.hit(
             org.id, org.rate_limit, org.rate_window_seconds
         )
         if not allowed:
-            seconds = trace.rate.retry_after
-            raise Refusal(
-                ErrorCode.RATE_LIMITED,
-                f"Rate limit exceeded. Try again in {seconds} seconds.",
-                retryAfter=seconds,
-            )
+            raise _rate_limited(trace.rate)
         if approved is not None:
             # One approval, one run: concurrent retries race here and only one wins.
             if not await self._store.approvals.consume(approved.id):
@@ -263,19 +289,6 @@ class Executor:
                 raise
         else:
             await self._reserve_quota(org)
-        trace.admitted = time.perf_counter()
-        context = ActionContext(
-            workspace_id=request.workspace_id,
-            integration_alias=configured.alias,
-            action_name=action.name,
-            end_user_id=request.end_user_id,
-            connection=connection,
-            settings=configured.settings,
-            http=self._http,
-            state=state,
-            client=request.client,
-        )
-        return await self._run(action, context, merged, trace.rate, started)
 
     async def _gate(
         self,
@@ -334,13 +347,7 @@ class Executor:
     async def _reserve_quota(self, org: Org) -> None:
         counted, used = await self._quota.reserve(org.id, org.monthly_quota)
         if not counted:
-            raise Refusal(
-                ErrorCode.QUOTA_EXCEEDED,
-                "Monthly action quota exceeded",
-                current=used,
-                limit=org.monthly_quota,
-                plan=org.plan,
-            )
+            raise _quota_exceeded(org, used)
 
     async def _run(
         self,
@@ -460,6 +467,25 @@ class Executor:
             error_code=code,
             input=redact(request.input) if trace.recorded_input is None else trace.recorded_input,
         )
+
+
+def _rate_limited(rate: RateStatus) -> Refusal:
+    seconds = rate.retry_after
+    return Refusal(
+        ErrorCode.RATE_LIMITED,
+        f"Rate limit exceeded. Try again in {seconds} seconds.",
+        retryAfter=seconds,
+    )
+
+
+def _quota_exceeded(org: Org, used: int) -> Refusal:
+    return Refusal(
+        ErrorCode.QUOTA_EXCEEDED,
+        "Monthly action quota exceeded",
+        current=used,
+        limit=org.monthly_quota,
+        plan=org.plan,
+    )
 
 
 _RESERVED_FIELDS = frozenset({"error", "message"})

@@ -33,6 +33,7 @@ from treadle.settings import database_url
 from treadle.store import schema
 from treadle.store.change_bus import ChangeBus, LocalChanges
 from treadle.store.migrations import migrate
+from treadle.store.pg_statements import PostgresStatements
 from treadle.store.portable import (
     ACTIVITY_SEQUENCE,
     activity_numbers,
@@ -262,10 +263,9 @@ class Database:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         # PostgreSQL: single statements outside an explicit transaction (`query`, `write_one`):
-        # one round trip each instead of three (BEGIN, the statement, COMMIT/ROLLBACK).
-        self._autocommit = (
-            None if self.is_sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
-        )
+        # one round trip each instead of three (BEGIN, the statement, COMMIT/ROLLBACK), on
+        # asyncpg directly (store/pg_statements.py).
+        self._single = None if self.is_sqlite else PostgresStatements(engine, _text_codecs)
         self._write_lock = anyio.Lock()
         self._listeners: list[ChangeListener] = []
         # How changes reach other processes (and theirs this one): chosen by `treadle.app`.
@@ -287,6 +287,8 @@ class Database:
     async def close(self) -> None:
         if self._probe is not None:
             self._probe.close()
+        if self._single is not None:
+            await self._single.close()
         if self._direct is not None:
             async with self._write_lock:  # not while a worker thread still uses it
                 self._direct.close()
@@ -314,13 +316,12 @@ class Database:
         """The rows of one read statement. On PostgreSQL it runs on its own (autocommit): a
         single statement sees one consistent snapshot anyway, and the hot path (the version
         read of every request, quota counts) saves two round trips."""
-        if self._autocommit is None:
+        if self._single is None:
             async with self.read() as conn:
                 return [tuple(row) for row in await conn.execute(statement, params)]
         rows: list[tuple[Any, ...]] = []
         with anyio.CancelScope(shield=True):
-            async with self._autocommit.connect() as conn:
-                rows = [tuple(row) for row in await conn.execute(statement, params)]
+            rows = await self._single.run(statement, params)
         return rows
 
     async def write_one(
@@ -332,15 +333,13 @@ class Database:
         a conditional upsert, a multi-row insert) and emits no change event; its RETURNING
         rows, if any. SQLite: in a write transaction behind this process's writer lock, as
         every write; PostgreSQL: on its own, one round trip."""
-        if self._autocommit is None:
+        if self._single is None:
             async with self.write("system") as txn:
                 result = await txn.conn.execute(statement, params)
                 return [tuple(row) for row in result] if result.returns_rows else []
         rows: list[tuple[Any, ...]] = []
         with anyio.CancelScope(shield=True):
-            async with self._autocommit.connect() as conn:
-                result = await conn.execute(statement, params)
-                rows = [tuple(row) for row in result] if result.returns_rows else []
+            rows = await self._single.run(statement, params)
         return rows
 
     @asynccontextmanager
@@ -402,9 +401,14 @@ class Database:
         return await self.version(GLOBAL_SCOPE)
 
     async def version(self, scope: str = GLOBAL_SCOPE) -> int:
-        table = schema.config_versions
-        rows = await self.query(sa.select(table.c.version).where(table.c.scope == scope))
+        rows = await self.query(_version_query(), {"scope": scope})
         return int(rows[0][0]) if rows else 0
+
+
+@functools.cache  # built once: read on every request
+def _version_query() -> sa.Select[tuple[int]]:
+    table = schema.config_versions
+    return sa.select(table.c.version).where(table.c.scope == sa.bindparam("scope"))
 
 
 def create_engine(url: str) -> AsyncEngine:

@@ -15,20 +15,23 @@ refused hit writes nothing: rolling the windows without counting changes no late
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
-from treadle.engine.limits import WindowHit, fits, overlap, rolled, window_of
+from treadle.engine.limits import Admitted, WindowHit, fits, overlap, rolled, window_of
 from treadle.engine.outcome import RateStatus
 from treadle.store import schema
 from treadle.store.database import Database
 
 _TABLE = schema.rate_windows
+_USAGE = schema.usage_counters
 
 
 def _hit_statement(build: Callable[[sa.Table], Any]) -> Insert:
@@ -65,6 +68,32 @@ def _hit_statement(build: Callable[[sa.Table], Any]) -> Insert:
     return counted
 
 
+@dataclass(frozen=True, slots=True)
+class _Hit:
+    """One hit's moment and windows, and the hit statement's parameters for it."""
+
+    now: float
+    window: int
+    start: int
+    weight: float
+    key: str
+    limit: int
+
+    @classmethod
+    def at(cls, now: float, key: str, limit: int, window_seconds: int) -> _Hit:
+        window, start = window_of(now, window_seconds)
+        return cls(now, window, start, overlap(now, start, window), key, limit)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "start": self.start,
+            "window": self.window,
+            "weight": self.weight,
+            "limit": self.limit,
+        }
+
+
 class DatabaseRateLimiter:
     """`treadle.engine.limits.RateLimiter` over the `rate_windows` table."""
 
@@ -77,41 +106,113 @@ class DatabaseRateLimiter:
         )
 
     async def hit(self, key: str, limit: int, window_seconds: int) -> tuple[bool, RateStatus]:
-        now = self._clock()
-        window, start = window_of(now, window_seconds)
-        weight = overlap(now, start, window)
+        hit = _Hit.at(self._clock(), key, limit, window_seconds)
         if limit < 1:
             # Nothing fits whatever is stored (both counts are >= 0): no need to ask.
-            return False, WindowHit(now, window, start, 0, 0, False).status(limit)
-        values = {"key": key, "start": start, "window": window, "weight": weight, "limit": limit}
-        counted = await self._count(values)
+            return await self._answer(hit, None)
+        rows = await self._db.write_one(self._statement, hit.params())  # one round trip
+        return await self._answer(hit, (int(rows[0][0]), int(rows[0][1])) if rows else None)
+
+    def admission(self, period: Callable[[], str]) -> RateAndQuota | None:
+        """The rate-limit hit and the quota reservation in one statement, where the
+        database runs data-modifying CTEs (PostgreSQL); `period` names the quota's month."""
+        return None if self._db.is_sqlite else RateAndQuota(self, period)
+
+    async def _answer(self, hit: _Hit, counted: tuple[int, int] | None) -> tuple[bool, RateStatus]:
+        """The answer, from (previous, current after the hit) when counted."""
+        now, window, start, limit = hit.now, hit.window, hit.start, hit.limit
         if counted is not None:
             previous, current_after = counted
             return True, WindowHit(now, window, start, previous, current_after - 1, True).status(
                 limit
             )
+        if limit < 1:
+            return False, WindowHit(now, window, start, 0, 0, False).status(limit)
         # Refused: the counts the refusal came from, for retry_after (read again; any later
         # state is as true an answer to "when does a call fit").
-        previous, current = await self._rolled(key, start, window)
-        if fits(previous, current, weight, limit):
+        previous, current = await self._rolled(hit.key, start, window)
+        if fits(previous, current, hit.weight, limit):
             # Room was made in between (a replica whose clock runs ahead rolled the windows).
             return False, RateStatus(limit, 0, start + window, 1)
         return False, WindowHit(now, window, start, previous, current, False).status(limit)
 
-    async def _count(self, values: dict[str, Any]) -> tuple[int, int] | None:
-        """(previous, current after this hit) when counted; None when refused."""
-        rows = await self._db.write_one(self._statement, values)  # one round trip
-        return (int(rows[0][0]), int(rows[0][1])) if rows else None
-
     async def _rolled(self, key: str, start: int, window: int) -> tuple[int, int]:
-        table = _TABLE
-        rows = await self._db.query(
-            sa.select(table.c.window_start, table.c.current_count, table.c.previous_count).where(
-                table.c.key == key
-            )
-        )
+        rows = await self._db.query(_read_statement(), {"key": key})
         if not rows:
             return 0, 0
         row = rows[0]
         counts = rolled(int(row[0]), int(row[1]), int(row[2]), start, window)
         return counts.previous, counts.current
+
+
+@functools.cache
+def _read_statement() -> sa.Select[tuple[int, int, int]]:
+    table = _TABLE
+    return sa.select(table.c.window_start, table.c.current_count, table.c.previous_count).where(
+        table.c.key == sa.bindparam("key")
+    )
+
+
+class RateAndQuota:
+    """`treadle.engine.limits.Admission` on PostgreSQL: the hit statement and the quota's
+    conditional count (`UsageCounters.reserve`'s) as one statement of two data-modifying
+    CTEs, the quota's running only on the row the hit returned. Each row is locked and its
+    condition re-checked as when they run apart, so both stay exact across replicas, and a
+    refused hit counts nothing, as before: one round trip where there were two."""
+
+    def __init__(self, limiter: DatabaseRateLimiter, period: Callable[[], str]) -> None:
+        self._limiter = limiter
+        self._period = period
+
+    async def admit(
+        self, key: str, limit: int, window_seconds: int, org_id: str, quota: int
+    ) -> Admitted:
+        limiter = self._limiter
+        hit = _Hit.at(limiter._clock(), key, limit, window_seconds)
+        if limit < 1:
+            _allowed, status = await limiter._answer(hit, None)
+            return Admitted(False, status, False, 0)
+        params = {**hit.params(), "org_id": org_id, "period": self._period(), "quota": quota}
+        ((previous, current, counted, before),) = await limiter._db.write_one(
+            _admission_statement(), params
+        )
+        if previous is None:
+            _allowed, status = await limiter._answer(hit, None)
+            return Admitted(False, status, False, 0)
+        _allowed, status = await limiter._answer(hit, (int(previous), int(current)))
+        if counted is None:
+            return Admitted(True, status, False, int(before or 0))
+        return Admitted(True, status, True, int(counted) - 1)
+
+
+@functools.cache  # built once: run on every call
+def _admission_statement() -> sa.Select[tuple[int, int, int, int]]:
+    """(previous, current after the hit) or NULLs when refused; the quota count after this
+    call or NULL when refused (or not asked); the quota count before the statement."""
+    hit = _hit_statement(postgresql.insert).cte("hit")
+    usage = _USAGE
+    org_id = sa.bindparam("org_id", type_=sa.Text)
+    period = sa.bindparam("period", type_=sa.Text)
+    quota = sa.bindparam("quota", type_=sa.BigInteger)
+    asked = sa.select(org_id, period, sa.literal(1, sa.Integer)).where(
+        sa.exists(sa.select(hit.c.current_count)), quota >= 1
+    )
+    counted = (
+        postgresql.insert(usage)
+        .from_select(["org_id", "period", "count"], asked)
+        .on_conflict_do_update(
+            index_elements=[usage.c.org_id, usage.c.period],
+            set_={"count": usage.c.count + 1},
+            where=usage.c.count < quota,
+        )
+        .returning(usage.c.count)
+        .cte("counted")
+    )
+    # The statement's snapshot: the count before it (for a refusal's `current`).
+    before = sa.select(usage.c.count).where(usage.c.org_id == org_id, usage.c.period == period)
+    return sa.select(
+        sa.select(hit.c.previous_count).scalar_subquery(),
+        sa.select(hit.c.current_count).scalar_subquery(),
+        sa.select(counted.c.count).scalar_subquery(),
+        before.scalar_subquery(),
+    )
