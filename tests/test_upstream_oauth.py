@@ -9,6 +9,7 @@ connection and refreshes them once, with rotation, when they expire.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -54,8 +55,9 @@ class Browser:
     """A person's browser: treadle's pages in process, the authorization server over HTTP.
     Keeps every page it saw, to look for secrets in them."""
 
-    def __init__(self, api: Api) -> None:
+    def __init__(self, api: Api, public: str = PUBLIC) -> None:
         self.api = api
+        self.public = public
         self.pages: list[str] = []
 
     async def sign_in_at(self, location: str, username: str) -> httpx2.Response:
@@ -74,7 +76,7 @@ class Browser:
             )
         assert posted.status_code == 302, posted.text
         callback = posted.headers["location"]
-        assert callback.startswith(f"{PUBLIC}/oauth/callback?")
+        assert callback.startswith(f"{self.public}/oauth/callback?")
         finished = await self.api.client.get(local(callback))
         self.pages.append(finished.text)
         return finished
@@ -87,7 +89,7 @@ class Browser:
         assert button in page.text
         fields = dict(re.findall(r'name=(\w+) value="([^"]*)"', page.text))
         started = await self.api.client.post(
-            "/connect/oauth", data=fields, headers={"Origin": PUBLIC}
+            "/connect/oauth", data=fields, headers={"Origin": self.public}
         )
         assert started.status_code == 303, started.text
         return await self.sign_in_at(started.headers["location"], username)
@@ -449,3 +451,54 @@ async def test_the_registered_client_goes_with_the_url_it_was_made_for(
     # Removing the upstream removes its client.
     assert (await api.delete(path)).status_code == 200
     assert (await api.get("/oauth-apps")).json()["total"] == 0
+
+
+async def test_an_authorization_server_that_takes_client_metadata_documents_gets_treadle_s(
+    settings: Settings,
+) -> None:
+    public = "https://treadle.example"
+    gateway = await Gateway.open(dataclasses.replace(settings, public_url=public))
+    try:
+        async with (
+            api_on(gateway, public) as api,
+            protected_upstream(registration=False, client_metadata=True) as protected,
+        ):
+
+            async def fetch(url: str) -> dict[str, Any]:
+                # The authorization server reaches treadle's public URL (here: in process).
+                answer = await api.client.get(local(url))
+                assert answer.status_code == 200, answer.text
+                document: dict[str, Any] = answer.json()
+                return document
+
+            protected.auth.fetch_document = fetch
+            created = await register(api, protected.url)
+            location = await start(
+                api.client, workspaceId=api.workspace_id, integrationName="fixture"
+            )
+            document_url = f"{public}/oauth/client-metadata.json"
+            assert parse_qs(urlsplit(location).query)["client_id"] == [document_url]
+            finished = await Browser(api, public).sign_in_at(location, "admin")
+            assert finished.status_code == 200, finished.text
+            assert protected.auth.documents_fetched[0] == document_url
+            assert protected.auth.registered == []
+
+            # A public client refreshes with no secret at all.
+            connections = (await api.get("/connections")).json()["connections"]
+            [catalog] = [c for c in connections if c["integrationName"] == "fixture"]
+            protected.auth.expire("admin")
+            read = await api.patch(
+                f"/upstreams/{created['id']}",
+                {"auth": {"type": "oauth", "connectionId": catalog["id"]}},
+            )
+            assert read.status_code == 200, read.text
+            assert read.json()["upstream"]["health"]["connected"] is True
+            assert protected.auth.refreshes == 1
+    finally:
+        await gateway.close()
+
+
+async def test_treadle_publishes_a_client_metadata_document_only_on_an_https_url(
+    api: Api,
+) -> None:
+    assert (await api.client.get("/oauth/client-metadata.json")).status_code == 404

@@ -11,6 +11,7 @@ well-known URL, and only tokens issued for its own URL (RFC 8707 `resource`) acc
 Tests steer it: `expire(subject)` kills a person's access tokens (the upstream answers 401),
 `refuse_refreshes` makes `/token` refuse the refresh grant, `revoke(subject)` drops a person's
 refresh tokens; `subject_of(token)` says whose a token is, `refreshes` counts refresh grants.
+It can also accept client ID metadata documents (a URL as client id, fetched on first use).
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import html
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import uvicorn
+from mcp.server.auth.handlers.metadata import MetadataHandler
 from mcp.server.auth.provider import (
     AccessToken,
     AuthorizationCode,
@@ -35,7 +37,7 @@ from mcp.server.auth.provider import (
     TokenError,
     construct_redirect_uri,
 )
-from mcp.server.auth.routes import create_auth_routes
+from mcp.server.auth.routes import build_metadata, create_auth_routes
 from mcp.server.auth.settings import AuthSettings, ClientRegistrationOptions, RevocationOptions
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
@@ -73,6 +75,9 @@ class AuthServer:
     refresh: dict[str, RefreshToken] = field(default_factory=dict)
     # Every token ever issued, with its subject: secrets the tests look for in answers.
     issued: dict[str, str] = field(default_factory=dict)
+    # Client ID metadata documents: how to fetch one (a URL as client id), and those fetched.
+    fetch_document: Callable[[str], Awaitable[dict[str, Any]]] | None = None
+    documents_fetched: list[str] = field(default_factory=list)
 
     # -- what tests steer and read ---------------------------------------------------------
 
@@ -93,7 +98,18 @@ class AuthServer:
     # -- the provider protocol -------------------------------------------------------------
 
     async def get_client(self, client_id: str) -> OAuthClientInformationFull | None:
-        return self.clients.get(client_id)
+        known = self.clients.get(client_id)
+        if known is not None or self.fetch_document is None:
+            return known
+        if not client_id.startswith("https://"):
+            return None
+        document = await self.fetch_document(client_id)
+        self.documents_fetched.append(client_id)
+        # The document must name itself as the client id.
+        if document.get("client_id") != client_id:
+            return None
+        # What it may ask for is this server's policy (the document serves every server).
+        return OAuthClientInformationFull.model_validate({**document, "scope": SCOPE})
 
     async def register_client(self, client_info: OAuthClientInformationFull) -> None:
         self.clients[str(client_info.client_id)] = client_info
@@ -215,15 +231,26 @@ class AuthServer:
         return RedirectResponse(target, status_code=302)
 
 
-def auth_server_app(server: AuthServer, registration: bool = True) -> ASGIApp:
+def auth_server_app(
+    server: AuthServer, registration: bool = True, client_metadata: bool = False
+) -> ASGIApp:
+    registrations = ClientRegistrationOptions(
+        enabled=registration, valid_scopes=[SCOPE], default_scopes=[SCOPE]
+    )
+    revocation = RevocationOptions(enabled=True)
     routes = create_auth_routes(
         provider=server,
         issuer_url=AnyHttpUrl(server.issuer),
-        client_registration_options=ClientRegistrationOptions(
-            enabled=registration, valid_scopes=[SCOPE], default_scopes=[SCOPE]
-        ),
-        revocation_options=RevocationOptions(enabled=True),
+        client_registration_options=registrations,
+        revocation_options=revocation,
     )
+    if client_metadata:
+        # The SDK's server does not advertise client ID metadata documents: this route,
+        # first, answers its metadata with the flag set.
+        metadata = build_metadata(AnyHttpUrl(server.issuer), None, registrations, revocation)
+        metadata.client_id_metadata_document_supported = True
+        handler = MetadataHandler(metadata).handle
+        routes.insert(0, Route("/.well-known/oauth-authorization-server", handler))
     routes.append(Route("/login", server.login_form, methods=["GET"]))
     routes.append(Route("/login", server.login, methods=["POST"]))
     return Starlette(routes=routes)
@@ -274,8 +301,12 @@ class Protected:
 
 
 @asynccontextmanager
-async def protected_upstream(registration: bool = True) -> AsyncIterator[Protected]:
-    """`registration`: whether the authorization server offers dynamic registration."""
+async def protected_upstream(
+    registration: bool = True, client_metadata: bool = False
+) -> AsyncIterator[Protected]:
+    """`registration`: whether the authorization server offers dynamic registration;
+    `client_metadata`: whether it accepts client ID metadata documents (set
+    `auth.fetch_document` then)."""
     as_socket, as_port = _bound()
     rs_socket, rs_port = _bound()
     server = AuthServer(issuer=f"http://127.0.0.1:{as_port}")
@@ -285,7 +316,7 @@ async def protected_upstream(registration: bool = True) -> AsyncIterator[Protect
     options: dict[str, Any] = {"log_config": None, "http": "h11"}
     async with anyio.create_task_group() as tasks:
         for app, sock, lifespan in (
-            (auth_server_app(server, registration), as_socket, "off"),
+            (auth_server_app(server, registration, client_metadata), as_socket, "off"),
             (protected_app(upstream, server, url), rs_socket, "on"),
         ):
             running = _Server(

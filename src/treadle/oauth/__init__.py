@@ -37,7 +37,7 @@ class OAuth:
         tokens = TokenClient(http)
         links = ConnectLinks(vault.derive("treadle connect links"), public_url, store)
         callback = f"{public_url.rstrip('/')}{CALLBACK_PATH}"
-        upstreams = UpstreamClients(store, apps, vault, http, callback)
+        upstreams = UpstreamClients(store, apps, vault, http, public_url, callback)
         return cls(
             apps,
             states,

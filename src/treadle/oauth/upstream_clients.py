@@ -4,12 +4,14 @@ Before the first sign-in (and again when the upstream's URL changed) treadle fin
 issues the upstream's tokens, as the MCP authorization spec has a client do: an unauthenticated
 request answers 401 with `WWW-Authenticate: Bearer resource_metadata=…`; that protected-resource
 metadata (RFC 9728, else its well-known URLs) names the authorization server, whose metadata
-(RFC 8414, else OpenID discovery) gives the endpoints. treadle then registers itself there
-(RFC 7591 dynamic registration, with treadle's own `/oauth/callback` as redirect URI), unless
-the record names a client id (and secret) registered by hand. The result is stored as the org's
-OAuth app for the upstream's integration, with the resource (RFC 8707) its tokens are for, so
-the ordinary flow (`oauth.flow`: PKCE S256, the connect page, the callback) and the refresh-once
-machinery (`oauth.refresh`) serve upstream sign-ins as they serve built-in integrations.
+(RFC 8414, else OpenID discovery) gives the endpoints. The client treadle signs in as is the
+record's own (a client id and secret registered by hand), else, where the authorization server
+accepts client ID metadata documents and treadle's public URL is https, the URL of treadle's
+document (`/oauth/client-metadata.json`, a public client), else one registered there and then
+(RFC 7591 dynamic registration); its redirect URI is treadle's `/oauth/callback`. It is stored
+as the org's OAuth app for the upstream's integration, with the resource (RFC 8707) its tokens
+are for, so the ordinary flow (`oauth.flow`: PKCE S256, the connect page, the callback) and the
+refresh-once machinery (`oauth.refresh`) serve upstream sign-ins as they serve built-ins.
 
 Every request goes through the gateway's guarded client; loopback and private addresses only
 when the upstream record sets `allowPrivateNetwork`. Nothing the authorization server answers
@@ -33,7 +35,9 @@ from mcp.client.auth.utils import (
     handle_auth_metadata_response,
     handle_protected_resource_response,
     handle_registration_response,
+    is_valid_client_metadata_url,
     issuers_match,
+    should_use_client_metadata_url,
 )
 from mcp.shared.auth import OAuthClientMetadata, OAuthMetadata, ProtectedResourceMetadata
 from mcp.shared.auth_utils import check_resource_allowed, resource_url_from_server_url
@@ -52,6 +56,7 @@ from treadle.vault import Vault
 log = logging.getLogger(__name__)
 
 DISCOVERY_TIMEOUT = 20.0
+METADATA_PATH = "/oauth/client-metadata.json"
 _GRANTS = ["authorization_code", "refresh_token"]
 # An MCP request an upstream that wants a token answers with 401 and its metadata's URL.
 _PROBE = {
@@ -96,6 +101,7 @@ class UpstreamClients:
         apps: OAuthApps,
         vault: Vault,
         http: httpx2.AsyncClient,
+        public_url: str,
         redirect_uri: str,
     ) -> None:
         self._store = store
@@ -104,6 +110,21 @@ class UpstreamClients:
         self._vault = vault
         self._http = http
         self._redirect_uri = redirect_uri
+        metadata_url = f"{public_url.rstrip('/')}{METADATA_PATH}"
+        # A client id must be an https URL with a path (an authorization server fetches it).
+        self.metadata_url = metadata_url if is_valid_client_metadata_url(metadata_url) else None
+
+    def metadata_document(self) -> dict[str, object]:
+        """treadle's client ID metadata document: who it is as a public OAuth client."""
+        return {
+            "client_id": self.metadata_url,
+            "client_name": "treadle",
+            "redirect_uris": [self._redirect_uri],
+            "grant_types": list(_GRANTS),
+            "response_types": ["code"],
+            "token_endpoint_auth_method": "none",
+            "application_type": "web",
+        }
 
     async def upstream_named(self, org_id: str, integration_name: str) -> Upstream | None:
         """The org's OAuth upstream whose integration is `integration_name`, if any."""
@@ -235,6 +256,9 @@ class UpstreamClients:
             secret = self._vault.open_sealed(sealed)["clientSecret"] if sealed else ""
             return configured, secret
         metadata = found.metadata
+        if should_use_client_metadata_url(metadata, self.metadata_url):
+            assert self.metadata_url is not None
+            return self.metadata_url, ""
         if metadata.registration_endpoint is None:
             raise SignInUnavailable(
                 upstream,

@@ -3,7 +3,8 @@
 `/oauth/start` is for API-key holders (an admin connecting a workspace account, or a backend
 sending its user on): it records a state and redirects to the provider. End users start from
 the connect page instead. `/oauth/callback` answers pages, never JSON and never a 500: an
-unknown, replayed or expired state is a 400 page.
+unknown, replayed or expired state is a 400 page. `/oauth/client-metadata.json` is treadle's
+client ID metadata document for upstream MCP servers' authorization servers.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import html
 
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from treadle.api.auth import accessible_workspace, authenticate
@@ -19,6 +20,7 @@ from treadle.api.context import gateway as gateway_of
 from treadle.api.responses import refusal
 from treadle.errors import NotFound, Refusal, ValidationFailed
 from treadle.oauth.flow import FlowFailed
+from treadle.oauth.upstream_clients import METADATA_PATH
 from treadle.web.connect_page import HEADERS, page
 
 _MAX_PARAM = 255
@@ -108,7 +110,19 @@ async def callback(request: Request) -> Response:
     )
 
 
+async def client_metadata(request: Request) -> Response:
+    """treadle's client ID metadata document, fetched by upstream MCP servers' authorization
+    servers that accept a URL as client id (only when the public URL is https)."""
+    upstreams = gateway_of(request).oauth.upstreams
+    if upstreams.metadata_url is None:
+        return JSONResponse({"error": "NOT_FOUND", "message": "Not found"}, status_code=404)
+    return JSONResponse(
+        upstreams.metadata_document(), headers={"Cache-Control": "public, max-age=3600"}
+    )
+
+
 routes = [
     Route("/oauth/start", start, methods=["GET"]),
     Route("/oauth/callback", callback, methods=["GET"]),
+    Route(METADATA_PATH, client_metadata, methods=["GET"]),
 ]
