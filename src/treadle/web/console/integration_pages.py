@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 from treadle.api.bodies import parse
 from treadle.api.workspace_integrations import UpdateWorkspaceIntegration, reconfiguration
 from treadle.engine.installs import reconfigure
-from treadle.errors import ErrorCode, Refusal
+from treadle.errors import ErrorCode, Refusal, ValidationFailed
 from treadle.web.console import partial_pages, policy_pages
 from treadle.web.console.forms import (
     STYLE,
@@ -117,9 +117,7 @@ async def _save(request: Request, me: SignedIn, fields: Fields) -> Response:
         try:
             body["settings"] = json.loads(form["settings"]) if form["settings"] else {}
         except ValueError:
-            raise Refusal(
-                ErrorCode.VALIDATION_ERROR, "Settings must be a JSON object", field="settings"
-            ) from None
+            raise ValidationFailed("Settings must be a JSON object", field="settings") from None
         change = reconfiguration(parse(UpdateWorkspaceIntegration, body))
         updated = await reconfigure(
             me.gateway.store,
@@ -130,9 +128,9 @@ async def _save(request: Request, me: SignedIn, fields: Fields) -> Response:
             change,
         )
     except Refusal as refused:
-        errors = field_error(refused, "integrationAlias", _NAMED)
-        if "settings" in next(iter(errors)):
-            errors = {"settings": next(iter(errors.values()))}
+        ((field, message),) = field_error(refused, "integrationAlias", _NAMED).items()
+        # `settings.persistence.scope`: the settings are one JSON field here.
+        errors = {field.split(".", 1)[0]: message}
         return await _view(
             request,
             me,
