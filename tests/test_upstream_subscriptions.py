@@ -7,6 +7,7 @@ handshake era; treadle's own clients speak either era too.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -39,6 +40,7 @@ from upstream_fixture import http_app as plain_app
 
 from conftest import Api
 from loopback import serve
+from mcp_harness import McpEnv
 
 pytestmark = [
     pytest.mark.anyio,
@@ -267,3 +269,36 @@ async def test_server_everything_s_resource_updates_reach_a_subscriber(
             await _updates_of(client, uri, updated, touch)
         finally:
             await touch()  # its updates stop again
+
+
+@pytest.mark.parametrize("transport", ["http"])
+@pytest.mark.parametrize("era", ERAS)
+async def test_over_http_an_update_reaches_the_subscribed_session_or_stream(
+    mcp_env: McpEnv, content: Running, transport: str, era: str
+) -> None:
+    name = f"content-{uuid.uuid4().hex[:8]}"
+    async with mcp_env.remote_rest() as rest:  # registered where the MCP clients connect
+        body = {
+            "name": name,
+            "transport": {"type": "streamable_http", "url": content.url},
+            "allowPrivateNetwork": True,
+        }
+        created = await rest.post("/api/v1/upstreams", json=body)
+        assert created.status_code == 201, created.text
+        configured = await rest.post(
+            f"/api/v1/workspaces/{mcp_env.workspace_id}/integrations",
+            json={"integrationName": name, "integrationAlias": "cx", "connectionStrategy": "fixed"},
+        )
+        assert configured.status_code == 201, configured.text
+    updated = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, ResourceUpdatedNotification) and message.params.uri == NAMESPACED:
+            updated.set()
+
+    async def touch() -> None:
+        result = await client.call_tool("cx__touch_watched_resource", {})
+        assert not result.is_error
+
+    async with mcp_env.connect(transport, era, message_handler=on_message) as client:
+        await _updates_of(client, NAMESPACED, updated, touch)
