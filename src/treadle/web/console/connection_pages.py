@@ -21,7 +21,7 @@ from treadle.api.bodies import parse
 from treadle.api.connections import CreateConnection
 from treadle.api.end_users import CreateEndUser
 from treadle.engine.connection_records import NewConnection, create_connection
-from treadle.errors import NotFound, Refusal, ValidationFailed
+from treadle.errors import ErrorCode, NotFound, Refusal, ValidationFailed
 from treadle.oauth.refresh import NEEDS_REAUTH
 from treadle.store.records import Connection
 from treadle.web.console.pages import (
@@ -161,7 +161,9 @@ async def _create(request: Request, me: SignedIn, fields: dict[str, list[str]]) 
         )
     except Refusal as refused:
         errors = {
-            _field_of(refused, "integrationName"): f"{refused.message} ({refused.code.value})"
+            _field_of(
+                refused, "externalId" if refused.code is ErrorCode.DUPLICATE else "integrationName"
+            ): f"{refused.message} ({refused.code.value})"
         }
         return await _view(request, me, form=form, errors=errors, status=refused.code.status)
     return _back(
