@@ -14,6 +14,7 @@ hop); where it cannot answer at once, and on PostgreSQL, it is one ordinary quer
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 import time
@@ -59,6 +60,13 @@ class _MarkProbe(VersionProbe):
         return None if row is None else SessionMark(int(row[0]), row[1] is not None)
 
 
+@functools.cache  # built once: read on every request of a session
+def _mark_query() -> sa.Select[tuple[int, int | None]]:
+    return sa.select(_TABLE.c.last_seen, _TABLE.c.ended_at).where(
+        _TABLE.c.session_key == sa.bindparam("key")
+    )
+
+
 class McpSessions:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -86,17 +94,12 @@ class McpSessions:
                 return self._probe.mark(key)
             except _CannotNow:
                 pass
-        async with self._db.read() as conn:
-            found = (
-                await conn.execute(
-                    sa.select(_TABLE.c.last_seen, _TABLE.c.ended_at).where(
-                        _TABLE.c.session_key == key
-                    )
-                )
-            ).first()
-        if found is None:
+        # One statement on its own: on PostgreSQL one round trip, not BEGIN/SELECT/COMMIT.
+        rows = await self._db.query(_mark_query(), {"key": key})
+        if not rows:
             return None
-        return SessionMark(last_seen_ms=int(found[0]), ended=found[1] is not None)
+        last_seen, ended_at = rows[0]
+        return SessionMark(last_seen_ms=int(last_seen), ended=ended_at is not None)
 
     async def touch(self, key: str, at_ms: int) -> None:
         async with self._db.write("system") as txn:
