@@ -145,7 +145,7 @@ async def test_subscribing_to_a_resource_nobody_offers_is_refused(
     async with Client(await face_of(api), mode="legacy") as client:
         with pytest.raises(MCPError) as unknown:
             await client.subscribe_resource("treadle://nope/test://watched-resource")
-        assert unknown.value.error.code == -32602
+        assert unknown.value.error.code == -32002  # as a read of it
 
 
 @pytest.fixture
@@ -302,3 +302,20 @@ async def test_over_http_an_update_reaches_the_subscribed_session_or_stream(
 
     async with mcp_env.connect(transport, era, message_handler=on_message) as client:
         await _updates_of(client, NAMESPACED, updated, touch)
+
+
+async def test_a_resource_whose_upstream_takes_no_subscriptions_is_refused_beside_one_that_does(
+    api: Api, content: Running, plain_url: str
+) -> None:
+    await register(api, content.url, name="content")
+    await register(api, plain_url, name="plain")
+    await api.configure("content", integrationAlias="cx")
+    await api.configure("plain", integrationAlias="pl")
+    async with Client(await face_of(api), mode="legacy") as client:
+        declared = await capabilities(client)
+        assert declared.resources is not None
+        assert declared.resources.subscribe is True
+        with pytest.raises(MCPError) as refused:
+            await client.subscribe_resource("treadle://pl/file:///docs/readme.md")
+        assert refused.value.error.code == -32602
+        await client.subscribe_resource(NAMESPACED)  # the other upstream's: taken

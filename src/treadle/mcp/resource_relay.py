@@ -48,7 +48,8 @@ Listen = Callable[
     Awaitable[SubscriptionsListenResult],
 ]
 Listener = Callable[[ServerEvent], None]
-Translate = Callable[[Awaitable[Any], int], Awaitable[Any]]
+# The engine's refusals as JSON-RPC errors (an unknown URI: -32002, as for a read).
+Translate = Callable[[Awaitable[Any]], Awaitable[Any]]
 
 # The listeners the listen stream being served subscribes (filled by `StreamTap`).
 _stream_listeners: contextvars.ContextVar[list[Listener] | None] = contextvars.ContextVar(
@@ -90,7 +91,7 @@ class ResourceRelay:
         caller = Caller(binding.org_id, binding.workspace_id, binding.actor, binding.end_user_id)
         try:
             cancel: Cancel = await self._translate(
-                self._content.subscribe(caller, offer, uri, deliver), INVALID_PARAMS
+                self._content.subscribe(caller, offer, uri, deliver)
             )
         except NotSubscribable as refused:
             raise MCPError(INVALID_PARAMS, str(refused)) from None

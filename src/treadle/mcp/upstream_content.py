@@ -61,7 +61,9 @@ class ContentFace:
         self._content = content
         self._resolve = resolve
         self._snapshot = snapshot
-        self.relay = ResourceRelay(content, self._offer, _translated)
+        self.relay = ResourceRelay(
+            content, self._offer, lambda work: _translated(work, RESOURCE_NOT_FOUND)
+        )
 
     def handlers(self) -> dict[str, Any]:
         """The `Server(...)` keyword arguments of these handlers."""
