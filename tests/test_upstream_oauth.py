@@ -236,6 +236,15 @@ async def test_a_refused_refresh_sends_the_end_user_to_the_connect_page(
     refused = await whoami(api, "alice")
     await browser.connect(refused.json()["connectUrl"], "alice", "Sign in to Fixture server")
     assert (await whoami(api, "alice")).status_code == 200
+    # An end user's own connection never reads the catalog for everyone.
+    connections = (await api.get("/connections")).json()["connections"]
+    [own] = [c for c in connections if c["integrationName"] == "fixture" and c["endUserId"]]
+    [upstream] = (await api.get("/upstreams")).json()["upstreams"]
+    borrowed = await api.patch(
+        f"/upstreams/{upstream['id']}", {"auth": {"type": "oauth", "connectionId": own["id"]}}
+    )
+    assert borrowed.status_code == 400
+    assert borrowed.json()["field"] == "auth.connectionId"
 
     protected.auth.refuse_refreshes = True
     protected.auth.expire("alice")

@@ -26,7 +26,7 @@ from treadle.app import Gateway
 from treadle.catalog.upstream.transport import allowed_stdio, check_url
 from treadle.errors import ErrorCode, NotFound, Refusal, ValidationFailed
 from treadle.store.database import WriteTxn
-from treadle.store.upstreams import Upstream
+from treadle.store.upstreams import Upstream, is_catalog_sign_in
 
 Url = Annotated[str, StringConstraints(min_length=1, max_length=2000, pattern=r"^[^\x00-\x20]+$")]
 Arg = Annotated[str, StringConstraints(max_length=1000)]
@@ -93,15 +93,15 @@ async def _checked_transport(
 
 
 async def _checked_auth(
-    gw: Gateway, org_id: str, auth: Auth, transport: dict[str, Any]
+    gw: Gateway, org_id: str, name: str, auth: Auth, transport: dict[str, Any]
 ) -> dict[str, Any]:
     if auth.type != "header" and auth.headerName is not None:
         raise ValidationFailed("headerName is only for auth type header", field="auth.headerName")
     if auth.type == "none" and auth.connectionId is not None:
         raise ValidationFailed("auth type none takes no connection", field="auth.connectionId")
-    for name in ("scopes", "clientId", "clientSecret"):
-        if auth.type != "oauth" and getattr(auth, name) is not None:
-            raise ValidationFailed(f"{name} is only for auth type oauth", field=f"auth.{name}")
+    for key in ("scopes", "clientId", "clientSecret"):
+        if auth.type != "oauth" and getattr(auth, key) is not None:
+            raise ValidationFailed(f"{key} is only for auth type oauth", field=f"auth.{key}")
     if auth.type == "oauth" and transport.get("type") == "stdio":
         raise ValidationFailed(
             "auth type oauth needs a streamable_http transport", field="auth.type"
@@ -113,11 +113,15 @@ async def _checked_auth(
             org_id, workspace_id="", connection_id=auth.connectionId
         )
         if not found and auth.type == "oauth":
-            one_of_org = await gw.store.connections.get(org_id, auth.connectionId)
-            found = [] if one_of_org is None else [one_of_org]
+            # Or one signed in to this upstream at /oauth/start (a workspace's, never an
+            # end user's own).
+            signed_in = await gw.store.connections.get(org_id, auth.connectionId)
+            if is_catalog_sign_in(signed_in, name):
+                found = [signed_in]
         if not found:
             raise ValidationFailed(
-                "connectionId must name an org-wide connection of this org",
+                "connectionId must name an org-wide connection of this org (or, for oauth, "
+                "a workspace connection signed in to this upstream)",
                 field="auth.connectionId",
             )
     stored = auth.model_dump(exclude_none=True, exclude={"clientSecret"})
@@ -187,7 +191,7 @@ async def create_upstream(request: Request) -> Response:
             field="name",
         )
     transport = await _checked_transport(body.transport, body.allowPrivateNetwork)
-    auth = await _checked_auth(gw, principal.org_id, body.auth, transport)
+    auth = await _checked_auth(gw, principal.org_id, body.name, body.auth, transport)
     async with gw.store.db.write(principal.actor) as txn:
         created = await gw.federation.records.create(
             txn,
@@ -265,7 +269,11 @@ async def update_upstream(request: Request) -> Response:
         if body.auth is None:
             raise ValidationFailed("auth cannot be null", field="auth")
         changes["auth"] = await _checked_auth(
-            gw, principal.org_id, body.auth, changes.get("transport", current.transport)
+            gw,
+            principal.org_id,
+            current.name,
+            body.auth,
+            changes.get("transport", current.transport),
         )
     async with gw.store.db.write(actor) as txn:
         updated = await gw.federation.records.update(txn, current, changes)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import sqlalchemy as sa
 
@@ -20,6 +20,7 @@ from treadle.errors import ErrorCode, Refusal
 from treadle.store import schema
 from treadle.store.database import Database, WriteTxn
 from treadle.store.portable import serialise
+from treadle.store.records import Connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,17 @@ class Upstream:
             "createdAt": self.created_at,
             "updatedAt": self.updated_at,
         }
+
+
+def is_catalog_sign_in(connection: Connection | None, upstream_name: str) -> TypeGuard[Connection]:
+    """Whether an OAuth upstream's catalog may be read with `connection` though it is not
+    org-wide: a workspace's connection signed in to this upstream, never an end user's."""
+    return (
+        connection is not None
+        and connection.integration_name == upstream_name
+        and connection.end_user_id is None
+        and connection.type == "oauth2"
+    )
 
 
 def public_auth(auth: dict[str, Any]) -> dict[str, Any]:

@@ -62,7 +62,7 @@ from treadle.errors import (
 from treadle.net.guard import BlockedDestination
 from treadle.oauth.refresh import TokenRefresher
 from treadle.store import ChangeEvent, Store
-from treadle.store.upstreams import Upstream, UpstreamHealth, Upstreams
+from treadle.store.upstreams import Upstream, UpstreamHealth, Upstreams, is_catalog_sign_in
 
 log = logging.getLogger(__name__)
 
@@ -258,8 +258,9 @@ class Federation:
         )
         if not found and upstream.auth.get("type") == "oauth":
             # Signed in through /oauth/start, which makes a workspace's connection.
-            one = await self._store.connections.get(upstream.org_id, connection_id)
-            found = [] if one is None else [one]
+            signed_in = await self._store.connections.get(upstream.org_id, connection_id)
+            if is_catalog_sign_in(signed_in, upstream.name):
+                found = [signed_in]
         if not found:
             raise ValidationFailed("The upstream's catalog connection no longer exists")
         credentials = await self._store.connections.credentials(found[0])
