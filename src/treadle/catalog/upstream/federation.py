@@ -12,6 +12,9 @@
 - Calls: the call's resolved connection picks the pooled session; a session that died is
   reopened once; failures become the pipeline's errors (unreachable: ACTION_FAILED, refused
   credentials: CONNECTION_ERROR, `isError`: the upstream-failure outcome).
+- OAuth upstreams (`auth.type` oauth, signed in through `oauth.upstream_clients`): a call's
+  token is refreshed by the pipeline before it expires and after the upstream's 401; the
+  catalog connection's is refreshed here the same way, with the same refresh-once machinery.
 """
 
 from __future__ import annotations
