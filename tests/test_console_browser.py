@@ -25,10 +25,14 @@ from test_approval_browser import (  # noqa: F401
     served,
 )
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason="needs Debian's chromium: apt-get install chromium chromium-driver",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="needs Debian's chromium: apt-get install chromium chromium-driver",
+    ),
+    # A real browser through several pages: minutes on a busy CI machine, not seconds.
+    pytest.mark.timeout(300),
+]
 
 
 def titled(driver: Any, prefix: str) -> None:
@@ -336,11 +340,14 @@ def populate(served: Served) -> dict[str, str]:  # noqa: F811
     return {"server": server.json()["server"]["id"], "entry": entries[0]["id"]}
 
 
+@pytest.mark.parametrize("label", ["phone", "desktop"])
 def test_every_console_page_is_accessible_at_phone_and_desktop_width(
     served: Served,  # noqa: F811
-    chromium: Any,  # noqa: F811
-    desktop: Any,
+    request: pytest.FixtureRequest,
+    label: str,
 ) -> None:
+    driver = request.getfixturevalue("chromium" if label == "phone" else "desktop")
+    size = PHONE if label == "phone" else DESKTOP
     ids = populate(served)
     base = served.base_url
     pages = {
@@ -354,18 +361,17 @@ def test_every_console_page_is_accessible_at_phone_and_desktop_width(
         "server": f"/console/servers/{ids['server']}",
         "keys": "/console/keys",
     }
-    for driver, label, size in ((chromium, "phone", PHONE), (desktop, "desktop", DESKTOP)):
-        driver.get(f"{base}/console/signin")
+    driver.get(f"{base}/console/signin")
+    accessible(driver)
+    sign_in(driver, served)
+    assert driver.execute_script("return window.innerWidth") == size[0]
+    for name, path in pages.items():
+        driver.get(f"{base}{path}")
+        assert "ghp_never_on_a_page" not in driver.page_source
         accessible(driver)
-        sign_in(driver, served)
-        assert driver.execute_script("return window.innerWidth") == size[0]
-        for name, path in pages.items():
-            driver.get(f"{base}{path}")
-            assert "ghp_never_on_a_page" not in driver.page_source
-            accessible(driver)
-            no_overflow(driver)
-            if name in ("approvals", "connections", "activity", "server"):
-                shot(driver, f"console-{name}-{label}")
+        no_overflow(driver)
+        if name in ("approvals", "connections", "activity", "server"):
+            shot(driver, f"console-{name}-{label}")
 
 
 # What a person does, per area -------------------------------------------------------------
@@ -530,3 +536,46 @@ def test_a_person_filters_the_activity_and_opens_a_record(
     assert "refused" in details
     assert "notes (kv-store)" in details
     no_overflow(chromium)
+
+
+def test_a_person_signs_in_with_the_orgs_identity_provider(
+    served: Served,  # noqa: F811
+    chromium: Any,  # noqa: F811
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    from oidc_provider import oidc_provider
+
+    with oidc_provider() as provider:
+        idp = served.rest.post(
+            "/identity-providers",
+            json={
+                "name": "corporate",
+                "kind": "oidc",
+                "issuer": provider.issuer,
+                "clientId": "treadle-console",
+                "clientSecret": "idp-secret",
+                "allowPrivateNetwork": True,
+            },
+        )
+        assert idp.status_code == 201, idp.text
+        idp_id = idp.json()["identityProvider"]["id"]
+        made = served.rest.post(
+            "/api-keys", json={"name": "alice", "workspaceId": served.workspace_id}
+        )
+        assert made.status_code == 201, made.text
+        # The provider's page links a stylesheet on a CDN: tests stay on loopback.
+        chromium.execute_cdp_cmd("Network.enable", {})
+        chromium.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*://cdn.jsdelivr.net/*"]})
+        chromium.implicitly_wait(10)
+        chromium.get(f"{served.base_url}/console/signin?idp={idp_id}")
+        accessible(chromium)
+        chromium.find_element(By.LINK_TEXT, "Sign in with corporate").click()
+        chromium.find_element(By.NAME, "sub").send_keys("alice")
+        chromium.find_element(By.XPATH, "//button[text()='Authorize']").click()
+        titled(chromium, "Approvals")
+        assert "alice (" in chromium.find_element(By.CLASS_NAME, "who").text
+        assert "one workspace" in chromium.find_element(By.CLASS_NAME, "who").text
+        served.rest.delete(f"/api-keys/{made.json()['apiKey']['id']}")
+        chromium.get(f"{served.base_url}/console/keys")
+        assert chromium.title.startswith("Sign in")

@@ -22,9 +22,9 @@
           source.select(); announce("Press Ctrl+C (or Cmd+C) to copy.");
         });
       } else {
+        // Plain HTTP on another host: no Clipboard API; the selection is copied instead.
         source.select();
-        copied(button);
-        document.execCommand("copy");
+        if (document.execCommand("copy")) { copied(button); } else { announce("Press Ctrl+C (or Cmd+C) to copy."); }
       }
     });
   });
