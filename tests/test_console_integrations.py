@@ -113,6 +113,43 @@ async def test_editing_an_integration_saves_what_rest_reads_back(
     assert got["integration"]["allowedActions"] is None
 
 
+async def test_an_integration_edit_offers_shared_connections_and_never_their_secret(
+    api: Api, console: Browser
+) -> None:
+    secret = "sk-console-edit-9f3a"
+    made = await api.post(
+        "/connections",
+        {
+            "workspaceId": api.workspace_id,
+            "integrationName": "http",
+            "type": "bearer",
+            "displayName": "Upstream API",
+            "externalId": "upstream",
+            "values": {"token": secret},
+        },
+    )
+    assert made.status_code == 201, made.text
+    web = await api.configure("http", integrationAlias="web", connectionId="upstream")
+    page = await console.page(base(api, web["id"]))
+    assert f'<option value="{made.json()["connection"]["id"]}">' in page.text
+    assert "<code>upstream</code>" in page.text
+    assert secret not in page.text
+    moved = await console.submit(
+        base(api, web["id"]),
+        {"integrationAlias": "web", "connectionStrategy": "fixed", "connectionId": "elsewhere"},
+    )
+    assert moved.status_code == 400  # no shared connection of this workspace has that ID
+    assert 'id="connectionId-error"' in moved.text
+    assert secret not in moved.text
+    kept = await console.submit(
+        base(api, web["id"]),
+        {"integrationAlias": "web", "connectionStrategy": "fixed", "connectionId": "upstream"},
+    )
+    assert kept.status_code == 200
+    got = (await api.get(f"/workspaces/{api.workspace_id}/integrations/{web['id']}")).json()
+    assert got["integration"]["connectionId"] == made.json()["connection"]["id"]
+
+
 @pytest.mark.parametrize(
     ("change", "field", "code", "status"),
     [
