@@ -115,6 +115,8 @@ async def signed_in_catalog(api: Api, browser: Browser, protected: Protected) ->
     """An admin signs in for the catalog connection; the upstream's tools are read with it."""
     created = await register(api, protected.url)
     assert created["health"]["connected"] is False
+    # The health says where the tool list's sign-in starts.
+    assert "/oauth/start?integrationName=fixture" in created["health"]["lastError"]
     location = await start(
         api.client, workspaceId=api.workspace_id, integrationName="fixture", externalId="catalog"
     )

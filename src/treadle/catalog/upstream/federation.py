@@ -182,7 +182,7 @@ class Federation:
         except Exception as error:
             health = UpstreamHealth(
                 connected=False,
-                last_error=_public(error),
+                last_error=_sign_in_needed(upstream, error) or _public(error),
                 protocol_version=upstream.health.protocol_version,
                 last_refresh_at=upstream.health.last_refresh_at,
                 server_name=upstream.health.server_name,
@@ -499,6 +499,22 @@ def _public(error: BaseException) -> str:
         if isinstance(leaf, BlockedDestination):
             return leaf.message
     return describe(error)
+
+
+def _sign_in_needed(upstream: Upstream, error: BaseException) -> str | None:
+    """What an OAuth upstream nobody signed in to for the catalog needs, said as such."""
+    if (
+        upstream.auth.get("type") == "oauth"
+        and "connectionId" not in upstream.auth
+        and isinstance(error, Unreachable)
+        and error.auth_refused
+    ):
+        return (
+            "HTTP 401: the upstream needs an OAuth sign-in to list its tools; sign in at "
+            "/oauth/start?integrationName=" + upstream.name + "&workspaceId=… and set "
+            "auth.connectionId to the connection it makes"
+        )
+    return None
 
 
 def _unreachable(upstream: Upstream, error: BaseException) -> Exception:
