@@ -28,7 +28,7 @@ from treadle.mcp.runtime import McpRuntime
 from treadle.settings import Settings
 from upstream_oauth import Protected, protected_upstream
 
-from conftest import Api, api_on
+from conftest import Api, api_on, client_for
 
 pytestmark = pytest.mark.anyio
 
@@ -513,3 +513,41 @@ async def test_treadle_publishes_a_client_metadata_document_only_on_an_https_url
     api: Api,
 ) -> None:
     assert (await api.client.get("/oauth/client-metadata.json")).status_code == 404
+
+
+async def test_two_replicas_refresh_an_expired_token_once(
+    api: Api, protected: Protected, settings: Settings
+) -> None:
+    browser = Browser(api)
+    await signed_in_catalog(api, browser, protected)
+    await api.configure("fixture", integrationAlias="fx", connectionStrategy="per_user")
+    await api.post("/end-users", {"workspaceId": api.workspace_id, "externalId": "alice"})
+    refused = await whoami(api, "alice")
+    await browser.connect(refused.json()["connectUrl"], "alice", "Sign in to Fixture server")
+    other = await Gateway.open(settings)
+    try:
+        async with client_for(other, api.api_key, PUBLIC) as second:
+            await other.federation.load()
+            protected.auth.expire("alice")
+            answers: list[httpx2.Response] = []
+
+            async def call(client: httpx2.AsyncClient) -> None:
+                body = {
+                    "workspaceId": api.workspace_id,
+                    "integrationName": "fixture",
+                    "actionName": "whoami",
+                    "input": {},
+                    "endUserId": "alice",
+                }
+                answers.append(await client.post("/api/v1/actions/execute", json=body))
+
+            async with anyio.create_task_group() as tasks:
+                for client in (api.client, second, api.client, second):
+                    tasks.start_soon(call, client)
+    finally:
+        await other.close()
+
+    assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+    # The authorization server rotates refresh tokens: a second refresh with the old one
+    # would have been refused.
+    assert protected.auth.refreshes == 1
