@@ -135,6 +135,7 @@ def test_a_person_adds_kv_store_makes_an_enforced_partial_and_a_policy(
     chromium.find_element(By.XPATH, "//button[normalize-space()='Save policy']").click()
     assert "VALIDATION_ERROR" in chromium.find_element(By.ID, "priority-error").text
     assert chromium.find_element(By.ID, "priority").get_attribute("aria-invalid") == "true"
+    assert chromium.switch_to.active_element == chromium.find_element(By.ID, "priority")
     accessible(chromium)
     chromium.find_element(By.LINK_TEXT, "Approval policies").click()
     titled(chromium, "Approval policies")
