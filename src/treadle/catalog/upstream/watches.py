@@ -14,9 +14,10 @@ fresh session).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,17 +56,35 @@ class _Watch:
             await self.fan_out()
 
 
+Key = tuple[str, str]  # (the session's pool key, the upstream's URI)
+
+
 class ResourceWatches:
     def __init__(self) -> None:
-        self._watches: dict[tuple[str, str], _Watch] = {}
-        self._lock = asyncio.Lock()
+        self._watches: dict[Key, _Watch] = {}
+        # One lock per key while anyone uses it: an unsubscribe must reach the upstream
+        # before a new subscribe to the same URI on the same session does, but a slow
+        # upstream must not hold up anyone else's subscriptions.
+        self._locks: dict[Key, tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def _serialised(self, key: Key) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[key]
 
     async def watch(self, live: Live, uri: str, deliver: Deliver) -> Cancel:
         """Call `deliver` on every update of the upstream's `uri` until the returned
         callable is awaited. The upstream's refusal (an MCPError) propagates."""
         key = (live.target.key, uri)
         token = object()
-        async with self._lock:
+        async with self._serialised(key):
             watch = self._watches.get(key)
             if watch is not None and (watch.live is not live or watch.live.closed):
                 del self._watches[key]  # made on a session that has since been replaced
@@ -78,7 +97,7 @@ class ResourceWatches:
             watch.subscribers[token] = deliver
 
         async def cancel() -> None:
-            async with self._lock:
+            async with self._serialised(key):
                 watch.subscribers.pop(token, None)
                 if watch.subscribers or self._watches.get(key) is not watch:
                     return
