@@ -7,12 +7,16 @@ handshake era; treadle's own clients speak either era too.
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
+import uvicorn
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import ResourceUpdated
@@ -39,6 +43,7 @@ from upstream_fixture import Upstream as PlainUpstream
 from upstream_fixture import http_app as plain_app
 
 from conftest import Api
+from loopback import _Server as LoopbackServer
 from loopback import serve
 from mcp_harness import McpEnv
 
@@ -319,3 +324,96 @@ async def test_a_resource_whose_upstream_takes_no_subscriptions_is_refused_besid
             await client.subscribe_resource("treadle://pl/file:///docs/readme.md")
         assert refused.value.error.code == -32602
         await client.subscribe_resource(NAMESPACED)  # the other upstream's: taken
+
+
+@asynccontextmanager
+async def serving_on(app: Any, sock: socket.socket) -> AsyncIterator[None]:
+    """`app` on an already bound socket until the block ends (then the port is free again)."""
+    config = uvicorn.Config(app, lifespan="on", log_config=None, http="h11")
+    config.timeout_graceful_shutdown = 1
+    server = LoopbackServer(config)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(server.serve, [sock])
+        with anyio.fail_after(5):
+            await server.listening.wait()
+        try:
+            yield
+        finally:
+            server.should_exit = True
+
+
+def bound_socket(port: int = 0) -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock
+
+
+async def run_upstream(
+    app: Any,
+    sock: socket.socket,
+    stop: anyio.Event,
+    ended: anyio.Event,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    try:
+        async with serving_on(app, sock):
+            task_status.started()
+            await stop.wait()
+    finally:
+        ended.set()
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_a_2026_upstream_s_resource_stream_is_opened_again_after_its_restart(
+    api: Api, era: str
+) -> None:
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    updated = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, ResourceUpdatedNotification) and message.params.uri == NAMESPACED:
+            updated.set()
+
+    stops = [anyio.Event(), anyio.Event()]
+    ended = [anyio.Event(), anyio.Event()]
+    async with anyio.create_task_group() as upstreams:
+        await upstreams.start(run_upstream, http_app(ContentUpstream()), sock, stops[0], ended[0])
+        try:
+            await register(api, f"http://127.0.0.1:{port}/mcp", name="content")
+            await api.configure("content", integrationAlias="cx")
+            face = await face_of(api)
+            async with AsyncExitStack() as stack:
+                client = await stack.enter_async_context(
+                    Client(face, mode=era, message_handler=on_message)
+                )
+                events = None
+                if era == "legacy":
+                    await client.subscribe_resource(NAMESPACED)
+                else:
+                    events = await stack.enter_async_context(
+                        client.listen(resource_subscriptions=[NAMESPACED])
+                    )
+                stops[0].set()  # the upstream goes away, and comes back on its port
+                with anyio.fail_after(10):
+                    await ended[0].wait()
+                again = ContentUpstream()
+                await upstreams.start(
+                    run_upstream, http_app(again), bound_socket(port), stops[1], ended[1]
+                )
+                with anyio.fail_after(15):
+                    await again.listened.wait()  # treadle listens to the URI again
+                touched = await client.call_tool("cx__touch_watched_resource", {})
+                assert not touched.is_error
+                with anyio.fail_after(10):
+                    if events is None:
+                        await updated.wait()
+                    else:
+                        async for event in events:
+                            assert event == ResourceUpdated(uri=NAMESPACED)
+                            break
+        finally:
+            for stop in stops:
+                stop.set()

@@ -28,6 +28,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import anyio
 import uvicorn
 from mcp.server import NotificationOptions, Server, ServerRequestContext
 from mcp.server.session import ServerSession
@@ -159,12 +160,26 @@ def _text(text: str) -> TextContent:
     return TextContent(type="text", text=text)
 
 
+class _TellingBus(InMemorySubscriptionBus):
+    """Says when a listen stream first subscribes (a test then knows an event reaches it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.subscribed = anyio.Event()
+
+    def subscribe(self, listener: Callable[[Any], None]) -> Callable[[], None]:
+        unsubscribe = super().subscribe(listener)
+        self.subscribed.set()
+        return unsubscribe
+
+
 class ContentUpstream:
     """The server and what it keeps: the watched resource's version, its subscribers."""
 
     def __init__(self) -> None:
         self.version = 0
-        self.bus = InMemorySubscriptionBus()
+        self.bus = _TellingBus()
+        self.listened = self.bus.subscribed  # set once a listen stream subscribes
         # Handshake-era subscribers of the watched resource (one per session).
         self.subscribers: dict[int, ServerSession] = {}
         # Every handshake-era session (told when a list changes), and what was added.

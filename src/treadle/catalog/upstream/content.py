@@ -278,8 +278,13 @@ class UpstreamContent:
         if not source.upstream.catalog.get("subscribe"):
             raise NotSubscribable(f"The server of {uri[:200]} takes no subscriptions")
 
+        pool = self._federation.pool
+
         async def watch(live: Live) -> Cancel:
-            return await self.watches.watch(live, original, deliver)
+            async def reopen() -> Live:
+                return await pool.session(live.target)
+
+            return await self.watches.watch(live, original, deliver, reopen)
 
         return await self._on_upstream(caller, source, original, watch)
 

@@ -6,9 +6,10 @@ every update fans out to all of them. How it is opened follows the era the sessi
 `resources/subscribe` (and `notifications/resources/updated` on the session) in the
 handshake era, a `subscriptions/listen` stream naming the URI on 2026-07-28.
 
-A subscription lives as long as the session it was made on: when the upstream restarts,
-its updates stop until the URI is subscribed to again (the next subscriber opens it on the
-fresh session).
+On 2026-07-28 the stream is opened again whenever it ends while anyone still subscribes
+(an upstream restart included). A handshake-era subscription lives as long as the session it
+was made on: after the upstream restarts, its updates stop until the URI is subscribed to
+again on the fresh session (by a new subscriber).
 """
 
 from __future__ import annotations
@@ -35,14 +36,21 @@ log = logging.getLogger(__name__)
 Deliver = Callable[[], Awaitable[None]]
 Cancel = Callable[[], Awaitable[None]]
 
+Reopen = Callable[[], Awaitable[Live]]
+
 # An upstream that does not answer a subscribe or unsubscribe in this long is given up on.
 ANSWER_SECONDS = 10.0
+# A 2026-07-28 stream that ended is opened again after this, doubling up to the maximum.
+RETRY_FIRST_SECONDS = 0.25
+RETRY_MAX_SECONDS = 30.0
 
 
 @dataclass(slots=True)
 class _Watch:
     live: Live
     uri: str
+    # A session to listen on again when this one has died (2026-07-28 upstreams).
+    reopen: Reopen | None = None
     subscribers: dict[object, Deliver] = field(default_factory=dict)
     listening: asyncio.Task[None] | None = None
 
@@ -79,30 +87,39 @@ class ResourceWatches:
             if not users[0]:
                 del self._locks[key]
 
-    async def watch(self, live: Live, uri: str, deliver: Deliver) -> Cancel:
+    async def watch(
+        self, live: Live, uri: str, deliver: Deliver, reopen: Reopen | None = None
+    ) -> Cancel:
         """Call `deliver` on every update of the upstream's `uri` until the returned
-        callable is awaited. The upstream's refusal (an MCPError) propagates."""
+        callable is awaited. The upstream's refusal (an MCPError) propagates. `reopen`
+        gives a fresh session of the same target when `live` has died."""
         key = (live.target.key, uri)
         token = object()
         async with self._serialised(key):
             watch = self._watches.get(key)
-            if watch is not None and (watch.live is not live or watch.live.closed):
-                del self._watches[key]  # made on a session that has since been replaced
+            carried: dict[object, Deliver] = {}
+            if watch is not None and watch.listening is None and watch.live is not live:
+                # Made on a session since replaced (the upstream restarted): made again on
+                # this one, for everyone who subscribed.
+                del self._watches[key]
+                carried = dict(watch.subscribers)
                 await _end(watch)
                 watch = None
             if watch is None:
-                watch = _Watch(live, uri)
+                watch = _Watch(live, uri, reopen)
                 await _start(watch)
                 self._watches[key] = watch
+            watch.subscribers.update(carried)
             watch.subscribers[token] = deliver
 
         async def cancel() -> None:
             async with self._serialised(key):
-                watch.subscribers.pop(token, None)
-                if watch.subscribers or self._watches.get(key) is not watch:
+                current = self._watches.get(key)
+                if current is None or current.subscribers.pop(token, None) is None:
                     return
-                del self._watches[key]
-                await _end(watch)
+                if not current.subscribers:
+                    del self._watches[key]
+                    await _end(current)
 
         return cancel
 
@@ -138,18 +155,33 @@ async def _start(watch: _Watch) -> None:
 
 
 async def _listen(watch: _Watch, acknowledged: asyncio.Event) -> None:
-    client = watch.live.client
-    assert client is not None
-    try:
-        async with client.listen(resource_subscriptions=[watch.uri]) as events:
-            acknowledged.set()
-            async for event in events:
-                if isinstance(event, ResourceUpdated) and event.uri == watch.uri:
-                    await watch.fan_out()
-    except Exception as error:
-        if not acknowledged.is_set():
-            raise
-        log.info("upstream resource stream for %s ended (%s)", watch.uri, describe(error))
+    """The 2026-07-28 stream of one URI's updates; opened again (after a pause that grows
+    while it keeps failing) whenever it ends while subscribers remain: the upstream closed
+    it, restarted, or was unreachable for a while."""
+    pause = RETRY_FIRST_SECONDS
+    while True:
+        client = watch.live.client
+        assert client is not None
+        try:
+            async with client.listen(resource_subscriptions=[watch.uri]) as events:
+                acknowledged.set()
+                pause = RETRY_FIRST_SECONDS
+                async for event in events:
+                    if isinstance(event, ResourceUpdated) and event.uri == watch.uri:
+                        await watch.fan_out()
+        except Exception as error:
+            if not acknowledged.is_set():
+                raise
+            log.info("upstream resource stream for %s ended (%s)", watch.uri, describe(error))
+        if watch.reopen is None:
+            return
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, RETRY_MAX_SECONDS)
+        if watch.live.closed:
+            try:
+                watch.live = await watch.reopen()
+            except Exception as error:
+                log.info("upstream for %s still unreachable (%s)", watch.uri, describe(error))
 
 
 async def _end(watch: _Watch) -> None:
