@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import uvicorn
@@ -32,6 +32,7 @@ from mcp.server.auth.provider import (
     AccessToken,
     AuthorizationCode,
     AuthorizationParams,
+    IdentityAssertionParams,
     ProviderTokenVerifier,
     RefreshToken,
     TokenError,
@@ -170,6 +171,11 @@ class AuthServer:
         self.access.pop(token.token, None)
         self.refresh.pop(token.token, None)
 
+    async def exchange_identity_assertion(
+        self, client: OAuthClientInformationFull, params: IdentityAssertionParams
+    ) -> OAuthToken:
+        raise TokenError("unsupported_grant_type", "no identity assertions here")
+
     def _issue(
         self, client_id: str, scopes: list[str], resource: str | None, subject: str | None
     ) -> OAuthToken:
@@ -269,7 +275,7 @@ def protected_app(upstream: Upstream, server: AuthServer, url: str) -> ASGIApp:
             required_scopes=[SCOPE],
             validate_token_resource=True,
         ),
-        token_verifier=ProviderTokenVerifier(server),  # type: ignore[arg-type]
+        token_verifier=ProviderTokenVerifier(server),
     )
     return app
 
@@ -315,10 +321,11 @@ async def protected_upstream(
     servers: list[_Server] = []
     options: dict[str, Any] = {"log_config": None, "http": "h11"}
     async with anyio.create_task_group() as tasks:
-        for app, sock, lifespan in (
+        pairs: tuple[tuple[ASGIApp, socket.socket, Literal["on", "off"]], ...] = (
             (auth_server_app(server, registration, client_metadata), as_socket, "off"),
             (protected_app(upstream, server, url), rs_socket, "on"),
-        ):
+        )
+        for app, sock, lifespan in pairs:
             running = _Server(
                 uvicorn.Config(app, lifespan=lifespan, timeout_graceful_shutdown=1, **options)
             )
