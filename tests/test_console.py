@@ -625,6 +625,18 @@ async def test_a_connection_made_in_the_console_is_listed_without_its_secret(
     assert (await api.get("/connections")).json()["connections"] == []
     missing = await console.submit(f"/console/connections/{listed['id']}/delete", {})
     assert missing.status_code == 404
+    # Fields are taken whole: a long external ID is kept, an over-long name refused.
+    long_id = "e" * 250
+    kept = await console.submit(
+        "/console/connections", {**fields, "externalId": long_id, "endUserId": ""}
+    )
+    assert kept.status_code == 200
+    assert [c["externalId"] for c in (await api.get("/connections")).json()["connections"]] == [
+        long_id
+    ]
+    too_long = await console.submit("/console/connections", {**fields, "displayName": "n" * 101})
+    assert too_long.status_code == 400
+    assert "VALIDATION_ERROR" in field_error(too_long, "displayName")
 
 
 async def test_an_org_wide_connection_needs_an_org_wide_key(api: Api) -> None:

@@ -127,16 +127,17 @@ async def _create(request: Request, me: SignedIn, fields: dict[str, list[str]]) 
             raise ValidationFailed("Choose a connection type", field="type")
         if any(len(v) > _MAX_FIELD for values in fields.values() for v in values):
             raise ValidationFailed("A field is too long", field="secret")
+        # The fields as given (the echo in `form` is shortened): too long is refused, not cut.
         body: dict[str, Any] = {
-            "integrationName": form["integrationName"],
+            "integrationName": _one(fields, "integrationName"),
             "type": kind,
-            "displayName": form["displayName"],
-            "externalId": form["externalId"],
+            "displayName": _one(fields, "displayName"),
+            "externalId": _one(fields, "externalId"),
             "values": _values(kind, fields),
         }
         for name in ("workspaceId", "endUserId", "baseUrl"):
-            if form[name]:
-                body[name] = form[name]
+            if _one(fields, name):
+                body[name] = _one(fields, name)
         parsed = parse(CreateConnection, body)
         # The scope check of the REST face: an org-level connection needs an org-wide key.
         if parsed.workspaceId is None:
@@ -233,13 +234,13 @@ async def _create_end_user(
     names = ("userWorkspace", "userExternalId", "userDisplayName", "userEmail")
     form = {name: _one(fields, name)[:400] for name in names}
     body: dict[str, Any] = {
-        "workspaceId": form["userWorkspace"],
-        "externalId": form["userExternalId"],
+        "workspaceId": _one(fields, "userWorkspace"),
+        "externalId": _one(fields, "userExternalId"),
     }
     if form["userDisplayName"]:
-        body["displayName"] = form["userDisplayName"]
+        body["displayName"] = _one(fields, "userDisplayName")
     if form["userEmail"]:
-        body["email"] = form["userEmail"]
+        body["email"] = _one(fields, "userEmail")
     rename = {
         "workspaceId": "userWorkspace",
         "externalId": "userExternalId",
