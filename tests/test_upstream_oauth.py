@@ -23,12 +23,15 @@ from mcp import Client
 
 from emulators.oauth_stage import local, start
 from treadle.app import Gateway
+from treadle.catalog.upstream.sessions import SessionPool, Target
 from treadle.mcp.binds import bind_server
 from treadle.mcp.runtime import McpRuntime
 from treadle.settings import Settings
+from upstream_fixture import Upstream, http_app
 from upstream_oauth import Protected, protected_upstream
 
 from conftest import Api, api_on, client_for
+from loopback import serve
 
 pytestmark = pytest.mark.anyio
 
@@ -551,3 +554,30 @@ async def test_two_replicas_refresh_an_expired_token_once(
     # The authorization server rotates refresh tokens: a second refresh with the old one
     # would have been refused.
     assert protected.auth.refreshes == 1
+
+
+async def test_a_refreshed_token_s_session_replaces_the_old_one_of_its_connection() -> None:
+    state = Upstream()
+    async with serve(http_app(state), lifespan="on", timeout_graceful_shutdown=1) as port:
+        url = f"http://127.0.0.1:{port}/mcp"
+        pool = SessionPool(connect_timeout=10)
+
+        def target(token: str, connection: str) -> Target:
+            return Target(
+                "ups_x",
+                {"type": "streamable_http", "url": url},
+                allow_private_network=True,
+                headers=(("Authorization", f"Bearer {token}"),),
+                connection_id=connection,
+            )
+
+        try:
+            old = await pool.session(target("at_old", "conn-a"))
+            other = await pool.session(target("at_b", "conn-b"))
+            new = await pool.session(target("at_new", "conn-a"))
+            assert old.closed
+            assert not new.closed
+            assert not other.closed
+            assert len(pool) == 2
+        finally:
+            await pool.close()
