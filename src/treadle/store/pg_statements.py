@@ -46,8 +46,17 @@ class _Compiled:
     binds: tuple[Callable[[Any], Any] | None, ...]
     results: tuple[Callable[[Any], Any] | None, ...]
 
+    # The values the statement itself carries (literals, `x == "*"`), by bind name; None
+    # when its bind names are escaped forms of the parameters' keys (then SQLAlchemy maps).
+    constants: dict[str, Any] | None
+
     def positional(self, params: dict[str, Any] | None) -> list[Any]:
-        values = self.compiled.construct_params(params)
+        given = params or {}
+        if self.constants is None:
+            values = self.compiled.construct_params(params)
+        else:
+            # construct_params' answer, without its per-call walk over every bind.
+            values = self.constants if not given else {**self.constants, **given}
         return [
             value if bind is None else bind(value)
             for value, bind in zip(map(values.__getitem__, self.names), self.binds, strict=True)
@@ -115,6 +124,7 @@ class PostgresStatements:
             column[3]._cached_result_processor(self._dialect, None)
             for column in compiled._result_columns
         )
+        constants = None if compiled.escaped_bind_names else compiled.construct_params(_check=False)
         entry = _Compiled(
             statement,
             compiled.string,
@@ -122,6 +132,7 @@ class PostgresStatements:
             names,
             tuple(processors.get(name) for name in names),
             results,
+            constants,
         )
         if len(self._compiled) >= MAX_COMPILED:
             self._compiled.clear()
