@@ -156,17 +156,26 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+_CPU_KINDS = ("treadle", "postgresql", "client")
+
+
 def _replicas(found: dict[str, Any]) -> str:
     rows = []
-    for label, side in found["throughput"]["sides"].items():
+    throughput = found["throughput"]
+    for label, side in throughput["sides"].items():
         rows.append(
             [
-                f"{label}, c=32, {found['throughput']['era']}",
+                f"{label}, c=32, {throughput['era']}",
                 f"{_ms(side['p50'])} / {_ms(side['p99'])}",
                 f"{side['perSecond']:.0f}",
                 str(side["errors"]),
             ]
         )
+    cpu_rows = [
+        [label, *(f"{side['cpuMsPerCall'].get(k, math.nan):.2f}" for k in _CPU_KINDS)]
+        for label, side in throughput["sides"].items()
+        if "cpuMsPerCall" in side
+    ]
     for era, row in found["latency"].items():
         for label, side in row["sides"].items():
             rows.append(
@@ -179,9 +188,19 @@ def _replicas(found: dict[str, Any]) -> str:
             )
     across = found["resync"]
     commit = across.get("fromCommitMs") or {}
+    client = f"load from {throughput.get('client', 'python')}"
+    if found.get("niceness") is not None:
+        client += f", case processes at niceness {found['niceness']}"
+    cpu = (
+        "\n\nCPU per call at c=32 (ms; 2 cores = 2000 ms of CPU per second):\n\n"
+        + _table(["deployment", *_CPU_KINDS], cpu_rows)
+        if cpu_rows
+        else ""
+    )
     return (
-        "### 7. Replicas on PostgreSQL\n\n"
+        f"### 7. Replicas on PostgreSQL ({client})\n\n"
         + _table(["deployment, load", "p50 / p99 ms", "calls/s", "errors"], rows)
+        + cpu
         + f"\n\nResync across replicas (change through A, {across['clients']} clients on B, "
         f"{across['rounds']} rounds): from commit p50 / p99 {_ms(commit.get('p50'))} / "
         f"{_ms(commit.get('p99'))} ms, missed {across['missed']}; 2 replicas / 1: "
