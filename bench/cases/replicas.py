@@ -16,10 +16,12 @@ cores, so two replicas can at most use what one leaves idle (see docs/benchmarks
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -87,10 +89,16 @@ NICENESS = -10
 
 
 def _prioritise(pid: int = 0) -> bool:
+    """The niceness of the process and, where the kernel groups processes by session for
+    scheduling (autogroup, as on this VM), of its group: there a process's own niceness only
+    weighs against its group's other processes, and each PostgreSQL backend is a group."""
     try:
         os.setpriority(os.PRIO_PROCESS, pid, NICENESS)
     except (PermissionError, ProcessLookupError):
         return False
+    group = Path(f"/proc/{pid or 'self'}/autogroup")
+    with contextlib.suppress(OSError):
+        group.write_text(str(NICENESS))
     return True
 
 
