@@ -96,7 +96,8 @@ async def test_a_refused_hit_counts_nothing_on_the_quota(
     usage = UsageCounters(db)
     assert (await combined.admit("org", 1, WINDOW, "org", 10)).quota_counted
     refused = await combined.admit("org", 1, WINDOW, "org", 10)
-    assert not refused.rate_allowed and not refused.quota_counted
+    assert not refused.rate_allowed
+    assert not refused.quota_counted
     assert refused.rate.retry_after > 0
     assert await usage.current("org", PERIOD) == 1
 
@@ -107,7 +108,9 @@ async def test_a_quota_of_zero_refuses_and_creates_no_count(
 ) -> None:
     db, _ = databases
     got = await admission(db, Clock()).admit("org-zero", 100, WINDOW, "org-zero", 0)
-    assert got.rate_allowed and not got.quota_counted and got.quota_used == 0
+    assert got.rate_allowed
+    assert not got.quota_counted
+    assert got.quota_used == 0
     assert await UsageCounters(db).current("org-zero", PERIOD) == 0
 
 
