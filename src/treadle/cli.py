@@ -335,7 +335,8 @@ async def cmd_serve(args: argparse.Namespace) -> int:
                 f"the database lacks {len(missing)} migrations ({missing[0]} first); "
                 "run `treadle migrate`"
             )
-    await serve(settings, host=args.host, port=args.port)
+    with logs.written_in_background():
+        await serve(settings, host=args.host, port=args.port)
     return 0
 
 
@@ -419,7 +420,8 @@ async def cmd_demo(args: argparse.Namespace) -> int:
         print(modes_hint(demo.server, base_url))
         print("\nServing; press Ctrl+C to stop.", flush=True)
 
-    await serve(settings, host=args.host, port=args.port, announce=ready)
+    with logs.written_in_background():
+        await serve(settings, host=args.host, port=args.port, announce=ready)
     return 0
 
 

@@ -9,13 +9,13 @@ the JSON-RPC `rpcMethod` and `tool`. Never a token, header value or argument.
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import logging.handlers
 import queue
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -82,30 +82,31 @@ class _Handoff(logging.handlers.QueueHandler):
         return record
 
 
-_writer: logging.handlers.QueueListener | None = None
-
-
 def configure(level: int, log_format: str = "text") -> None:
-    """Log to stderr through one writer thread: the event loop only queues a record (a
-    request's line cost it ~30-200 µs of formatting and a blocking write, more when whoever
-    reads stderr is slow); lines keep their order and are all written at exit."""
-    global _writer
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    if _writer is not None:
-        _writer.stop()
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    _writer = logging.handlers.QueueListener(records, handler)
-    _writer.start()
     root = logging.getLogger()
-    root.handlers[:] = [_Handoff(records)]
+    root.handlers[:] = [handler]
     root.setLevel(level)
 
 
-@atexit.register
-def _drain() -> None:
-    if _writer is not None:
-        _writer.stop()  # writes what is queued, then ends the thread
+@contextmanager
+def written_in_background() -> Iterator[None]:
+    """While a server runs: the root logger's handlers run on one writer thread, and the
+    event loop only queues a record. A request's access line cost the loop ~30-200 µs of
+    formatting and a blocking write to stderr (more when whoever reads stderr is slow).
+    Lines keep their order; everything queued is written before this returns."""
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    writer = logging.handlers.QueueListener(records, *handlers)
+    writer.start()
+    root.handlers[:] = [_Handoff(records)]
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        writer.stop()  # writes what is queued, then ends the thread
