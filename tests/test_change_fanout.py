@@ -99,7 +99,27 @@ async def replicas(request: pytest.FixtureRequest, settings: Settings) -> AsyncI
             if isinstance(changes, RedisChanges):
                 with anyio.fail_after(WAIT_SECONDS):
                     await changes.subscribed.wait()
+        await _settle(a_gateway, heard_a, heard_b)
         yield Replicas(a, b, runtime, heard_a, heard_b)
+
+
+async def _settle(a_gateway: Gateway, *heard: Heard) -> None:
+    """Start every test with nothing heard: the setup's own changes (the org, its workspace,
+    its key) may still be on their way to B when the fixture subscribes. Notifications arrive
+    in commit order, so once both have heard a marker committed after them, none is left."""
+    async with a_gateway.store.db.write("test") as txn:
+        await txn.changed(
+            org_id="-",
+            workspace_id=None,
+            target_type="test",
+            target_id="settled",
+            change="marked",
+        )
+    for listener in heard:
+        with anyio.fail_after(WAIT_SECONDS):
+            while not any(event.target_id == "settled" for event in listener.events):
+                await listener.wait(len(listener.events) + 1)
+        listener.events.clear()
 
 
 def test_on_postgresql_the_hub_waits_for_notifications_and_never_polls() -> None:
