@@ -35,6 +35,9 @@ def free_port() -> int:
 def child_env(data_dir: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["TREADLE_EXTRA_INTEGRATIONS"] = EXTRA_INTEGRATIONS
+    # The memory case holds 1,000 sessions of one token: the per-principal session limit
+    # (250 by default) is an operator's setting, not what that case measures.
+    env.setdefault("TREADLE_MCP_MAX_SESSIONS_PER_PRINCIPAL", "2000")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     if data_dir is not None:
         env["TREADLE_DATA_DIR"] = str(data_dir)
