@@ -7,41 +7,18 @@ approval policy. Chromium and its driver come from Debian, as in tests/test_appr
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from test_approval_browser import CHROMIUM, Served, chromium, served  # noqa: F401
-from test_console_browser import flash, no_overflow, sign_in, titled
+from test_console_browser import accessible, flash, no_overflow, sign_in, titled
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(),
     reason="needs Debian's chromium: apt-get install chromium chromium-driver",
 )
-
-
-# axe-core from the npm registry (`.ci/run` installs it into .tools/), injected from disk.
-AXE = Path(__file__).resolve().parents[1] / ".tools" / "node_modules" / "axe-core" / "axe.min.js"
-
-
-def accessible(driver: Any) -> None:
-    """axe-core finds no violation of serious or critical impact on the page shown."""
-    if not AXE.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{AXE} is missing: .ci/run installs axe-core")
-        pytest.skip("axe-core is not installed (npm install axe-core in .tools)")
-    driver.execute_script(AXE.read_text())
-    found = driver.execute_async_script(
-        "const done = arguments[arguments.length - 1];"
-        "axe.run(document, {resultTypes: ['violations']})"
-        ".then(r => done(r.violations.map(v => ({id: v.id, impact: v.impact,"
-        " nodes: v.nodes.map(n => n.target.join(' ')).slice(0, 5)}))))"
-        ".catch(e => done([{id: 'axe-error', impact: 'critical', nodes: [String(e)]}]));"
-    )
-    bad = [v for v in found if v["impact"] in ("serious", "critical")]
-    assert not bad, (driver.current_url, bad)
 
 
 def previewed_schema(driver: Any) -> dict[str, Any]:
