@@ -22,9 +22,10 @@ pytestmark = pytest.mark.skipif(
 
 
 def previewed_schema(driver: Any) -> dict[str, Any]:
-    from selenium.webdriver.common.by import By
-
-    schema: dict[str, Any] = json.loads(driver.find_element(By.ID, "preview-schema").text)
+    # One script reads the element and its text together: htmx swaps the preview as the person
+    # types, so an element found by one WebDriver command can be gone by the next (stale).
+    text = driver.execute_script("return document.getElementById('preview-schema').textContent")
+    schema: dict[str, Any] = json.loads(text)
     return schema
 
 
