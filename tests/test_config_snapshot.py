@@ -154,6 +154,36 @@ async def test_a_warm_tool_call_reads_the_configuration_version_once(
                 assert len(reads) == 1
 
 
+@pytest.mark.parametrize("named", ["workspaceId", "no workspace"])
+async def test_a_warm_rest_execute_reads_the_configuration_version_once(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, named: str
+) -> None:
+    """The key, the workspace and the pipeline's configuration come from one read (on
+    PostgreSQL each read is a round trip)."""
+    async with serving(settings) as (http, api):
+        await configure(api, api.workspace_id)
+        count_version_reads(monkeypatch, api.gateway.store.db)
+        reads: list[int] = []
+        _reads.set(reads)
+        body: dict[str, Any] = {
+            "integrationName": "testkit",
+            "actionName": "echo",
+            "input": {"text": "hi", "channel": "c"},
+        }
+        if named == "workspaceId":
+            body["workspaceId"] = api.workspace_id
+        for attempt in range(3):
+            reads.clear()
+            response = await http.post(
+                "/api/v1/actions/execute",
+                json=body,
+                headers={"Authorization": f"Bearer {api.api_key}"},
+            )
+            assert response.status_code == 200, response.text
+            if attempt:  # the first call warmed the caches
+                assert len(reads) == 1
+
+
 @contextmanager
 def statements(db: Database) -> Iterator[list[str]]:
     """The SQL statements run on `db`'s engine (the version probe's reads are not among

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from treadle.api.auth import Principal, accessible_workspace
+from treadle.api.auth import Principal, accessible_config
 from treadle.api.bodies import Body, parse, read_json_object
 from treadle.api.context import caller
 from treadle.api.fields import (
@@ -44,6 +44,7 @@ from treadle.engine import (
 from treadle.engine.approvals import canonical
 from treadle.errors import ErrorCode, Refusal, ValidationFailed
 from treadle.observability.logs import note
+from treadle.store.config_cache import WorkspaceConfig
 from treadle.store.gates import IdempotencyRecord
 from treadle.store.records import Workspace
 
@@ -89,7 +90,9 @@ def _workspace_needed(workspaces: list[Workspace]) -> ValidationFailed:
     )
 
 
-async def _workspace_id(gw: Gateway, principal: Principal, body: ExecuteBody) -> str:
+async def _workspace_config(
+    gw: Gateway, principal: Principal, body: ExecuteBody
+) -> WorkspaceConfig:
     chosen = _one_of(body.workspaceId, body.projectId, "workspaceId and projectId")
     if chosen is None:
         chosen = principal.key.workspace_id
@@ -98,7 +101,7 @@ async def _workspace_id(gw: Gateway, principal: Principal, body: ExecuteBody) ->
         if len(workspaces) != 1:
             raise _workspace_needed(workspaces)
         chosen = workspaces[0].id
-    return (await accessible_workspace(gw.store, principal, chosen)).id
+    return await accessible_config(gw.store, principal, chosen)
 
 
 @operation(
@@ -139,9 +142,12 @@ async def execute(request: Request) -> Response:
     )
     if integration_name is None:
         raise ValidationFailed("Missing required field: integrationName", field="integrationName")
+    # Looked up at the version the key was (one read per request) and handed to the pipeline.
+    config = await _workspace_config(gw, principal, body)
     call = ExecuteRequest(
         org_id=principal.org_id,
-        workspace_id=await _workspace_id(gw, principal, body),
+        workspace_id=config.workspace.id,
+        config=config,
         integration_name=integration_name,
         action_name=body.actionName,
         source=Source.REST,

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from treadle.errors import ErrorCode, NotFound, Refusal
 from treadle.observability.logs import note
 from treadle.store import Store
+from treadle.store.config_cache import ConfigSnapshot, WorkspaceConfig
 from treadle.store.records import ApiKey, Workspace
 
 
@@ -28,6 +29,11 @@ class Principal:
     """
 
     key: ApiKey
+    # The configuration as this request's one version read found it: the key was looked up
+    # at it, and so are the workspaces the request names, down to the pipeline (on
+    # PostgreSQL each version read is a round trip). None: a principal made outside a
+    # request (the console's session), whose lookups read the version themselves.
+    config: ConfigSnapshot | None = None
 
     @property
     def org_id(self) -> str:
@@ -88,22 +94,31 @@ async def refused_reason(store: Store, token: str | None) -> str:
 
 async def authenticate(store: Store, request: Request) -> Principal:
     token = bearer_token(request)
-    key = await store.config.api_key(token) if token else None
+    snapshot = await store.config.snapshot()
+    key = await snapshot.api_key(token) if token else None
     if key is None:
         # The log line says why, never with the token; the answer is the same either way.
         note(authReason=await refused_reason(store, token))
         raise Refusal(ErrorCode.UNAUTHORIZED, "A valid API key is required (Authorization: Bearer)")
-    return Principal(key)
+    return Principal(key, snapshot)
 
 
-async def accessible_workspace(store: Store, principal: Principal, workspace_id: str) -> Workspace:
-    """The workspace if it exists in the caller's org (404 otherwise, foreign or not) and the
-    key may use it (403 SCOPE_DENIED)."""
-    config = await store.config.workspace(principal.org_id, workspace_id)
+async def accessible_config(
+    store: Store, principal: Principal, workspace_id: str
+) -> WorkspaceConfig:
+    """The workspace's configuration if it exists in the caller's org (404 otherwise, foreign
+    or not) and the key may use it (403 SCOPE_DENIED)."""
+    source = store.config if principal.config is None else principal.config
+    config = await source.workspace(principal.org_id, workspace_id)
     if config is None:
         raise NotFound("Workspace")
     principal.check_workspace(config.workspace.id)
-    return config.workspace
+    return config
+
+
+async def accessible_workspace(store: Store, principal: Principal, workspace_id: str) -> Workspace:
+    """`accessible_config`'s workspace."""
+    return (await accessible_config(store, principal, workspace_id)).workspace
 
 
 async def workspace_query(store: Store, principal: Principal, request: Request) -> str | None:
