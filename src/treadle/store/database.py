@@ -28,7 +28,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from treadle.clock import now_iso
 from treadle.errors import SetupError
-from treadle.ids import new_uuid
+from treadle.ids import new_time_ordered_uuid
 from treadle.settings import database_url
 from treadle.store import schema
 from treadle.store.change_bus import ChangeBus, LocalChanges
@@ -112,7 +112,7 @@ async def bump_version(conn: AsyncConnection, scope: str) -> None:
 
 
 async def insert_activity(conn: AsyncConnection, **values: Any) -> str:
-    entry_id = new_uuid()
+    entry_id = new_time_ordered_uuid()
     await insert_activity_rows(conn, [{"id": entry_id, "created_at": now_iso(), **values}])
     return entry_id
 

@@ -49,7 +49,7 @@ import anyio
 from sqlalchemy.engine import Dialect
 
 from treadle.clock import now_iso
-from treadle.ids import new_uuid
+from treadle.ids import new_time_ordered_uuid
 from treadle.store import schema
 from treadle.store.database import (
     Database,
@@ -151,7 +151,7 @@ class ExecutionLedger:
             log.error("activity writer is behind by %d records; dropping the oldest", MAX_QUEUED)
             self._records.pop(0)
             self._settled += 1
-        self._records.append({"id": new_uuid(), "created_at": now_iso(), **values})
+        self._records.append({"id": new_time_ordered_uuid(), "created_at": now_iso(), **values})
         self._queued += 1
         await self._settle(self._queued)
 
