@@ -11,8 +11,8 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 import sqlalchemy as sa
 
+from treadle.settings import DEFAULT_DATABASE_POOL_SIZE as POOL_SIZE
 from treadle.store import Database
-from treadle.store.pg_statements import POOL_SIZE
 
 from databases import ON_POSTGRESQL, database_url, drop
 
@@ -33,6 +33,29 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
         yield opened
     finally:
         await opened.close()
+        drop(data_dir)
+
+
+async def test_the_pool_size_setting_bounds_the_statements_connections(tmp_path: Path) -> None:
+    """TREADLE_DATABASE_POOL_SIZE (Settings.database_pool_size) reaches the statements' stack."""
+    data_dir = tmp_path / "small"
+    data_dir.mkdir()
+    small = await Database.open(database_url(data_dir), pool_size=2)
+    try:
+        pids: list[int] = []
+
+        async def one() -> None:
+            rows = await small.query(sa.select(sa.func.pg_backend_pid(), sa.func.pg_sleep(0.01)))
+            pids.append(int(rows[0][0]))
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for _ in range(8):
+                    tg.start_soon(one)
+        assert len(pids) == 8
+        assert len(set(pids)) == 2
+    finally:
+        await small.close()
         drop(data_dir)
 
 

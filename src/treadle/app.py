@@ -64,7 +64,7 @@ class Gateway:
         exit_stack = AsyncExitStack()
         try:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
-            db = await Database.open(settings.database_url)
+            db = await Database.open(settings.database_url, pool_size=settings.database_pool_size)
             exit_stack.push_async_callback(db.close)
             vault = Vault.open(settings.data_dir, settings.secret_key)
             store = Store(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 DEFAULT_DATA_DIR = "~/.treadle"
 DATABASE_FILE = "treadle.db"
+DEFAULT_DATABASE_POOL_SIZE = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,11 @@ class Settings:
     # How DISCOVERY mode's search_tools ranks: lexical, or hybrid/semantic with the semantic
     # extra installed (TREADLE_TOOL_SEARCH).
     tool_search: str = "lexical"
+    # PostgreSQL connections one process may open (TREADLE_DATABASE_POOL_SIZE): this many
+    # for single statements, as many pooled plus twice as many in bursts for transactions,
+    # and two for change fan-out and answers. Size N replicas' 4 x pool + 2 under the
+    # server's max_connections (docs/deploy.md).
+    database_pool_size: int = DEFAULT_DATABASE_POOL_SIZE
 
     @classmethod
     def from_env(cls, data_dir: str | os.PathLike[str] | None = None) -> Settings:
@@ -77,6 +83,7 @@ class Settings:
             mcp_sessions=McpSessionLimits.from_env(),
             redis_url=os.environ.get("TREADLE_REDIS_URL") or None,
             tool_search=_tool_search(),
+            database_pool_size=_count("TREADLE_DATABASE_POOL_SIZE", DEFAULT_DATABASE_POOL_SIZE),
         )
 
     def bound_to(self, host: str, port: int) -> Settings:

@@ -29,7 +29,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from treadle.clock import now_iso
 from treadle.errors import SetupError
 from treadle.ids import new_time_ordered_uuid
-from treadle.settings import database_url
+from treadle.settings import DEFAULT_DATABASE_POOL_SIZE, database_url
 from treadle.store import schema
 from treadle.store.change_bus import ChangeBus, LocalChanges
 from treadle.store.migrations import migrate
@@ -259,13 +259,15 @@ class DirectSqlite:
 
 
 class Database:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, pool_size: int = DEFAULT_DATABASE_POOL_SIZE) -> None:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         # PostgreSQL: single statements outside an explicit transaction (`query`, `write_one`):
         # one round trip each instead of three (BEGIN, the statement, COMMIT/ROLLBACK), on
         # asyncpg directly (store/pg_statements.py).
-        self._single = None if self.is_sqlite else PostgresStatements(engine, _text_codecs)
+        self._single = (
+            None if self.is_sqlite else PostgresStatements(engine, _text_codecs, pool_size)
+        )
         self._write_lock = anyio.Lock()
         self._listeners: list[ChangeListener] = []
         # How changes reach other processes (and theirs this one): chosen by `treadle.app`.
@@ -275,14 +277,14 @@ class Database:
         self._direct = None if path is None else DirectSqlite(path)
 
     @classmethod
-    async def open(cls, url: str) -> Database:
-        engine = create_engine(url)
+    async def open(cls, url: str, *, pool_size: int = DEFAULT_DATABASE_POOL_SIZE) -> Database:
+        engine = create_engine(url, pool_size=pool_size)
         try:
             await migrate(engine)
         except BaseException:
             await engine.dispose()
             raise
-        return cls(engine)
+        return cls(engine, pool_size=pool_size)
 
     async def close(self) -> None:
         if self._probe is not None:
@@ -411,11 +413,11 @@ def _version_query() -> sa.Select[tuple[int]]:
     return sa.select(table.c.version).where(table.c.scope == sa.bindparam("scope"))
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = DEFAULT_DATABASE_POOL_SIZE) -> AsyncEngine:
     """An engine for `url`, set up for its database (SQLite or PostgreSQL via asyncpg)."""
     url = database_url(url)
     try:
-        engine = create_async_engine(url, **_engine_options(url))
+        engine = create_async_engine(url, **_engine_options(url, pool_size))
     except ImportError as missing:
         if url.startswith("postgresql"):
             raise SetupError(
@@ -431,12 +433,12 @@ def create_engine(url: str) -> AsyncEngine:
     return engine
 
 
-def _engine_options(url: str) -> dict[str, Any]:
+def _engine_options(url: str, pool_size: int) -> dict[str, Any]:
     if not url.startswith("postgresql"):
         return {}
     # Writers do not queue in the process on PostgreSQL (see `Database._writer_turn`), so a
     # burst of calls holds more connections at once than SQLite's one writer and its readers.
-    return {"pool_size": 10, "max_overflow": 20}
+    return {"pool_size": pool_size, "max_overflow": 2 * pool_size}
 
 
 def _configure_postgresql(engine: AsyncEngine) -> None:

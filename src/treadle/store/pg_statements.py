@@ -33,7 +33,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 # add entries never used again; past this many the cache starts afresh (and the reused
 # statements are compiled once more).
 MAX_COMPILED = 256
-POOL_SIZE = 10
 
 Row = tuple[Any, ...]
 
@@ -154,10 +153,10 @@ class _Connections:
 
 
 class PostgresStatements:
-    def __init__(self, engine: AsyncEngine, init: Callable[[Any], Any]) -> None:
+    def __init__(self, engine: AsyncEngine, init: Callable[[Any], Any], pool_size: int) -> None:
         self._dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._dialect: Dialect = engine.dialect
-        self._connections = _Connections(self._dsn, init, POOL_SIZE)
+        self._connections = _Connections(self._dsn, init, pool_size)
         self._compiled: dict[tuple[int, tuple[str, ...]], _Compiled] = {}
 
     async def run(
