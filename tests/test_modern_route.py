@@ -45,6 +45,10 @@ async def _talk(ctx: ActionContext, data: JSONObject) -> JSONObject:
     return {"said": data.get("text"), "nothing": None}
 
 
+async def _region(_ctx: ActionContext, data: JSONObject) -> JSONObject:
+    return {"region": data.get("region")}
+
+
 TALKER = Integration(
     name="talker",
     display_name="Talker",
@@ -57,6 +61,16 @@ TALKER = Integration(
             "Logs, then answers.",
             {"type": "object", "properties": {"text": {"type": "string"}}},
             _talk,
+        ),
+        Action(
+            "route",
+            "Route",
+            "Answers with the region an intermediary may route on (its Mcp-Param-Region).",
+            {
+                "type": "object",
+                "properties": {"region": {"type": "string", "x-mcp-header": "Region"}},
+            },
+            _region,
         ),
     ),
 )
@@ -220,6 +234,26 @@ async def test_param_headers_are_checked_as_the_sdk_checks_them(
     sent = headers(served.token, "tools/call", "kit__echo", **{"Mcp-Param-Text": "b"})
     answer = await same_as_sdk(served, monkeypatch, body, sent)
     assert answer.json()["result"]["structuredContent"]["text"] == "a"
+
+
+@pytest.mark.parametrize(
+    ("sent_header", "refused"),
+    [("eu", False), ("us", True), (None, True)],
+    ids=["matching", "disagreeing", "missing"],
+)
+async def test_a_declared_param_header_is_checked_as_the_sdk_checks_it(
+    served: Served, monkeypatch: pytest.MonkeyPatch, sent_header: str | None, refused: bool
+) -> None:
+    """A property annotated `x-mcp-header` must travel as its header too, equal to the body's
+    value; the route remembers which schemas have no annotation, never this one."""
+    extra = {} if sent_header is None else {"Mcp-Param-Region": sent_header}
+    sent = headers(served.token, "tools/call", "talk__route", **extra)
+    for _ in range(2):  # the second time, from what the route remembered of the schema
+        answer = await same_as_sdk(served, monkeypatch, call("talk__route", {"region": "eu"}), sent)
+        if refused:
+            assert "error" in answer.json()
+        else:
+            assert answer.json()["result"]["structuredContent"] == {"region": "eu"}
 
 
 REFUSED: dict[str, tuple[Any, dict[str, str]]] = {

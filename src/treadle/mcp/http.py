@@ -392,6 +392,11 @@ class McpEndpoint:
         if only_listens(scope):
             await self.drain.serve(self.manager.handle_request, scope, receive, send)
         elif routed(scope):
+            # The route (and the SDK, if the route hands the request on) checks Mcp-Param-*
+            # headers against the tool's input schema, looked up synchronously in the tool
+            # set cache: make the binding's tool set the one at this request's snapshot
+            # first, or a cold cache (just started, just changed) skips that check.
+            await self._runtime.toolsets.current(scope[_SCOPE_KEY], scope[_SNAPSHOT_KEY])
             await self.modern(scope, receive, send)
         else:
             await self.manager.handle_request(scope, receive, send)
