@@ -75,6 +75,43 @@ _SSE_HEADERS: Final = [
     (b"x-accel-buffering", b"no"),
 ]
 _PING: Final = b": ping\r\n\r\n"
+# Input schemas whose header check is known to pass, at most this many remembered.
+MAX_REMEMBERED_SCHEMAS = 4096
+
+
+def mentions_param_header(node: Any) -> bool:
+    """Whether `x-mcp-header` appears anywhere in a schema: without it no property is
+    annotated, and the SDK's `Mcp-Param-*` check has nothing to compare."""
+    stack = [node]
+    while stack:
+        found = stack.pop()
+        if isinstance(found, dict):
+            if "x-mcp-header" in found:
+                return True
+            stack.extend(found.values())
+        elif isinstance(found, list):
+            stack.extend(found)
+    return False
+
+
+class _UnannotatedSchemas:
+    """Input schemas with no `x-mcp-header`, by identity: a tool set's schemas are immutable
+    and live as long as it does, and the SDK walks the whole schema on every call with
+    arguments (~40 µs for a small one). Each entry holds its schema, so an id is never taken
+    by another object while it is remembered."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[Any, bool]] = {}
+
+    def plain(self, schema: Any) -> bool:
+        found = self._seen.get(id(schema))
+        if found is not None and found[0] is schema:
+            return found[1]
+        plain = not mentions_param_header(schema)
+        if len(self._seen) >= MAX_REMEMBERED_SCHEMAS:
+            self._seen.clear()
+        self._seen[id(schema)] = (schema, plain)
+        return plain
 
 
 def routed(scope: Scope) -> bool:
@@ -204,6 +241,7 @@ class ModernRoute:
         self._max_body = max_body_bytes
         self._lifespan_state = lifespan_state
         self._fallback = fallback
+        self._unannotated = _UnannotatedSchemas()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         read: deque[Message] = deque()
@@ -286,7 +324,7 @@ class ModernRoute:
         if not arguments and not any(h.startswith(_PARAM_PREFIX) for h in request.headers):
             return None
         schema = lookup(name)
-        if schema is None:
+        if schema is None or self._unannotated.plain(schema):
             return None
         return validate_mcp_param_headers(schema, arguments or {}, request.headers)
 
