@@ -387,3 +387,19 @@ async def test_a_silent_call_keeps_its_stream_alive_then_answers(
         (answer,) = [json.loads(item) for item in data]
         assert answer["result"]["structuredContent"] == {"released": True}
         assert streamed.index(": ping") < streamed.index("data: ")
+
+
+@pytest.mark.parametrize(
+    ("schema", "mentions"),
+    [
+        ({"type": "object", "properties": {"a": {"type": "string"}}}, False),
+        ({"type": "object", "properties": {"a": {"type": "string", "x-mcp-header": "A"}}}, True),
+        ({"anyOf": [{"properties": {"b": {"x-mcp-header": "B"}}}]}, True),
+        ({"properties": {"c": {"items": {"x-mcp-header": "C"}}}}, True),
+        ({"$defs": {"d": {"x-mcp-header": "D"}}}, True),
+    ],
+)
+def test_a_schema_mentions_a_param_header_wherever_it_is(
+    schema: dict[str, Any], mentions: bool
+) -> None:
+    assert treadle.mcp.modern_route.mentions_param_header(schema) is mentions
