@@ -39,6 +39,7 @@ class ErrorCode(StrEnum):
     IDEMPOTENCY_KEY_IN_USE = "IDEMPOTENCY_KEY_IN_USE"
     FORBIDDEN = "FORBIDDEN"
     IDENTITY_PROVIDER_UNAVAILABLE = "IDENTITY_PROVIDER_UNAVAILABLE"
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
     @property
@@ -75,6 +76,8 @@ _STATUS: dict[ErrorCode, int] = {
     ErrorCode.FORBIDDEN: 403,
     # An identity provider's or external authorization server's documents could not be read.
     ErrorCode.IDENTITY_PROVIDER_UNAVAILABLE: 502,
+    # The database could not be reached (store/outage.py): nothing ran; retry shortly.
+    ErrorCode.SERVICE_UNAVAILABLE: 503,
     ErrorCode.INTERNAL_ERROR: 500,
 }
 

@@ -15,8 +15,9 @@ pydantic models the handler really reads and answers with:
 Implied errors, added to every operation so that no route repeats them: UNAUTHORIZED and
 SCOPE_DENIED when `authenticated` (the default), VALIDATION_ERROR and PAYLOAD_TOO_LARGE with a
 body, VALIDATION_ERROR with query parameters, NOT_FOUND with path parameters, INTERNAL_ERROR
-always. Error bodies are `{"error": CODE, "message": ..., ...}`, one response per status with
-the codes it can carry as an enum. Response models subclass `Out` (extra fields allowed, the
+and SERVICE_UNAVAILABLE (the database could not be reached) always. Error bodies are
+`{"error": CODE, "message": ..., ...}`, one response per status with the codes it can carry
+as an enum. Response models subclass `Out` (extra fields allowed, the
 documented ones typed). The path, method and path parameters come from the Route itself, and
 `tests/test_openapi.py` fails when a mounted route has no `@operation`, so the document and
 the routes cannot part ways.
@@ -151,7 +152,7 @@ def operations(routes: Iterable[BaseRoute], prefix: str = "") -> list[Described]
 
 
 def _implied(op: Operation, path: str) -> set[ErrorCode]:
-    codes = {ErrorCode.INTERNAL_ERROR, *op.errors}
+    codes = {ErrorCode.INTERNAL_ERROR, ErrorCode.SERVICE_UNAVAILABLE, *op.errors}
     if op.authenticated:
         codes |= {ErrorCode.UNAUTHORIZED, ErrorCode.SCOPE_DENIED}
     if op.body is not None:
@@ -184,6 +185,7 @@ _REASONS = {
     429: "Too many requests",
     500: "Internal error",
     502: "Bad gateway",
+    503: "Service unavailable",
 }
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -32,8 +34,12 @@ from treadle.api import (
 from treadle.api.responses import error, refusal
 from treadle.errors import ErrorCode, Refusal
 from treadle.observability.http import AccessLog
+from treadle.store.outage import database_unavailable, driver_error_types
 
 log = logging.getLogger("treadle.access")
+
+# What a 503 SERVICE_UNAVAILABLE asks the client to wait before retrying.
+RETRY_AFTER_SECONDS = 1
 
 _HTTP_CODES = {
     404: (ErrorCode.NOT_FOUND, "No such endpoint"),
@@ -52,7 +58,28 @@ async def _on_http(_request: Request, exc: Exception) -> Response:
     return error(code, message)
 
 
+def _unavailable(exc: Exception) -> Response:
+    # Not a defect: a restart, failover or full connection limit. The class names it; a
+    # driver's message may carry host names, so it stays out of the answer and the log.
+    log.warning("database unavailable: %s", type(exc).__name__)
+    return error(
+        ErrorCode.SERVICE_UNAVAILABLE,
+        "The database is unavailable; retry shortly",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+async def _on_driver_error(_request: Request, exc: Exception) -> Response:
+    """A database driver's (or socket's) exception: 503 when the database could not be
+    reached; anything else is a defect and goes on to `_on_crash`."""
+    if not database_unavailable(exc):
+        raise exc
+    return _unavailable(exc)
+
+
 async def _on_crash(_request: Request, exc: Exception) -> Response:
+    if database_unavailable(exc):  # wrapped in another exception on its way up
+        return _unavailable(exc)
     log.error("unhandled error", exc_info=exc)
     return error(ErrorCode.INTERNAL_ERROR, "Internal error; it has been logged")
 
@@ -80,7 +107,14 @@ def api_routes() -> Mount:
     return Mount("/api/v1", routes=routes)
 
 
-EXCEPTION_HANDLERS = {Refusal: _on_refusal, HTTPException: _on_http, Exception: _on_crash}
+# Starlette answers `Exception` last (and re-raises it, for the server's log); the driver
+# classes are answered where they are caught, so a 503 is no crash in the server's log.
+EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+    Refusal: _on_refusal,
+    HTTPException: _on_http,
+    **dict.fromkeys(driver_error_types(), _on_driver_error),
+    Exception: _on_crash,
+}
 
 
 def build_app(gateway: object, extra_routes: list[Mount] | None = None) -> Starlette:

@@ -29,6 +29,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from treadle.store.outage import DatabaseUnreachable
+
 # Statements built once and reused (the hot path's) are kept compiled. Ones built per call
 # add entries never used again; past this many the cache starts afresh (and the reused
 # statements are compiled once more).
@@ -143,7 +145,10 @@ class _Connections:
     async def _connect(self) -> Any:
         import asyncpg
 
-        conn = await asyncpg.connect(self._dsn)
+        try:
+            conn = await asyncpg.connect(self._dsn)
+        except OSError as error:  # refused, unreachable, reset: the socket's, not a query's
+            raise DatabaseUnreachable(type(error).__name__) from error
         try:
             await self._init(conn)
         except BaseException:
