@@ -108,7 +108,15 @@ class _Connections:
                 await self._freed.wait()
             finally:
                 self._waiting -= 1
-        return self._idle.pop()
+        conn = self._idle.pop()
+        if conn.is_closed():
+            # Lost while idle (the server restarted or failed over, the network dropped):
+            # asyncpg noticed when the socket closed. Sending on it could only fail, so it
+            # is replaced before anything is sent, as SQLAlchemy's pool invalidates its own.
+            self._open -= 1
+            conn.terminate()
+            return await self.take()
+        return conn
 
     def give_back(self, conn: Any, failure: BaseException | None) -> None:
         import asyncpg  # type: ignore[import-untyped]  # ships no type hints
