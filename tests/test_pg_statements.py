@@ -36,22 +36,29 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
         drop(data_dir)
 
 
+async def concurrent_pids(db: Database, count: int) -> list[int]:
+    """The backend each of `count` concurrent statements ran on; pg_sleep keeps each
+    statement's connection busy while the others ask for one."""
+    pids: list[int] = []
+
+    async def one() -> None:
+        rows = await db.query(sa.select(sa.func.pg_backend_pid(), sa.func.pg_sleep(0.01)))
+        pids.append(int(rows[0][0]))
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            for _ in range(count):
+                tg.start_soon(one)
+    return pids
+
+
 async def test_the_pool_size_setting_bounds_the_statements_connections(tmp_path: Path) -> None:
     """TREADLE_DATABASE_POOL_SIZE (Settings.database_pool_size) reaches the statements' stack."""
     data_dir = tmp_path / "small"
     data_dir.mkdir()
     small = await Database.open(database_url(data_dir), pool_size=2)
     try:
-        pids: list[int] = []
-
-        async def one() -> None:
-            rows = await small.query(sa.select(sa.func.pg_backend_pid(), sa.func.pg_sleep(0.01)))
-            pids.append(int(rows[0][0]))
-
-        with anyio.fail_after(60):
-            async with anyio.create_task_group() as tg:
-                for _ in range(8):
-                    tg.start_soon(one)
+        pids = await concurrent_pids(small, 8)
         assert len(pids) == 8
         assert len(set(pids)) == 2
     finally:
@@ -60,17 +67,7 @@ async def test_the_pool_size_setting_bounds_the_statements_connections(tmp_path:
 
 
 async def test_statements_reuse_a_bounded_set_of_connections(db: Database) -> None:
-    pids: list[int] = []
-
-    async def one() -> None:
-        # pg_sleep keeps each statement's connection busy while the others ask for one.
-        rows = await db.query(sa.select(sa.func.pg_backend_pid(), sa.func.pg_sleep(0.01)))
-        pids.append(int(rows[0][0]))
-
-    with anyio.fail_after(60):
-        async with anyio.create_task_group() as tg:
-            for _ in range(POOL_SIZE * 3):
-                tg.start_soon(one)
+    pids = await concurrent_pids(db, POOL_SIZE * 3)
     assert len(pids) == POOL_SIZE * 3
     assert 1 < len(set(pids)) <= POOL_SIZE
     # One at a time, the most recently returned connection serves again.
