@@ -41,13 +41,20 @@ def titled(driver: Any, prefix: str) -> None:
     WebDriverWait(driver, 10).until(lambda d: d.title.startswith(prefix))
 
 
+_FLASH_TEXT = (
+    "const found = document.querySelector('.flash'); return found ? found.textContent : ''"
+)
+
+
 def flash(driver: Any, text: str) -> None:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.wait import WebDriverWait
 
-    WebDriverWait(driver, 10).until(
-        expected_conditions.text_to_be_present_in_element((By.CLASS_NAME, "flash"), text)
+    # One script finds the message and reads it: a click's navigation may replace the page
+    # between two WebDriver commands (the element found, then "does not belong to the
+    # document"). A script that met the page mid-navigation is asked again until the deadline.
+    WebDriverWait(driver, 10, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: text in (d.execute_script(_FLASH_TEXT) or "")
     )
 
 
