@@ -70,8 +70,8 @@ def _unavailable(exc: Exception) -> Response:
 
 
 async def _on_driver_error(_request: Request, exc: Exception) -> Response:
-    """A database driver's (or socket's) exception: 503 when the database could not be
-    reached; anything else is a defect and goes on to `_on_crash`."""
+    """A database driver's exception (or the store's DatabaseUnreachable): 503 when the
+    database could not be reached; anything else is a defect and goes on to `_on_crash`."""
     if not database_unavailable(exc):
         raise exc
     return _unavailable(exc)
