@@ -42,6 +42,7 @@ class AuthorizationServer:
         scope: str | None = "mcp",
         lifetime: int = 300,
         key: RSAKey | None = None,
+        name_the_key: bool = True,
         **claims: Any,
     ) -> str:
         now = int(time.time())
@@ -57,7 +58,10 @@ class AuthorizationServer:
         if scope is not None:
             body["scope"] = scope
         signer = key or self.keys[0]
-        return jwt.encode({"alg": "RS256", "typ": "at+jwt", "kid": signer.kid}, body, signer)
+        header = {"alg": "RS256", "typ": "at+jwt"}
+        if name_the_key:  # some providers leave `kid` out of the header
+            header["kid"] = signer.kid
+        return jwt.encode(header, body, signer)
 
 
 @asynccontextmanager

@@ -174,6 +174,30 @@ async def test_a_rotated_key_is_fetched_again_at_most_once_per_interval(
     assert (claims.end_user_external_id, issuer.jwks_fetches) == ("alice", 2)
 
 
+async def test_a_key_replaced_under_the_same_kid_is_fetched_again_at_most_once_per_interval(
+    api: Api, issuer: AuthorizationServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await new_server(api)
+    await point_at(api, issuer, server)
+    await external_jwt.validate(api.gateway, server, issuer.token(aud=endpoint(server)))
+    # The provider is redeployed with a new key that keeps the old name.
+    issuer.keys[0] = RSAKey.generate_key(2048, parameters={"kid": "k1"})
+    refused = await refusal(api, server, issuer.token(aud=endpoint(server)))
+    assert (refused.reason, issuer.jwks_fetches) == ("bad_signature", 1)
+    monkeypatch.setattr(discovery, "REFETCH_SECONDS", 0.0)
+    claims = await external_jwt.validate(api.gateway, server, issuer.token(aud=endpoint(server)))
+    assert (claims.end_user_external_id, issuer.jwks_fetches) == ("alice", 2)
+    # The same for a provider whose tokens name no key at all.
+    issuer.keys[0] = RSAKey.generate_key(2048, parameters={"kid": "k1"})
+    unnamed = issuer.token(aud=endpoint(server), name_the_key=False)
+    claims = await external_jwt.validate(api.gateway, server, unnamed)
+    assert (claims.end_user_external_id, issuer.jwks_fetches) == ("alice", 3)
+    # A forged signature under the published kid fetches once more, then is still refused.
+    impostor = RSAKey.generate_key(2048, parameters={"kid": "k1"})
+    refused = await refusal(api, server, issuer.token(aud=endpoint(server), key=impostor))
+    assert (refused.reason, issuer.jwks_fetches) == ("bad_signature", 4)
+
+
 async def test_a_token_without_the_required_scope_is_refused_with_the_scope_to_ask_for(
     api: Api, issuer: AuthorizationServer
 ) -> None:

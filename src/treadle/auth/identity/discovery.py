@@ -4,8 +4,10 @@
 Fetches go through the gateway's shared client, so a provider on a private address is
 refused unless its configuration allows private networks. Documents are cached for five
 minutes per process (a provider's keys rotate on the scale of days); a token signed by a key
-the cached set lacks fetches the set again, at most once every ten seconds per URL, so a
-stream of tokens with invented `kid`s cannot make treadle hammer the provider.
+the cached set lacks, or whose signature the cached key under its `kid` does not verify (a
+key replaced under the same `kid`, a provider redeployed with new keys), fetches the set
+again, at most once every ten seconds per URL, so a stream of tokens with invented `kid`s or
+forged signatures cannot make treadle hammer the provider.
 """
 
 from __future__ import annotations
@@ -159,12 +161,18 @@ def _metadata(body: dict[str, Any], issuer: str) -> ProviderMetadata:
 
 
 async def key_set(
-    http: httpx2.AsyncClient, jwks_uri: str, private_allowed: bool, *, kid: str | None
+    http: httpx2.AsyncClient,
+    jwks_uri: str,
+    private_allowed: bool,
+    *,
+    kid: str | None,
+    refresh: bool = False,
 ) -> KeySet:
     """The provider's keys; fetched again when `kid` is not among the cached ones (a key
-    rotation), within the refetch limit."""
+    rotation) or when `refresh` says the cached keys failed a signature, within the refetch
+    limit. Within it the cached set is returned as it is."""
     cached = _recent(jwks_uri, private_allowed, DOCUMENT_SECONDS)
-    if isinstance(cached, KeySet) and (kid is None or _has_kid(cached, kid)):
+    if isinstance(cached, KeySet) and not refresh and (kid is None or _has_kid(cached, kid)):
         return cached
     recently = _recent(jwks_uri, private_allowed, REFETCH_SECONDS)
     if isinstance(cached, KeySet) and recently is not None:

@@ -10,6 +10,7 @@ from typing import Any
 import httpx2
 from joserfc import jws, jwt
 from joserfc.errors import BadSignatureError, InvalidKeyIdError, JoseError
+from joserfc.jwk import KeySet
 
 from treadle.auth.identity.discovery import key_set
 from treadle.errors import TreadleError
@@ -52,7 +53,22 @@ async def verified_claims(
     if header.get("alg") not in ALGORITHMS:
         raise JwtRefused("algorithm_not_allowed")
     kid = header.get("kid")
-    keys = await key_set(http, jwks_uri, private_allowed, kid=kid if isinstance(kid, str) else None)
+    wanted = kid if isinstance(kid, str) else None
+    keys = await key_set(http, jwks_uri, private_allowed, kid=wanted)
+    try:
+        return _decoded(token, keys)
+    except JwtRefused as refused:
+        if refused.reason != "bad_signature":
+            raise
+    # The cached key under this kid may have been replaced (or the provider redeployed with
+    # new keys under the same names): one fresher set, within the refetch limit, decides.
+    fresher = await key_set(http, jwks_uri, private_allowed, kid=wanted, refresh=True)
+    if fresher is keys:
+        raise JwtRefused("bad_signature")
+    return _decoded(token, fresher)
+
+
+def _decoded(token: str, keys: KeySet) -> dict[str, Any]:
     try:
         decoded = jwt.decode(token, keys, algorithms=list(ALGORITHMS))
     except InvalidKeyIdError:
