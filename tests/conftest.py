@@ -21,6 +21,7 @@ import httpx2
 import pytest
 
 from treadle.app import Gateway
+from treadle.auth.identity import discovery
 from treadle.bootstrap import initialise
 from treadle.catalog import Catalog
 from treadle.http_app import build_http_app
@@ -42,6 +43,13 @@ def _drop_test_databases() -> Iterator[None]:
     """Databases of session-wide data dirs (and any a test left) go when the session ends."""
     yield
     drop_all()
+
+
+@pytest.fixture(autouse=True)
+def _forget_provider_documents() -> None:
+    """Provider documents are cached per process by URL, and a later test's provider may
+    get an earlier one's ephemeral port: each test starts with none cached."""
+    discovery.forget("")
 
 
 def pytest_configure(config: pytest.Config) -> None:
