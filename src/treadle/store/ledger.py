@@ -18,7 +18,10 @@ What that keeps:
   record was committed before the answer, together with (or after) every quota count queued
   before it, its own included. A process killed outright loses only what calls still in
   flight had queued; none of them answered. The count of such a call may survive without
-  its record (it reached the action, which may have run), never the other way round.
+  its record (it reached the action, which may have run), never the other way round. On
+  PostgreSQL the count's own commit does not wait for the WAL to reach the disk (the
+  admission statement, store/rate_windows.py): the record's commit, which does wait, flushes
+  the WAL up to itself, the earlier count included.
 - Quotas stay exact within one process. The count is re-read when it is older than
   `STALE_SECONDS` (and after every group this process commits), and within `EXACT_MARGIN`
   executions of the limit every reservation is a synchronous database write. So several
