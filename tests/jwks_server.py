@@ -58,7 +58,7 @@ class AuthorizationServer:
         if scope is not None:
             body["scope"] = scope
         signer = key or self.keys[0]
-        header = {"alg": "RS256", "typ": "at+jwt"}
+        header: dict[str, Any] = {"alg": "RS256", "typ": "at+jwt"}
         if name_the_key:  # some providers leave `kid` out of the header
             header["kid"] = signer.kid
         return jwt.encode(header, body, signer)

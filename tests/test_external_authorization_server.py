@@ -155,12 +155,19 @@ async def test_a_token_signed_by_an_unknown_key_is_refused(
     assert refused.reason == "bad_signature"
 
 
-async def test_a_rotated_key_is_fetched_again_at_most_once_per_interval(
-    api: Api, issuer: AuthorizationServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def keys_just_fetched(api: Api, issuer: AuthorizationServer) -> McpServer:
+    """A server the issuer authorizes, after one token of it was checked (its keys cached)."""
     server = await new_server(api)
     await point_at(api, issuer, server)
     await external_jwt.validate(api.gateway, server, issuer.token(aud=endpoint(server)))
+    assert issuer.jwks_fetches == 1
+    return server
+
+
+async def test_a_rotated_key_is_fetched_again_at_most_once_per_interval(
+    api: Api, issuer: AuthorizationServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await keys_just_fetched(api, issuer)
     rotated = RSAKey.generate_key(2048, parameters={"kid": "k2"})
     issuer.keys.append(rotated)
     # Just fetched: a token under an unknown kid does not make treadle fetch the keys again.
@@ -177,9 +184,7 @@ async def test_a_rotated_key_is_fetched_again_at_most_once_per_interval(
 async def test_a_key_replaced_under_the_same_kid_is_fetched_again_at_most_once_per_interval(
     api: Api, issuer: AuthorizationServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server = await new_server(api)
-    await point_at(api, issuer, server)
-    await external_jwt.validate(api.gateway, server, issuer.token(aud=endpoint(server)))
+    server = await keys_just_fetched(api, issuer)
     # The provider is redeployed with a new key that keeps the old name.
     issuer.keys[0] = RSAKey.generate_key(2048, parameters={"kid": "k1"})
     refused = await refusal(api, server, issuer.token(aud=endpoint(server)))
