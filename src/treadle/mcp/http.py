@@ -68,6 +68,7 @@ _END_USER_HEADER = END_USER_HEADER.lower().encode()
 REFUSED_RPC_CODE = -32000
 _SCOPE_KEY = "treadle.binding"
 _SNAPSHOT_KEY = "treadle.config_snapshot"
+_MARK_KEY = "treadle.session_mark"
 
 _current: contextvars.ContextVar[Binding | None] = contextvars.ContextVar(
     "treadle_http_binding", default=None
@@ -241,7 +242,7 @@ class McpEndpoint:
         # Every request of a session presents the same credentials: answer those from memory
         # while the configuration version holds (tokens rotate and servers change only with
         # a bump). Only admissions are remembered; refusals are always checked afresh.
-        snapshot = scope[_SNAPSHOT_KEY] = await self._gateway.store.config.snapshot()
+        snapshot = scope[_SNAPSHOT_KEY] = await self._snapshot_of(scope)
         version = snapshot.version
         key = (server_id, hash_token(token), end_user_header)
         remembered = self._admissions.get(key)
@@ -254,6 +255,18 @@ class McpEndpoint:
                 self._admissions.pop(next(iter(self._admissions)))
             self._admissions[key] = (version, admission)
         return admission
+
+    async def _snapshot_of(self, scope: Scope) -> ConfigSnapshot:
+        """The request's one configuration snapshot. A request of a handshake-era session
+        reads its session's mark in the same statement where that saves a round trip
+        (PostgreSQL); `_continue` hands that mark to `resume`."""
+        session_id = session_id_of(scope)
+        if session_id is not None:
+            found = await self.shared.version_and_mark(session_id)
+            if found is not None:
+                version, scope[_MARK_KEY] = found
+                return self._gateway.store.config.snapshot_at(version)
+        return await self._gateway.store.config.snapshot()
 
     async def _admit(
         self,
@@ -360,7 +373,9 @@ class McpEndpoint:
         if session_id is None:
             await self._serve(scope, receive, send)
             return
-        resumed = await self.shared.resume(binding, session_id, user, scope["method"])
+        resumed = await self.shared.resume(
+            binding, session_id, user, scope["method"], scope.get(_MARK_KEY)
+        )
         if resumed is None:
             await not_found(send)
         elif isinstance(resumed, OverLimit):

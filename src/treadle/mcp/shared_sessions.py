@@ -26,6 +26,7 @@ import math
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import anyio
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
@@ -44,7 +45,7 @@ from treadle.mcp.sessions import (
     opening_id,
 )
 from treadle.store import Store
-from treadle.store.mcp_sessions import now_ms
+from treadle.store.mcp_sessions import SessionMark, now_ms
 
 _SESSION_HEADER = b"mcp-session-id"
 _VERSION_HEADER = b"mcp-protocol-version"
@@ -79,6 +80,13 @@ async def not_found(send: Send) -> None:
         }
     )
     await send({"type": "http.response.body", "body": _NOT_FOUND})
+
+
+@dataclass(frozen=True, slots=True)
+class MarkRead:
+    """A session's mark as read for a request (None: the session has no row)."""
+
+    mark: SessionMark | None
 
 
 class SharedSessions:
@@ -139,15 +147,34 @@ class SharedSessions:
 
     # -- continuing ----------------------------------------------------------------------------
 
+    async def version_and_mark(self, session_id: str) -> tuple[int, MarkRead] | None:
+        """The configuration version with the session's mark, read in one statement where
+        each read is a round trip (PostgreSQL), for the request's snapshot and `resume`;
+        None where they are read on their own, or when the ID is none of ours."""
+        state = self._state(session_id)
+        if state is None:
+            return None
+        found = await self._marks.get_with_version(state.key)
+        if found is None:
+            return None
+        version, mark = found
+        return version, MarkRead(mark)
+
     async def resume(
-        self, binding: Binding, session_id: str, user: AuthenticatedUser | None, method: str
+        self,
+        binding: Binding,
+        session_id: str,
+        user: AuthenticatedUser | None,
+        method: str,
+        read: MarkRead | None = None,
     ) -> SessionState | OverLimit | None:
         """Make the session servable here: its state, or None when it is unknown to the
-        caller (404), or OverLimit when restoring it here would exceed a session limit."""
+        caller (404), or OverLimit when restoring it here would exceed a session limit.
+        `read`: the session's mark as `version_and_mark` read it for this request."""
         state = self._state(session_id)
         if state is None or not state.belongs_to(binding):
             return None
-        mark = await self._marks.get(state.key)
+        mark = read.mark if read is not None else await self._marks.get(state.key)
         at = now_ms()
         if mark is None or mark.ended:
             await self._manager.end_here(session_id)

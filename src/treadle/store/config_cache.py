@@ -100,6 +100,11 @@ class ConfigCache:
         """Lookups at the version as it is now: one read, however many lookups follow."""
         return ConfigSnapshot(self, await self._db.config_version())
 
+    def snapshot_at(self, version: int) -> ConfigSnapshot:
+        """Lookups at a version the caller read just now (with something else, in one
+        statement: `Database.config_version_beside`)."""
+        return ConfigSnapshot(self, version)
+
     async def workspace(self, org_id: str, workspace_id: str) -> WorkspaceConfig | None:
         """The workspace's configuration, or None if the org has no such workspace."""
         return await self.workspace_at(await self.version(), org_id, workspace_id)

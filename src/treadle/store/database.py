@@ -406,6 +406,25 @@ class Database:
         rows = await self.query(_version_query(), {"scope": scope})
         return int(rows[0][0]) if rows else 0
 
+    async def config_version_beside(
+        self, statement: sa.Select[Any], params: dict[str, Any]
+    ) -> tuple[int, tuple[Any, ...]] | None:
+        """The global configuration version and the rest of `statement`'s one row, read
+        together: `statement` is `version_beside(...)`'s. One round trip where there would
+        be two, so only where reads are round trips (PostgreSQL); None on SQLite, whose
+        version probe reads without one (the caller reads each on its own there)."""
+        if self._single is None:
+            return None
+        rows = await self.query(statement, {"scope": GLOBAL_SCOPE, **params})
+        version, *rest = rows[0]
+        return int(version or 0), tuple(rest)
+
+
+def version_beside(*columns: sa.ScalarSelect[Any]) -> sa.Select[Any]:
+    """One row: the global configuration version, then `columns` (scalar subqueries), for
+    `Database.config_version_beside`. Build it once: statements are compiled per object."""
+    return sa.select(_version_query().scalar_subquery(), *columns)
+
 
 @functools.cache  # built once: read on every request
 def _version_query() -> sa.Select[tuple[int]]:

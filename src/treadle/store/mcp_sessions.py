@@ -19,11 +19,12 @@ import logging
 import sqlite3
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
 from treadle.store import schema
-from treadle.store.database import Database
+from treadle.store.database import Database, version_beside
 from treadle.store.version_probe import VersionProbe
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,15 @@ def _mark_query() -> sa.Select[tuple[int, int | None]]:
     )
 
 
+@functools.cache  # built once: read on every request of a session (PostgreSQL)
+def _mark_and_version_query() -> sa.Select[Any]:
+    keyed = _TABLE.c.session_key == sa.bindparam("key")
+    return version_beside(
+        sa.select(_TABLE.c.last_seen).where(keyed).scalar_subquery(),
+        sa.select(_TABLE.c.ended_at).where(keyed).scalar_subquery(),
+    )
+
+
 class McpSessions:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -100,6 +110,17 @@ class McpSessions:
             return None
         last_seen, ended_at = rows[0]
         return SessionMark(last_seen_ms=int(last_seen), ended=ended_at is not None)
+
+    async def get_with_version(self, key: str) -> tuple[int, SessionMark | None] | None:
+        """The configuration version and the session's mark, in one statement where each
+        would be a round trip (PostgreSQL); None elsewhere (read each on its own)."""
+        found = await self._db.config_version_beside(_mark_and_version_query(), {"key": key})
+        if found is None:
+            return None
+        version, (last_seen, ended_at) = found
+        if last_seen is None:
+            return version, None
+        return version, SessionMark(last_seen_ms=int(last_seen), ended=ended_at is not None)
 
     async def touch(self, key: str, at_ms: int) -> None:
         async with self._db.write("system") as txn:
