@@ -21,18 +21,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncGenerator
-from contextlib import asynccontextmanager
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING
 
 import anyio
-from mcp.server.streamable_http import StreamableHTTPServerTransport
-from mcp.shared._stream_protocols import ReadStream, WriteStream
-from mcp.shared.message import SessionMessage
-from mcp.types import JSONRPCNotification, JSONRPCRequest
 from starlette.types import Message, Send
 
+from treadle.mcp.session_transport import key_of
 from treadle.store.database import Database
 from treadle.store.pg_answers import PostgresAnswers, RelayedAnswer
 
@@ -45,61 +39,6 @@ log = logging.getLogger(__name__)
 _QUEUE = 1_000
 # Any allowed host serves (127.0.0.1:* always is): the request never left this process.
 _LOCAL_HOST = b"127.0.0.1:0"
-
-
-def key_of(request_id: object) -> str:
-    return str(request_id)
-
-
-class _Recording:
-    """The session's outgoing stream, noting each request sent to the client (and each one
-    the server gives up on: notifications/cancelled)."""
-
-    def __init__(self, inner: WriteStream[SessionMessage], awaiting: set[str]) -> None:
-        self._inner = inner
-        self._awaiting = awaiting
-
-    async def send(self, item: SessionMessage, /) -> None:
-        message = item.message
-        if isinstance(message, JSONRPCRequest):
-            self._awaiting.add(key_of(message.id))
-        elif isinstance(message, JSONRPCNotification) and message.method == (
-            "notifications/cancelled"
-        ):
-            given_up = (message.params or {}).get("requestId")
-            if given_up is not None:
-                self._awaiting.discard(key_of(given_up))
-        await self._inner.send(item)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> bool | None:
-        await self.aclose()
-        return None
-
-
-class AwaitingTransport(StreamableHTTPServerTransport):
-    """The SDK's session transport, knowing which of its requests to the client are unanswered."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.awaiting: set[str] = set()
-
-    @asynccontextmanager
-    async def connect(
-        self,
-    ) -> AsyncGenerator[tuple[ReadStream[SessionMessage | Exception], WriteStream[SessionMessage]]]:
-        async with super().connect() as (read_stream, write_stream):
-            yield read_stream, _Recording(write_stream, self.awaiting)
 
 
 def answered_id(body: bytes) -> str | None:

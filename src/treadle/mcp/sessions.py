@@ -20,7 +20,7 @@ import anyio
 import anyio.abc
 from mcp.server.auth.middleware.bearer_auth import AuthorizationContext
 from mcp.server.connection import Connection
-from mcp.server.runner import serve_connection
+from mcp.server.runner import ServerRunner, serve_connection
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
@@ -28,10 +28,10 @@ from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 from mcp.shared.transport_context import TransportContext
 from mcp.types import InitializeRequestParams
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
-from starlette.types import Scope
+from starlette.types import Message, Receive, Scope, Send
 
-from treadle.mcp.answer_relay import AwaitingTransport
 from treadle.mcp.binding import Binding
+from treadle.mcp.session_transport import AwaitingTransport, ServedSession
 from treadle.settings import McpSessionLimits
 
 log = logging.getLogger(__name__)
@@ -233,6 +233,102 @@ class CountedSessionManager(StreamableHTTPSessionManager):
         if transport is not None:
             await self._discard_session(session_id, transport)
 
+    async def _serve_opening_request(
+        self,
+        http_transport: StreamableHTTPServerTransport,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """The SDK 2.3 manager's own (start the session's task, let its transport answer the
+        opening request, discard the session unless that established it), with the session's
+        task started by `_run`, as a restored session's is."""
+        session_id = http_transport.mcp_session_id
+        assert session_id is not None
+        assert isinstance(http_transport, AwaitingTransport)
+        established = False
+        try:
+            task_group: anyio.abc.TaskGroup | None = getattr(self, "_task_group", None)
+            if task_group is None:
+                raise RuntimeError("the session manager is not running")
+            await task_group.start(self._run, session_id, http_transport, None, None)
+            statuses: list[int] = []
+
+            async def watched(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    statuses.append(message["status"])
+                await send(message)
+
+            await http_transport.handle_request(scope, receive, watched)
+            established = bool(statuses) and statuses[0] < 400
+        finally:
+            if not established:
+                await self._discard_session(session_id, http_transport)
+
+    async def _run(
+        self,
+        session_id: str,
+        transport: AwaitingTransport,
+        client_params: InitializeRequestParams | None,
+        on_connection: OnConnection | None,
+        *,
+        task_status: anyio.abc.TaskStatus[None],
+    ) -> None:
+        """A session's task, as the SDK's `serve_loop` runs it, but with its dispatcher and
+        connection kept on the transport (`AwaitingTransport.served`: treadle's own route for
+        a session's calls, `treadle.mcp.session_route`, serves through them). A restored
+        session (`client_params` given) starts as already initialised with them."""
+        async with transport.connect() as (read_stream, write_stream):
+            try:
+                idle_scope = transport.idle_scope or anyio.CancelScope()
+                with idle_scope:
+                    dispatcher: JSONRPCDispatcher[TransportContext] = JSONRPCDispatcher(
+                        read_stream, write_stream, inline_methods=frozenset({"initialize"})
+                    )
+                    connection = Connection.for_loop(
+                        dispatcher,
+                        session_id=session_id,
+                        protocol_version_hint=(
+                            None if client_params is None else client_params.protocol_version
+                        ),
+                    )
+                    if client_params is not None:
+                        connection.client_params = client_params
+                        connection.initialized.set()
+                    runner = ServerRunner(self.app, connection, self._lifespan_state)
+                    transport.served = ServedSession(dispatcher, connection, runner)
+                    try:
+                        if on_connection is not None:
+                            await on_connection(connection)
+                    finally:
+                        task_status.started()
+                    await serve_connection(
+                        self.app,
+                        dispatcher,
+                        connection=connection,
+                        lifespan_state=self._lifespan_state,
+                    )
+                if idle_scope.cancelled_caught:
+                    log.info("session %s idle timeout", session_id[:16])
+            except Exception:
+                log.exception("session %s crashed", session_id[:16])
+            finally:
+                transport.served = None
+                await self._discard_session(session_id, transport)
+
+    def owner_of(self, session_id: str) -> AuthorizationContext | None:
+        """The credential the session belongs to, as the SDK compares it on every request."""
+        return self._session_owners.get(session_id)
+
+    def served(self, session_id: str) -> tuple[AwaitingTransport, ServedSession] | None:
+        """The session's transport and its running dispatcher and connection, while this
+        process serves it and it can take requests."""
+        transport = self._server_instances.get(session_id)
+        if not isinstance(transport, AwaitingTransport) or transport.is_terminated:
+            return None
+        served = transport.served
+        return None if served is None else (transport, served)
+
     async def restore(
         self,
         session_id: str,
@@ -259,42 +355,11 @@ class CountedSessionManager(StreamableHTTPSessionManager):
         done = self._restoring[session_id] = anyio.Event()
         transport = self._transport(session_id)
         self._register(session_id, transport, requestor, reservation)
-
-        async def run(*, task_status: anyio.abc.TaskStatus[None]) -> None:
-            async with transport.connect() as (read_stream, write_stream):
-                try:
-                    idle_scope = transport.idle_scope or anyio.CancelScope()
-                    with idle_scope:
-                        dispatcher: JSONRPCDispatcher[TransportContext] = JSONRPCDispatcher(
-                            read_stream, write_stream, inline_methods=frozenset({"initialize"})
-                        )
-                        connection = Connection.for_loop(
-                            dispatcher,
-                            session_id=session_id,
-                            protocol_version_hint=client_params.protocol_version,
-                        )
-                        connection.client_params = client_params
-                        connection.initialized.set()
-                        try:
-                            await on_connection(connection)
-                        finally:
-                            task_status.started()
-                        await serve_connection(
-                            self.app,
-                            dispatcher,
-                            connection=connection,
-                            lifespan_state=self._lifespan_state,
-                        )
-                except Exception:
-                    log.exception("restored session %s crashed", session_id[:16])
-                finally:
-                    await self._discard_session(session_id, transport)
-
         try:
             task_group: anyio.abc.TaskGroup | None = getattr(self, "_task_group", None)
             if task_group is None:
                 raise RuntimeError("the session manager is not running")
-            await task_group.start(run)
+            await task_group.start(self._run, session_id, transport, client_params, on_connection)
         except BaseException:
             await self._discard_session(session_id, transport)
             raise
