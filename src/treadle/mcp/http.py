@@ -43,6 +43,7 @@ from treadle.mcp.binding import Binding
 from treadle.mcp.drain import StreamDrain, only_listens
 from treadle.mcp.modern_route import ModernRoute, routed
 from treadle.mcp.runtime import McpRuntime
+from treadle.mcp.session_route import SessionRoute
 from treadle.mcp.sessions import (
     CountedSessionManager,
     OverLimit,
@@ -189,6 +190,11 @@ class McpEndpoint:
         # call (treadle.mcp.answer_relay).
         self.answers = AnswerRelay(gateway.store.db, self.manager)
         self.drain = StreamDrain()
+        # A session's tools/call and tools/list: treadle's own route in front of the SDK's
+        # session transport (treadle.mcp.session_route).
+        self.session_route = SessionRoute(
+            self.manager, security or transport_security(), MAX_BODY_BYTES
+        )
         # 2026-07-28 tools/call and tools/list: treadle's own route in front of the SDK's
         # (treadle.mcp.modern_route); the manager's lifespan state has no public accessor.
         self.modern = ModernRoute(
@@ -385,7 +391,7 @@ class McpEndpoint:
         elif scope["method"] == "GET":
             async with self.shared.streaming(session_id, resumed):
                 await self._serve(scope, receive, send)
-        elif scope["method"] == "POST" and self.answers.relays:
+        elif scope["method"] == "POST":
             await self._post(session_id, resumed.protocol_version, scope, receive, send)
         else:
             await self._serve(scope, receive, send)
@@ -394,12 +400,18 @@ class McpEndpoint:
         self, session_id: str, version: str, scope: Scope, receive: Receive, send: Send
     ) -> None:
         """A POST of a session: an answer to a request another replica's call waits for is
-        handed on to it (202, as the SDK answers once the answer is handed to the session)."""
+        handed on to it (202, as the SDK answers once the answer is handed to the session);
+        a tools/call or tools/list is served by treadle's own route when it takes it."""
         body, messages = await read_body(receive, MAX_BODY_BYTES)
-        answered = answered_id(body) if len(body) <= MAX_BODY_BYTES else None
-        if answered is not None and not self.answers.takes_here(session_id, answered):
-            await self.answers.hand_on(session_id, version, body)
-            await accepted(send)
+        last = messages[-1]
+        whole = last["type"] == "http.request" and not last.get("more_body", False)
+        if whole and self.answers.relays:
+            answered = answered_id(body) if len(body) <= MAX_BODY_BYTES else None
+            if answered is not None and not self.answers.takes_here(session_id, answered):
+                await self.answers.hand_on(session_id, version, body)
+                await accepted(send)
+                return
+        if whole and await self.session_route.serve(session_id, body, scope, send):
             return
         await self._serve(scope, replay(messages, receive), send)
 
