@@ -192,7 +192,9 @@ async def same_as_sdk(
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     sent = {**headers(served.token, served.session_id), **changes}
     ours = await served.http.post(served.path, content=content, headers=sent)
-    assert served.taken == [taken]
+    # Not taken: the route declined it, or never saw it (on PostgreSQL an answer no call here
+    # waits for is handed on to the other replicas first).
+    assert served.taken == [True] if taken else True not in served.taken
     with monkeypatch.context() as patched:
 
         async def declined(*_args: Any) -> bool:
