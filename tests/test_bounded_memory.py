@@ -7,6 +7,7 @@ keep an entry per call, and checks the structure's size while they run and after
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import anyio
 import anyio.lowlevel
@@ -28,6 +29,7 @@ from treadle.store.gates import Approval
 from treadle.store.versioned_memo import VersionedMemo
 
 from mcp_harness import McpEnv
+from mcp_harness import test_catalog as kit_catalog
 
 pytestmark = pytest.mark.anyio
 
@@ -274,6 +276,30 @@ async def test_the_tool_set_cache_keeps_at_most_its_cap_and_the_latest_used(
     kept = {b.cache_key for b in bindings if cache.latest(b.cache_key) is not None}
     assert len(kept) == 5
     assert {bindings[0].cache_key, bindings[-1].cache_key} <= kept
+
+
+async def test_a_tool_set_current_at_a_version_is_answered_again_until_a_version_moves(
+    mcp_env: McpEnv,
+) -> None:
+    """At one configuration version and one catalog version the answer cannot change: it is
+    given again as it is (a 2026-07-28 call asks twice), and asked afresh once either moves."""
+    await mcp_env.configure("testkit", integrationAlias="kit", allowedActions=["echo"])
+    store = mcp_env.runtime.gateway.store
+    catalog = kit_catalog()  # its own: the gateway's is shared with the other faces
+    cache = ToolsetCache(store, catalog)
+    binding = await bind_server(store, await mcp_env.create_server(), None)
+    first = await cache.current(binding, await store.config.snapshot())
+    assert await cache.current(binding, await store.config.snapshot()) is first
+
+    await mcp_env.configure("testkit", integrationAlias="kit2", allowedActions=["echo"])
+    moved = await cache.current(binding, await store.config.snapshot())
+    assert moved is not first
+    assert {t.name for t in moved.toolset.tools} == {"kit__echo", "kit2__echo"}
+
+    kit = catalog.get("testkit")
+    assert kit is not None
+    catalog.add(replace(kit, name="testkit-copy"))
+    assert await cache.current(binding, await store.config.snapshot()) is not moved
 
 
 async def test_a_deleted_server_or_workspace_takes_its_tool_set_with_it(

@@ -319,14 +319,16 @@ def as_listed(toolset: ToolSet, server: McpServer | None, mode: str | None = Non
     return _toolset(list(META_TOOLS), {}, toolset)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Built:
-    """A tool set and exactly what it was built from."""
+    """A tool set and exactly what it was built from; `seen`: the last (configuration
+    version, catalog version) it was found current at, with what `current` answered then."""
 
     config: WorkspaceConfig
     server: McpServer | None
     catalog_version: int
     toolset: ToolSet
+    seen: tuple[int, int, Current] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,6 +377,15 @@ class ToolsetCache:
         if snapshot is None:
             snapshot = await self._store.config.snapshot()
         key = binding.cache_key
+        cached = self._entries.get(key)
+        if cached is not None and cached.seen is not None:
+            # The configuration at one version never changes: a set found current at this
+            # version (and catalog) still is, without looking the workspace and server up
+            # again (a 2026-07-28 call asks twice: for its header check, then to run).
+            version, catalog_version, answer = cached.seen
+            if version == snapshot.version and catalog_version == catalog.version:
+                self._entries[key] = self._entries.pop(key)  # most recently used
+                return answer
         config = await snapshot.workspace(binding.org_id, binding.workspace_id)
         if config is None:
             # The workspace is gone (deleted since the client connected): nothing to offer.
@@ -405,7 +416,9 @@ class ToolsetCache:
                     toolset = as_listed(toolset, server, binding.mode)
                     cached = _Built(config, server, catalog.version, toolset)
                     self._keep(key, cached)
-        return Current(cached.toolset, config)
+        answer = Current(cached.toolset, config)
+        cached.seen = (snapshot.version, catalog.version, answer)
+        return answer
 
     def _keep(self, key: str, built: _Built) -> None:
         self._entries.pop(key, None)
