@@ -242,6 +242,45 @@ async def test_what_a_call_sends_first_comes_before_its_answer(
     assert result["result"]["structuredContent"] == {"said": "hi"}
 
 
+async def test_concurrent_calls_of_one_session_each_get_their_own_answer(
+    served: Served,
+) -> None:
+    """Each call's messages reach its own response: two of them log before answering."""
+    answers: dict[int, list[Any]] = {}
+    sent = headers(served.token, served.session_id)
+    level = {"jsonrpc": "2.0", "id": 99, "method": "logging/setLevel", "params": {"level": "info"}}
+    assert (await served.http.post(served.path, json=level, headers=sent)).status_code == 200
+
+    async def one(request_id: int) -> None:
+        name = "talk__talk" if request_id % 5 == 0 else "kit__echo"
+        arguments = (
+            {"text": f"t{request_id}", "channel": "c"}
+            if name == "kit__echo"
+            else {"text": f"t{request_id}"}
+        )
+        body = call(name, arguments, request_id=request_id)
+        answer = await served.http.post(served.path, json=body, headers=sent)
+        assert answer.status_code == 200, answer.text
+        answers[request_id] = messages(answer)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            for request_id in range(1, 13):
+                tg.start_soon(one, request_id)
+    assert sorted(answers) == list(range(1, 13))
+    for request_id, got in answers.items():
+        *before, last = got
+        assert last["id"] == request_id
+        structured = last["result"]["structuredContent"]
+        assert structured.get("said", structured.get("text")) == f"t{request_id}"
+        if request_id % 5 == 0:
+            (log,) = before
+            assert log["params"]["data"] == {"said": f"t{request_id}"}
+        else:
+            assert before == []
+    assert served.taken.count(True) == 12
+
+
 LEFT_TO_THE_SDK: dict[str, tuple[Any, dict[str, str]]] = {
     "another method": ({"jsonrpc": "2.0", "id": 7, "method": "ping"}, {}),
     "json only accepted": (LIST, {"Accept": "application/json"}),
