@@ -133,7 +133,7 @@ async def served(settings: Settings) -> AsyncIterator[Served]:
             serve = route.serve
 
             async def counted(*args: Any) -> bool:
-                took = await serve(*args)
+                took: bool = await serve(*args)
                 taken.append(took)
                 return took
 
