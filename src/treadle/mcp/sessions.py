@@ -233,6 +233,13 @@ class CountedSessionManager(StreamableHTTPSessionManager):
         if transport is not None:
             await self._discard_session(session_id, transport)
 
+    def _sessions(self) -> anyio.abc.TaskGroup:
+        """The task group every session's task runs in (the SDK manager's, while it runs)."""
+        task_group: anyio.abc.TaskGroup | None = getattr(self, "_task_group", None)
+        if task_group is None:
+            raise RuntimeError("the session manager is not running")
+        return task_group
+
     async def _serve_opening_request(
         self,
         http_transport: StreamableHTTPServerTransport,
@@ -248,10 +255,7 @@ class CountedSessionManager(StreamableHTTPSessionManager):
         assert isinstance(http_transport, AwaitingTransport)
         established = False
         try:
-            task_group: anyio.abc.TaskGroup | None = getattr(self, "_task_group", None)
-            if task_group is None:
-                raise RuntimeError("the session manager is not running")
-            await task_group.start(self._run, session_id, http_transport, None, None)
+            await self._sessions().start(self._run, session_id, http_transport, None, None)
             statuses: list[int] = []
 
             async def watched(message: Message) -> None:
@@ -356,10 +360,9 @@ class CountedSessionManager(StreamableHTTPSessionManager):
         transport = self._transport(session_id)
         self._register(session_id, transport, requestor, reservation)
         try:
-            task_group: anyio.abc.TaskGroup | None = getattr(self, "_task_group", None)
-            if task_group is None:
-                raise RuntimeError("the session manager is not running")
-            await task_group.start(self._run, session_id, transport, client_params, on_connection)
+            await self._sessions().start(
+                self._run, session_id, transport, client_params, on_connection
+            )
         except BaseException:
             await self._discard_session(session_id, transport)
             raise
