@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,15 +19,9 @@ import pytest
 
 import treadle.mcp.http
 import treadle.mcp.modern_route
-from treadle.app import Gateway
-from treadle.catalog import Action, ActionContext, AuthKind, Integration
-from treadle.catalog.model import JSONObject
+from route_kit import TALKER, Hold, gateway_with_server, holding_on_socket, messages
 from treadle.http_app import build_http_app
 from treadle.settings import Settings
-
-import loopback
-from conftest import api_on
-from mcp_harness import test_catalog as kit_catalog
 
 pytestmark = pytest.mark.anyio
 
@@ -37,43 +30,6 @@ META = {
     "io.modelcontextprotocol/protocolVersion": MODERN,
     "io.modelcontextprotocol/clientCapabilities": {},
 }
-
-
-async def _talk(ctx: ActionContext, data: JSONObject) -> JSONObject:
-    assert ctx.client is not None
-    await ctx.client.log("info", {"said": data.get("text")})
-    return {"said": data.get("text"), "nothing": None}
-
-
-async def _region(_ctx: ActionContext, data: JSONObject) -> JSONObject:
-    return {"region": data.get("region")}
-
-
-TALKER = Integration(
-    name="talker",
-    display_name="Talker",
-    description="Logs to the client while it runs.",
-    auth_kind=AuthKind.NONE,
-    actions=(
-        Action(
-            "talk",
-            "Talk",
-            "Logs, then answers.",
-            {"type": "object", "properties": {"text": {"type": "string"}}},
-            _talk,
-        ),
-        Action(
-            "route",
-            "Route",
-            "Answers with the region an intermediary may route on (its Mcp-Param-Region).",
-            {
-                "type": "object",
-                "properties": {"region": {"type": "string", "x-mcp-header": "Region"}},
-            },
-            _region,
-        ),
-    ),
-)
 
 
 @dataclass
@@ -86,43 +42,25 @@ class Served:
 
 @pytest.fixture
 async def served(settings: Settings) -> AsyncIterator[Served]:
-    catalog = kit_catalog()
-    catalog.add(TALKER)
-    gateway = await Gateway.open(settings, catalog=catalog)
-    try:
-        async with api_on(gateway) as api:
-            for name, alias in (("testkit", "kit"), ("talker", "talk")):
-                made = await api.post(
-                    f"/workspaces/{api.workspace_id}/integrations",
-                    {
-                        "integrationName": name,
-                        "integrationAlias": alias,
-                        "connectionStrategy": "fixed",
-                    },
-                )
-                assert made.status_code == 201, made.text
-            server = await api.post("/mcp/servers", {"workspaceId": api.workspace_id, "name": "m"})
-            assert server.status_code == 201, server.text
-            app = build_http_app(gateway)
-            endpoint = app.state.mcp_endpoint
-            calls: list[int] = []
-            route = endpoint.modern
+    aliases = [("testkit", "kit"), ("talker", "talk")]
+    async with gateway_with_server(settings, [TALKER], aliases) as (gateway, found):
+        app = build_http_app(gateway)
+        endpoint = app.state.mcp_endpoint
+        calls: list[int] = []
+        route = endpoint.modern
 
-            async def counted(scope: Any, receive: Any, send: Any) -> None:
-                calls.append(1)
-                await route(scope, receive, send)
+        async def counted(scope: Any, receive: Any, send: Any) -> None:
+            calls.append(1)
+            await route(scope, receive, send)
 
-            endpoint.modern = counted
-            async with (
-                app.router.lifespan_context(app),
-                httpx2.AsyncClient(
-                    transport=httpx2.ASGITransport(app=app), base_url="http://127.0.0.1:8400"
-                ) as http,
-            ):
-                found = server.json()
-                yield Served(http, f"/mcp/{found['server']['id']}", found["token"], calls)
-    finally:
-        await gateway.close()
+        endpoint.modern = counted
+        async with (
+            app.router.lifespan_context(app),
+            httpx2.AsyncClient(
+                transport=httpx2.ASGITransport(app=app), base_url="http://127.0.0.1:8400"
+            ) as http,
+        ):
+            yield Served(http, f"/mcp/{found['server']['id']}", found["token"], calls)
 
 
 def headers(token: str, method: str, name: str | None = None, **more: str) -> dict[str, str]:
@@ -145,19 +83,6 @@ def call(name: str, arguments: dict[str, Any], **meta: Any) -> dict[str, Any]:
 
 
 LIST = {"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": {"_meta": META}}
-
-
-def messages(response: httpx2.Response) -> list[Any]:
-    kind = response.headers.get("content-type", "")
-    if kind.startswith("text/event-stream"):
-        return [
-            json.loads(line[len("data: ") :])
-            for line in response.text.split("\r\n")
-            if line.startswith("data: ")
-        ]
-    if kind.startswith("application/json"):
-        return [response.json()]
-    return [response.text]
 
 
 async def same_as_sdk(
@@ -299,58 +224,9 @@ async def test_every_refusal_is_the_sdks(
 # -- over a real socket: disconnects and keepalives ------------------------------------------
 
 
-class Hold:
-    """An action that runs until released or cancelled, and says which."""
-
-    def __init__(self) -> None:
-        self.started = anyio.Event()
-        self.release = anyio.Event()
-        self.stopped = anyio.Event()
-
-    async def run(self, _ctx: ActionContext, _data: JSONObject) -> JSONObject:
-        self.started.set()
-        try:
-            await self.release.wait()
-        except anyio.get_cancelled_exc_class():
-            self.stopped.set()
-            raise
-        return {"released": True}
-
-    def integration(self) -> Integration:
-        empty = {"type": "object", "properties": {}}
-        return Integration(
-            name="hold",
-            display_name="Hold",
-            description="Holds a call open.",
-            auth_kind=AuthKind.NONE,
-            actions=(Action("hold", "Hold", "Runs until released.", empty, self.run),),
-        )
-
-
-@asynccontextmanager
-async def on_socket(settings: Settings, hold: Hold) -> AsyncIterator[tuple[str, str]]:
-    catalog = kit_catalog()
-    catalog.add(hold.integration())
-    gateway = await Gateway.open(settings, catalog=catalog)
-    try:
-        async with api_on(gateway) as api:
-            made = await api.post(
-                f"/workspaces/{api.workspace_id}/integrations",
-                {"integrationName": "hold", "integrationAlias": "h", "connectionStrategy": "fixed"},
-            )
-            assert made.status_code == 201, made.text
-            server = await api.post("/mcp/servers", {"workspaceId": api.workspace_id, "name": "h"})
-            found = server.json()
-            async with loopback.serve(build_http_app(gateway), lifespan="on") as port:
-                url = f"http://127.0.0.1:{port}/mcp/{found['server']['id']}"
-                yield url, found["token"]
-    finally:
-        await gateway.close()
-
-
 async def test_a_client_that_disconnects_cancels_the_call(settings: Settings) -> None:
     hold = Hold()
-    async with on_socket(settings, hold) as (url, token), httpx2.AsyncClient() as http:
+    async with holding_on_socket(settings, hold) as (url, token), httpx2.AsyncClient() as http:
         body = json.dumps(call("h__hold", {}))
         sent = headers(token, "tools/call", "h__hold")
         with anyio.fail_after(10):
@@ -370,7 +246,7 @@ async def test_a_silent_call_keeps_its_stream_alive_then_answers(
 ) -> None:
     monkeypatch.setattr(treadle.mcp.modern_route, "PING_SECONDS", 0.05)
     hold = Hold()
-    async with on_socket(settings, hold) as (url, token), httpx2.AsyncClient() as http:
+    async with holding_on_socket(settings, hold) as (url, token), httpx2.AsyncClient() as http:
         body = json.dumps(call("h__hold", {}))
         sent = headers(token, "tools/call", "h__hold")
         chunks: list[str] = []

@@ -22,45 +22,16 @@ import pytest
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 
 import treadle.mcp.session_route
-from treadle.app import Gateway
-from treadle.catalog import Action, ActionContext, AuthKind, Integration
-from treadle.catalog.model import JSONObject
+from route_kit import TALKER, Hold, gateway_with_server, holding_on_socket, messages
 from treadle.http_app import build_http_app
 from treadle.mcp.session_transport import AwaitingTransport
 from treadle.settings import Settings
-
-import loopback
-from conftest import api_on
-from mcp_harness import test_catalog as kit_catalog
 
 pytestmark = pytest.mark.anyio
 
 VERSION = "2025-11-25"
 # Headers that differ between any two responses.
 _PER_RESPONSE = {"date", "x-request-id", "transfer-encoding", "content-length", "server"}
-
-
-async def _talk(ctx: ActionContext, data: JSONObject) -> JSONObject:
-    assert ctx.client is not None
-    await ctx.client.log("info", {"said": data.get("text")})
-    return {"said": data.get("text")}
-
-
-TALKER = Integration(
-    name="talker",
-    display_name="Talker",
-    description="Logs to the client while it runs.",
-    auth_kind=AuthKind.NONE,
-    actions=(
-        Action(
-            "talk",
-            "Talk",
-            "Logs, then answers.",
-            {"type": "object", "properties": {"text": {"type": "string"}}},
-            _talk,
-        ),
-    ),
-)
 
 
 def headers(token: str, session_id: str | None = None, **more: str) -> dict[str, str]:
@@ -110,47 +81,29 @@ class Served:
 
 @pytest.fixture
 async def served(settings: Settings) -> AsyncIterator[Served]:
-    catalog = kit_catalog()
-    catalog.add(TALKER)
-    gateway = await Gateway.open(settings, catalog=catalog)
-    try:
-        async with api_on(gateway) as api:
-            for name, alias in (("testkit", "kit"), ("talker", "talk")):
-                made = await api.post(
-                    f"/workspaces/{api.workspace_id}/integrations",
-                    {
-                        "integrationName": name,
-                        "integrationAlias": alias,
-                        "connectionStrategy": "fixed",
-                    },
-                )
-                assert made.status_code == 201, made.text
-            server = await api.post("/mcp/servers", {"workspaceId": api.workspace_id, "name": "m"})
-            assert server.status_code == 201, server.text
-            app = build_http_app(gateway)
-            route = app.state.mcp_endpoint.session_route
-            taken: list[bool] = []
-            serve = route.serve
+    aliases = [("testkit", "kit"), ("talker", "talk")]
+    async with gateway_with_server(settings, [TALKER], aliases) as (gateway, found):
+        app = build_http_app(gateway)
+        route = app.state.mcp_endpoint.session_route
+        taken: list[bool] = []
+        serve = route.serve
 
-            async def counted(*args: Any) -> bool:
-                took: bool = await serve(*args)
-                taken.append(took)
-                return took
+        async def counted(*args: Any) -> bool:
+            took: bool = await serve(*args)
+            taken.append(took)
+            return took
 
-            route.serve = counted
-            async with (
-                app.router.lifespan_context(app),
-                httpx2.AsyncClient(
-                    transport=httpx2.ASGITransport(app=app), base_url="http://127.0.0.1:8400"
-                ) as http,
-            ):
-                found = server.json()
-                path = f"/mcp/{found['server']['id']}"
-                session_id = await open_session(http, path, found["token"])
-                taken.clear()
-                yield Served(http, path, found["token"], session_id, taken, route)
-    finally:
-        await gateway.close()
+        route.serve = counted
+        async with (
+            app.router.lifespan_context(app),
+            httpx2.AsyncClient(
+                transport=httpx2.ASGITransport(app=app), base_url="http://127.0.0.1:8400"
+            ) as http,
+        ):
+            path = f"/mcp/{found['server']['id']}"
+            session_id = await open_session(http, path, found["token"])
+            taken.clear()
+            yield Served(http, path, found["token"], session_id, taken, route)
 
 
 def call(name: str, arguments: Any, request_id: int = 7) -> dict[str, Any]:
@@ -159,21 +112,6 @@ def call(name: str, arguments: Any, request_id: int = 7) -> dict[str, Any]:
 
 
 LIST = {"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": {}}
-
-
-def messages(response: httpx2.Response) -> list[Any]:
-    kind = response.headers.get("content-type", "")
-    if not response.content:
-        return []
-    if kind.startswith("text/event-stream"):
-        return [
-            json.loads(line[len("data: ") :])
-            for line in response.text.split("\r\n")
-            if line.startswith("data: ")
-        ]
-    if kind.startswith("application/json"):
-        return [response.json()]
-    return [response.text]
 
 
 def lasting(response: httpx2.Response) -> dict[str, str]:
@@ -239,7 +177,7 @@ async def test_what_a_call_sends_first_comes_before_its_answer(
     answer = await same_as_sdk(served, monkeypatch, call("talk__talk", {"text": "hi"}), taken=True)
     log, result = messages(answer)
     assert log["method"] == "notifications/message"
-    assert result["result"]["structuredContent"] == {"said": "hi"}
+    assert result["result"]["structuredContent"] == {"said": "hi", "nothing": None}
 
 
 async def test_concurrent_calls_of_one_session_each_get_their_own_answer(
@@ -316,59 +254,10 @@ async def test_another_credential_gets_the_sdks_404(served: Served) -> None:
 # -- over a real socket: cancellation, keepalives, a client that leaves ---------------------
 
 
-class Hold:
-    """An action that runs until released or cancelled, and says which."""
-
-    def __init__(self) -> None:
-        self.started = anyio.Event()
-        self.release = anyio.Event()
-        self.stopped = anyio.Event()
-        self.finished = anyio.Event()
-
-    async def run(self, _ctx: ActionContext, _data: JSONObject) -> JSONObject:
-        self.started.set()
-        try:
-            await self.release.wait()
-        except anyio.get_cancelled_exc_class():
-            self.stopped.set()
-            raise
-        self.finished.set()
-        return {"released": True}
-
-    def integration(self) -> Integration:
-        empty = {"type": "object", "properties": {}}
-        return Integration(
-            name="hold",
-            display_name="Hold",
-            description="Holds a call open.",
-            auth_kind=AuthKind.NONE,
-            actions=(Action("hold", "Hold", "Runs until released.", empty, self.run),),
-        )
-
-
 @asynccontextmanager
 async def on_socket(settings: Settings, hold: Hold) -> AsyncIterator[tuple[str, str, str]]:
-    catalog = kit_catalog()
-    catalog.add(hold.integration())
-    gateway = await Gateway.open(settings, catalog=catalog)
-    try:
-        async with api_on(gateway) as api:
-            made = await api.post(
-                f"/workspaces/{api.workspace_id}/integrations",
-                {"integrationName": "hold", "integrationAlias": "h", "connectionStrategy": "fixed"},
-            )
-            assert made.status_code == 201, made.text
-            server = await api.post("/mcp/servers", {"workspaceId": api.workspace_id, "name": "h"})
-            found = server.json()
-            async with (
-                loopback.serve(build_http_app(gateway), lifespan="on") as port,
-                httpx2.AsyncClient() as http,
-            ):
-                url = f"http://127.0.0.1:{port}/mcp/{found['server']['id']}"
-                session_id = await open_session(http, url, found["token"])
-                yield url, found["token"], session_id
-    finally:
-        await gateway.close()
+    async with holding_on_socket(settings, hold) as (url, token), httpx2.AsyncClient() as http:
+        yield url, token, await open_session(http, url, token)
 
 
 def frames(streamed: str) -> list[Any]:
