@@ -130,6 +130,23 @@ async def holding_on_socket(settings: Settings, hold: Hold) -> AsyncIterator[tup
         yield f"http://127.0.0.1:{port}/mcp/{found['server']['id']}", found["token"]
 
 
+def transport_refusals(listing: dict[str, Any]) -> dict[str, tuple[Any, dict[str, str]]]:
+    """Requests each route hands to the SDK, which refuses or answers them itself: a body
+    and the headers changed from a valid request's, built on `listing` (the era's valid
+    tools/list)."""
+    return {
+        "json only accepted": (listing, {"Accept": "application/json"}),
+        "foreign host": (listing, {"Host": "evil.example"}),
+        "foreign origin": (listing, {"Origin": "http://evil.example"}),
+        "not json content": (listing, {"Content-Type": "text/plain"}),
+        "not json": (b"{nope", {}),
+        "a batch": ([listing, listing], {}),
+        "a notification": ({"jsonrpc": "2.0", "method": "notifications/cancelled"}, {}),
+        "an answer": ({"jsonrpc": "2.0", "id": 7, "result": {}}, {}),
+        "bad id": ({**listing, "id": [1]}, {}),
+    }
+
+
 def messages(response: httpx2.Response) -> list[Any]:
     """The JSON-RPC messages of an answer, SSE or JSON (none for an empty body)."""
     kind = response.headers.get("content-type", "")

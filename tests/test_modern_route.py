@@ -19,7 +19,14 @@ import pytest
 
 import treadle.mcp.http
 import treadle.mcp.modern_route
-from route_kit import TALKER, Hold, gateway_with_server, holding_on_socket, messages
+from route_kit import (
+    TALKER,
+    Hold,
+    gateway_with_server,
+    holding_on_socket,
+    messages,
+    transport_refusals,
+)
 from treadle.http_app import build_http_app
 from treadle.settings import Settings
 
@@ -182,18 +189,10 @@ async def test_a_declared_param_header_is_checked_as_the_sdk_checks_it(
 
 
 REFUSED: dict[str, tuple[Any, dict[str, str]]] = {
+    **transport_refusals(LIST),
     "name header disagrees": (call("kit__echo", {}), {"Mcp-Name": "kit__other"}),
     "method header disagrees": (LIST, {"Mcp-Method": "tools/call"}),
     "no envelope": ({"jsonrpc": "2.0", "id": 7, "method": "tools/list"}, {}),
-    "json only accepted": (LIST, {"Accept": "application/json"}),
-    "foreign host": (LIST, {"Host": "evil.example"}),
-    "foreign origin": (LIST, {"Origin": "http://evil.example"}),
-    "not json content": (LIST, {"Content-Type": "text/plain"}),
-    "not json": (b"{nope", {}),
-    "a batch": ([LIST, LIST], {}),
-    "a notification": ({"jsonrpc": "2.0", "method": "notifications/cancelled"}, {}),
-    "a response": ({"jsonrpc": "2.0", "id": 7, "result": {}}, {}),
-    "bad id": ({**LIST, "id": [1]}, {}),
     "duplicated version header": (LIST, {}),
 }
 

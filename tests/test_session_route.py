@@ -22,7 +22,14 @@ import pytest
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 
 import treadle.mcp.session_route
-from route_kit import TALKER, Hold, gateway_with_server, holding_on_socket, messages
+from route_kit import (
+    TALKER,
+    Hold,
+    gateway_with_server,
+    holding_on_socket,
+    messages,
+    transport_refusals,
+)
 from treadle.http_app import build_http_app
 from treadle.mcp.session_transport import AwaitingTransport
 from treadle.settings import Settings
@@ -220,16 +227,8 @@ async def test_concurrent_calls_of_one_session_each_get_their_own_answer(
 
 
 LEFT_TO_THE_SDK: dict[str, tuple[Any, dict[str, str]]] = {
+    **transport_refusals(LIST),
     "another method": ({"jsonrpc": "2.0", "id": 7, "method": "ping"}, {}),
-    "json only accepted": (LIST, {"Accept": "application/json"}),
-    "foreign host": (LIST, {"Host": "evil.example"}),
-    "foreign origin": (LIST, {"Origin": "http://evil.example"}),
-    "not json content": (LIST, {"Content-Type": "text/plain"}),
-    "not json": (b"{nope", {}),
-    "a batch": ([LIST, LIST], {}),
-    "a notification": ({"jsonrpc": "2.0", "method": "notifications/cancelled"}, {}),
-    "an answer": ({"jsonrpc": "2.0", "id": 7, "result": {}}, {}),
-    "bad id": ({**LIST, "id": [1]}, {}),
     "bad params": ({**LIST, "params": 3}, {}),
 }
 
