@@ -27,7 +27,7 @@ import httpx2
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from bench.cases.replicas import SERVER_URL, _async_url, _fresh_database, _small_server
+from bench.cases.replicas import SERVER_URL, _async_url, _small_server, fresh_database
 from bench.config import ARGS, ONE_TOOL
 from bench.procs import Treadle
 from bench.rawmcp import MODERN_VERSION, RawSession
@@ -128,7 +128,7 @@ async def _measure(treadle: Treadle, server: tuple[str, str], log: Path, calls: 
 
 
 async def main_async(calls: int, log: Path) -> dict[str, Any]:
-    async with _fresh_database() as url:
+    async with fresh_database() as url:
         name = url.rsplit("/", 1)[1]
         admin = create_async_engine(
             _async_url(SERVER_URL, "postgres"), isolation_level="AUTOCOMMIT"

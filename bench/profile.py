@@ -51,6 +51,7 @@ from typing import Any
 import anyio
 
 from bench.cases.large import _list_all
+from bench.cases.replicas import fresh_database
 from bench.config import (
     ARGS,
     ONE_TOOL,
@@ -118,9 +119,13 @@ async def _prepare(treadle: Treadle, scenario: str, aliases: int) -> dict[str, A
 
 
 async def _treadle_subject(
-    scenario: str, aliases: int, patches: tuple[str, ...] = (), source: Path | None = None
+    scenario: str,
+    aliases: int,
+    patches: tuple[str, ...] = (),
+    source: Path | None = None,
+    database_url: str | None = None,
 ) -> Subject:
-    treadle = Treadle.start(patches, source)
+    treadle = Treadle.start(patches, source, database_url)
     try:
         ids = await _prepare(treadle, scenario, aliases)
     except BaseException:
@@ -615,19 +620,28 @@ class Options:
     concurrency: int
     native: bool
     nonblocking: bool
+    database: str = "sqlite"
 
 
 async def profile_target(target: str, options: Options) -> Path:
+    if target == "treadle" and options.database == "postgresql":
+        async with fresh_database() as url:
+            return await _profile_target(target, options, url)
+    return await _profile_target(target, options, None)
+
+
+async def _profile_target(target: str, options: Options, database_url: str | None) -> Path:
     scenario, era = options.scenario, options.era
     if target == "treadle":
-        subject = await _treadle_subject(scenario, options.aliases)
+        subject = await _treadle_subject(scenario, options.aliases, database_url=database_url)
     else:
         subject = _bare_subject(scenario, options.aliases)
     try:
         await _load(subject, scenario, era, 2.0, options.concurrency)  # warm-up
         calibrated = await _measured(subject, scenario, era, options.calibrate, options.concurrency)
         PROFILES.mkdir(exist_ok=True)
-        out = PROFILES / f"profile-{target}-{scenario}-{era}-c{options.concurrency}.txt"
+        on = "-postgresql" if database_url is not None else ""
+        out = PROFILES / f"profile-{target}{on}-{scenario}-{era}-c{options.concurrency}.txt"
         command = ["py-spy", "record", "-p", str(subject.pid), "-r", "200"]
         command += ["-d", str(int(options.seconds)), "--format", "raw", "-o", str(out)]
         command += ["--threads", *(["--native"] if options.native else [])]
@@ -682,6 +696,13 @@ def main() -> None:
     )
     parser.add_argument("--aliases", type=int, default=400, help="x 25 tools (list-*)")
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument(
+        "--database",
+        choices=["sqlite", "postgresql"],
+        default="sqlite",
+        help="treadle's store: the data dir's SQLite file, or a fresh PostgreSQL database on "
+        "TREADLE_BENCH_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432)",
+    )
     parser.add_argument("--native", action="store_true", help="py-spy --native")
     parser.add_argument(
         "--blocking",
@@ -719,6 +740,7 @@ def main() -> None:
         args.concurrency,
         args.native,
         not args.blocking,
+        args.database,
     )
     anyio.run(main_async, targets, options)
 

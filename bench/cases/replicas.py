@@ -48,7 +48,7 @@ def _async_url(url: str, database: str) -> str:
 
 
 @asynccontextmanager
-async def _fresh_database() -> AsyncIterator[str]:
+async def fresh_database() -> AsyncIterator[str]:
     """A new, empty PostgreSQL database; its URL for `TREADLE_DATABASE_URL`."""
     name = f"treadle_bench_{uuid.uuid4().hex[:12]}"
     admin = create_async_engine(_async_url(SERVER_URL, "postgres"), isolation_level="AUTOCOMMIT")
@@ -315,7 +315,7 @@ def _restore_priority(saved: tuple[int, str | None]) -> None:
 
 async def _run(sizes: Sizes) -> dict[str, Any]:
     out: dict[str, Any] = {"niceness": NICENESS if _prioritise() else None}
-    async with _fresh_database() as url:
+    async with fresh_database() as url:
         first = Treadle.start(database_url=url)
         second: Treadle | None = None
         sqlite: Treadle | None = None
