@@ -23,6 +23,7 @@ import anyio
 import anyio.lowlevel
 import httpx2
 import pytest
+import sqlalchemy as sa
 from mcp import Client
 
 from treadle.app import Gateway
@@ -33,7 +34,7 @@ from treadle.http_app import build_http_app
 from treadle.mcp.binds import bind_server
 from treadle.mcp.runtime import McpRuntime
 from treadle.settings import Settings
-from treadle.store import Database
+from treadle.store import Database, schema
 from treadle.store.version_probe import VersionProbe
 
 from conftest import Api, client_for
@@ -457,6 +458,178 @@ async def test_a_server_deleted_elsewhere_stops_answering_at_once(
     assert deleted.status_code == 200, deleted.text
     assert await endpoint.initialize(mcp_pair.server_id, mcp_pair.server_token) == 401
     assert await endpoint.initialize(mcp_pair.server_id, pair.a.api_key) == 401
+
+
+# -- 2026-07-28 tool calls and REST executes at an assumed version ---------------------------
+#
+# Where the admission statement confirms the configuration version (PostgreSQL), A serves a
+# call at the newest version it has seen, without reading it first: these check that a call
+# still sees B's change exactly as a read would have, and counts and records once.
+
+MODERN = "2026-07-28"
+
+
+async def modern_call(
+    endpoint: Endpoint, server_id: str, token: str, arguments: dict[str, Any]
+) -> httpx2.Response:
+    body = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "tools/call",
+        "params": {
+            "name": TOOL,
+            "arguments": arguments,
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": MODERN,
+                "io.modelcontextprotocol/clientCapabilities": {},
+            },
+        },
+    }
+    return await endpoint.http.post(
+        f"/mcp/{server_id}",
+        content=json.dumps(body).encode(),
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/json, text/event-stream",
+            "Content-Type": "application/json",
+            "MCP-Protocol-Version": MODERN,
+            "Mcp-Method": "tools/call",
+            "Mcp-Name": TOOL,
+        },
+    )
+
+
+def tool_result(response: httpx2.Response) -> dict[str, Any]:
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()["result"]
+    return result
+
+
+def refusal_code(result: dict[str, Any]) -> str:
+    """The error code a refused tool result starts with."""
+    assert result.get("isError") is True, result
+    text: str = result["content"][0]["text"]
+    return text.split(":", 1)[0].split()[0]
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+async def test_a_2026_tool_call_reflects_a_change_made_by_another_gateway(
+    mcp_pair: McpPair, endpoint: Endpoint, change: str
+) -> None:
+    make, _status, code = CHANGES[change]
+    call = (mcp_pair.server_id, mcp_pair.server_token)
+    first = tool_result(await modern_call(endpoint, *call, {"n": 1}))
+    assert first.get("isError") is not True, first  # A has loaded (and cached) everything
+    await make(mcp_pair.pair)
+    after = await modern_call(endpoint, *call, {"n": 2})
+    if change == "integration-removed":
+        # Its tools are gone from the list: the name is unknown (a protocol error).
+        assert after.status_code == 400, after.text
+        assert after.json()["error"]["code"] == -32602
+    else:
+        assert refusal_code(tool_result(after)) == code
+
+
+async def executions_of(api: Api) -> list[dict[str, Any]]:
+    response = await api.get("/activity", params={"type": "action_execution", "limit": 100})
+    assert response.status_code == 200, response.text
+    found: list[dict[str, Any]] = response.json()["activity"]
+    return found
+
+
+async def used_this_month(api: Api) -> int:
+    rows = await api.gateway.store.db.query(
+        sa.select(sa.func.coalesce(sa.func.sum(schema.usage_counters.c.count), 0)).where(
+            schema.usage_counters.c.org_id == api.org_id
+        )
+    )
+    return int(rows[0][0])
+
+
+@pytest.mark.parametrize("face", ["rest", MODERN])
+async def test_a_call_at_a_version_that_moved_runs_once_and_is_recorded_once(
+    mcp_pair: McpPair, endpoint: Endpoint, face: str
+) -> None:
+    """A's last call saw the action disallowed; B allows it again. A's next call, at the
+    version A saw last, is refused there, and only then finds the version moved: it runs at
+    the new one, one activity record and one quota unit, no refusal recorded."""
+    pair = mcp_pair.pair
+
+    async def call(n: int) -> tuple[bool, str | None]:
+        if face == "rest":
+            response = await echo(pair.a, input={"n": n})
+            return response.status_code == 200, None if response.is_success else error_code(
+                response
+            )
+        result = tool_result(
+            await modern_call(endpoint, mcp_pair.server_id, mcp_pair.server_token, {"n": n})
+        )
+        return result.get("isError") is not True, (
+            refusal_code(result) if result.get("isError") else None
+        )
+
+    await patch_integration(pair, allowedActions=["other"])
+    assert await call(1) == (False, "ACTION_NOT_ALLOWED")
+    records, used = len(await executions_of(pair.a)), await used_this_month(pair.a)
+    await patch_integration(pair, allowedActions=None)
+    assert await call(2) == (True, None)
+    after = await executions_of(pair.a)
+    assert len(after) == records + 1
+    assert after[0]["status"] == "succeeded"
+    assert await used_this_month(pair.a) == used + 1
+
+
+@pytest.mark.parametrize("face", ["rest", MODERN])
+async def test_a_policy_removed_elsewhere_pauses_no_call_at_the_old_version(
+    mcp_pair: McpPair, endpoint: Endpoint, face: str
+) -> None:
+    """A policy at the version A saw last would pause the call (a write: an approval): A
+    confirms the version before asking it, and runs the call at the new one instead."""
+    pair = mcp_pair.pair
+
+    async def call(n: int) -> Any:
+        if face == "rest":
+            return (await echo(pair.a, input={"n": n})).status_code
+        made = await modern_call(endpoint, mcp_pair.server_id, mcp_pair.server_token, {"n": n})
+        return tool_result(made).get("structuredContent")
+
+    async def approvals() -> int:
+        listed = await pair.a.get("/approvals")
+        assert listed.status_code == 200, listed.text
+        return len(listed.json()["approvals"])
+
+    created = await pair.b.post(
+        "/approval-policies",
+        {"name": "ask", "decision": "require_approval", "workspaceId": pair.b.workspace_id},
+    )
+    assert created.status_code == 201, created.text
+    assert await call(1) != (200 if face == "rest" else {"n": 1})  # paused
+    waiting = await approvals()
+    assert waiting == 1
+    policy_id = created.json()["policy"]["id"]
+    assert (await pair.b.delete(f"/approval-policies/{policy_id}")).status_code == 200
+    assert await call(2) == (200 if face == "rest" else {"n": 2})
+    assert await approvals() == waiting
+
+
+async def test_a_2026_call_whose_token_was_rotated_elsewhere_does_not_run(
+    mcp_pair: McpPair, endpoint: Endpoint
+) -> None:
+    pair = mcp_pair.pair
+    old = mcp_pair.server_token
+    assert tool_result(await modern_call(endpoint, mcp_pair.server_id, old, {"n": 1}))
+    records = len(await executions_of(pair.a))
+    rotated = await pair.b.post(f"/mcp/servers/{mcp_pair.server_id}/rotate-token")
+    assert rotated.status_code == 200, rotated.text
+    refused = await modern_call(endpoint, mcp_pair.server_id, old, {"n": 2})
+    # Refused before the call is counted: 401 when A read the version first (SQLite), a
+    # JSON-RPC error when it assumed it and the admission statement found it moved.
+    if refused.status_code != 401:
+        assert refused.json()["error"]["code"] == -32600, refused.text
+    assert len(await executions_of(pair.a)) == records
+    new = rotated.json()["token"]
+    assert tool_result(await modern_call(endpoint, mcp_pair.server_id, new, {"n": 3}))
+    assert len(await executions_of(pair.a)) == records + 1
 
 
 # -- the version probe and its fallback ------------------------------------------------------

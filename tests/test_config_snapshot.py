@@ -133,7 +133,7 @@ def answer(response: httpx2.Response) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("era", ["legacy", MODERN])
-async def test_a_warm_tool_call_reads_the_configuration_version_once(
+async def test_a_warm_tool_call_reads_the_configuration_version_at_most_once(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, era: str
 ) -> None:
     async with serving(settings) as (http, api):
@@ -181,7 +181,10 @@ async def test_a_warm_tool_call_reads_the_configuration_version_once(
             result = answer(response)["result"]
             assert result.get("isError") is not True, result
             if attempt:  # the first call warmed the caches
-                assert len(reads) == 1
+                # On PostgreSQL a 2026-07-28 call reads none: the admission statement
+                # confirms the version it assumed (ConfigCache.assumed_snapshot).
+                on_postgresql = not api.gateway.store.db.is_sqlite
+                assert len(reads) == (0 if on_postgresql and era == MODERN else 1)
             if era == "legacy":
                 # The session's mark: beside the version where each read is a round trip
                 # (PostgreSQL), on its own (through the file probe) on SQLite.
@@ -189,7 +192,7 @@ async def test_a_warm_tool_call_reads_the_configuration_version_once(
 
 
 @pytest.mark.parametrize("named", ["workspaceId", "no workspace"])
-async def test_a_warm_rest_execute_reads_the_configuration_version_once(
+async def test_a_warm_rest_execute_reads_the_configuration_version_at_most_once(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, named: str
 ) -> None:
     """The key, the workspace and the pipeline's configuration come from one read (on
@@ -215,7 +218,8 @@ async def test_a_warm_rest_execute_reads_the_configuration_version_once(
             )
             assert response.status_code == 200, response.text
             if attempt:  # the first call warmed the caches
-                assert len(reads) == 1
+                # None on PostgreSQL: the admission statement confirms the assumed version.
+                assert len(reads) == (1 if api.gateway.store.db.is_sqlite else 0)
 
 
 @contextmanager

@@ -12,9 +12,13 @@ from pathlib import Path
 
 import anyio
 import pytest
+import sqlalchemy as sa
 
 from treadle.engine.limits import Admitted
-from treadle.store import Database
+from treadle.errors import StaleConfiguration
+from treadle.store import Database, schema
+from treadle.store.database import GLOBAL_SCOPE
+from treadle.store.database import bump_version as bump
 from treadle.store.rate_windows import DatabaseRateLimiter, RateAndQuota
 from treadle.store.state import UsageCounters
 
@@ -140,3 +144,56 @@ async def test_two_replicas_admit_exactly_the_rate_limit_and_the_quota(
     # Each granted one saw a distinct count before it: 0 … 11.
     assert sorted(r.quota_used for r in results if r.quota_counted) == list(range(12))
     assert await UsageCounters(databases[0]).current("org-quota", PERIOD) == 12
+
+
+async def bump_version(db: Database) -> int:
+    """A configuration change's bump of the global version (`WriteTxn.changed` makes it)."""
+    async with db.write("test") as txn:
+        await bump(txn.conn, GLOBAL_SCOPE)
+    return await db.version()
+
+
+@on_postgresql
+async def test_given_the_version_it_counts_only_while_the_version_holds(
+    databases: tuple[Database, Database],
+) -> None:
+    """What a call served at an assumed configuration version relies on: the statement
+    reads the version and, when it moved, counts nothing and says which it is now."""
+    db, other = databases
+    combined = admission(db, Clock())
+    usage = UsageCounters(db)
+    version = await db.version()
+    assert (
+        await combined.admit("org-v", 5, WINDOW, "org-v", 10, expected_version=version)
+    ).quota_counted
+    moved = await bump_version(other)  # committed through the other replica
+    assert moved > version
+    with pytest.raises(StaleConfiguration) as stale:
+        await combined.admit("org-v", 5, WINDOW, "org-v", 10, expected_version=version)
+    assert stale.value.version == moved
+    assert await usage.current("org-v", PERIOD) == 1
+    rows = await db.query(
+        sa.select(schema.rate_windows.c.current_count).where(schema.rate_windows.c.key == "org-v")
+    )
+    assert rows == [(1,)]  # the refused attempt left the window as it was
+    again = await combined.admit("org-v", 5, WINDOW, "org-v", 10, expected_version=moved)
+    assert again.quota_counted
+    assert again.quota_used == 1
+
+
+@on_postgresql
+async def test_with_no_room_at_all_a_moved_version_is_still_reported(
+    databases: tuple[Database, Database],
+) -> None:
+    """A rate limit below one runs no statement; the version is read on its own then."""
+    db, other = databases
+    version = await db.version()
+    moved = await bump_version(other)
+    with pytest.raises(StaleConfiguration):
+        await admission(db, Clock()).admit(
+            "org-n", 0, WINDOW, "org-n", 10, expected_version=version
+        )
+    refused = await admission(db, Clock()).admit(
+        "org-n", 0, WINDOW, "org-n", 10, expected_version=moved
+    )
+    assert not refused.rate_allowed

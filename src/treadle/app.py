@@ -96,6 +96,10 @@ class Gateway:
             oauth = OAuth.assemble(store, vault, client, settings.public_url)
             limiter = rate_limiter or _rate_limiter(db, redis)
             quota = MonthlyQuota(store.ledger)
+            admission = _admission(limiter, quota, store.ledger.shared)
+            # Where the admission statement confirms the configuration version, a tool call
+            # need not read it first (`ConfigCache.assumed_snapshot`).
+            store.config.confirms_at_admission = admission is not None
             executor = Executor(
                 store,
                 chosen_catalog,
@@ -104,7 +108,7 @@ class Gateway:
                 quota,
                 approvals=approvals,
                 oauth=oauth,
-                admission=_admission(limiter, quota, store.ledger.shared),
+                admission=admission,
             )
             federation = Federation(store, chosen_catalog, refresher=oauth.refresher)
             exit_stack.push_async_callback(federation.close)

@@ -91,6 +91,17 @@ class SetupError(TreadleError):
     installed). The message is one line for the operator; the CLI prints it, no traceback."""
 
 
+class StaleConfiguration(TreadleError):
+    """A request served at an assumed configuration version (the newest this process knew,
+    not read for it) found a newer one before anything it did depended on the difference:
+    nothing was counted, recorded or answered, and its face serves it again at `version`.
+    Never reaches a caller."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(f"the configuration moved to version {version}")
+        self.version = version
+
+
 class Refusal(TreadleError):
     """A request refused with a documented code; nothing was changed."""
 

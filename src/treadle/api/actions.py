@@ -9,6 +9,7 @@ key's own workspace or the org's only workspace is used.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from typing import Annotated, Any
 
 import anyio
@@ -17,9 +18,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from treadle.api.auth import Principal, accessible_config
+from treadle.api.auth import Principal, accessible_config, authenticate
 from treadle.api.bodies import Body, parse, read_json_object
-from treadle.api.context import caller
+from treadle.api.context import gateway
 from treadle.api.fields import (
     ActionName,
     EndUserId,
@@ -42,7 +43,7 @@ from treadle.engine import (
     UpstreamFailed,
 )
 from treadle.engine.approvals import canonical
-from treadle.errors import ErrorCode, Refusal, ValidationFailed
+from treadle.errors import ErrorCode, Refusal, StaleConfiguration, ValidationFailed
 from treadle.observability.logs import note
 from treadle.store.config_cache import WorkspaceConfig
 from treadle.store.gates import IdempotencyRecord
@@ -134,15 +135,59 @@ async def _workspace_config(
     ],
 )
 async def execute(request: Request) -> Response:
-    gw, principal = await caller(request)
-    raw = await read_json_object(request)
-    body = parse(ExecuteBody, raw)
-    integration_name = _one_of(
-        body.integrationName, body.pieceName, "integrationName and pieceName"
-    )
-    if integration_name is None:
-        raise ValidationFailed("Missing required field: integrationName", field="integrationName")
-    # Looked up at the version the key was (one read per request) and handed to the pipeline.
+    gw = gateway(request)
+    # At the newest configuration version seen here, not read for this request where the
+    # pipeline confirms it as it counts the call (`ConfigCache.assumed_snapshot`): a refusal
+    # before that is only given once the version is confirmed, and a call that finds it
+    # moved is served again, from the key on, at the newer one.
+    principal = await authenticate(gw.store, request, await gw.store.config.assumed_snapshot())
+    try:
+        raw = await read_json_object(request)
+        body = parse(ExecuteBody, raw)
+        integration_name = _one_of(
+            body.integrationName, body.pieceName, "integrationName and pieceName"
+        )
+        if integration_name is None:
+            raise ValidationFailed(
+                "Missing required field: integrationName", field="integrationName"
+            )
+        if body.idempotencyKey is not None:
+            # Claiming the key is a write: made at the current version only.
+            principal = await _confirmed(gw, request, principal)
+    except Refusal:
+        await _confirmed(gw, request, principal)  # 401 instead, if the key is gone by now
+        raise
+    while True:
+        try:
+            return await _execute_at(gw, principal, body, raw, integration_name)
+        except StaleConfiguration as moved:
+            fresh = gw.store.config.snapshot_at(moved.version)
+            principal = await authenticate(gw.store, request, fresh)
+        except Refusal:
+            assumed = principal.config
+            if assumed is None or assumed.confirmed:
+                raise
+            principal = await _confirmed(gw, request, principal)
+            if principal.config is not None and principal.config.version == assumed.version:
+                raise  # refused by the current configuration
+
+
+async def _confirmed(gw: Gateway, request: Request, principal: Principal) -> Principal:
+    """The caller at a confirmed snapshot: as it is when its snapshot was read for this
+    request, else authenticated again at the version now (401 if the key is gone)."""
+    snapshot = principal.config
+    if snapshot is None or snapshot.confirmed:
+        return principal
+    fresh = await snapshot.confirm()
+    if fresh.version == snapshot.version:
+        return replace(principal, config=fresh)
+    return await authenticate(gw.store, request, fresh)
+
+
+async def _execute_at(
+    gw: Gateway, principal: Principal, body: ExecuteBody, raw: dict[str, Any], integration_name: str
+) -> Response:
+    # Looked up at the key's snapshot (no read of its own) and handed to the pipeline.
     config = await _workspace_config(gw, principal, body)
     call = ExecuteRequest(
         org_id=principal.org_id,
@@ -161,6 +206,7 @@ async def execute(request: Request) -> Response:
         partial_ids=None if body.partialIds is None else tuple(body.partialIds),
         idempotency_key=body.idempotencyKey,
         approval_key=body.idempotencyKey,
+        assumed_version=None if principal.config is None else principal.config.assumed_version,
     )
     if body.idempotencyKey is None:
         return _respond(*render(await gw.executor.execute(call)))

@@ -92,10 +92,18 @@ async def refused_reason(store: Store, token: str | None) -> str:
     return "expired" if found is not None and found.expired() else "invalid_token"
 
 
-async def authenticate(store: Store, request: Request) -> Principal:
+async def authenticate(
+    store: Store, request: Request, snapshot: ConfigSnapshot | None = None
+) -> Principal:
+    """The caller, looked up at `snapshot` (default: the version read now). A key not found
+    at an assumed snapshot is looked up again at the current version before the refusal."""
     token = bearer_token(request)
-    snapshot = await store.config.snapshot()
+    if snapshot is None:
+        snapshot = await store.config.snapshot()
     key = await snapshot.api_key(token) if token else None
+    if key is None and token and not snapshot.confirmed:
+        snapshot = await snapshot.confirm()
+        key = await snapshot.api_key(token)
     if key is None:
         # The log line says why, never with the token; the answer is the same either way.
         note(authReason=await refused_reason(store, token))

@@ -146,8 +146,19 @@ class Admission(Protocol):
     between them, in one step: where both are counted in one database, one round trip."""
 
     async def admit(
-        self, key: str, limit: int, window_seconds: int, org_id: str, quota: int
-    ) -> Admitted: ...
+        self,
+        key: str,
+        limit: int,
+        window_seconds: int,
+        org_id: str,
+        quota: int,
+        *,
+        expected_version: int | None = None,
+    ) -> Admitted:
+        """With `expected_version`, counts only while the configuration version is still
+        that one, read in the same step; raises `StaleConfiguration` (nothing counted) when
+        it moved."""
+        ...
 
 
 class UsageReserver(Protocol):

@@ -3,6 +3,12 @@
 select → allow → partials → validate → state scope → connection → gate → rate limit →
 (claim the approval) → quota → run → record. Every face (REST, MCP) builds an
 `ExecuteRequest` and maps the `Outcome` back.
+
+A request whose configuration was assumed (`ExecuteRequest.assumed_version`) is confirmed
+before the first thing that depends on it leaves the pipeline: in the admission statement on
+the way to a run, or by a read of its own before a refusal is recorded or a policy is asked.
+If the version moved, `StaleConfiguration` goes back to the face, which serves the request
+again at the newer version; nothing was counted, recorded or answered.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from treadle.errors import (
     ErrorCode,
     NotFound,
     Refusal,
+    StaleConfiguration,
     UpstreamError,
     ValidationFailed,
 )
@@ -69,6 +76,8 @@ class _Trace:
     rate: RateStatus | None = None
     # The action, once resolved (a label for observers: never a name a caller made up).
     action: str | None = None
+    # The request's assumed configuration version until it is confirmed, then None.
+    unconfirmed: int | None = None
     # time.perf_counter() at the end of each step, for observers (CallObserver).
     prepared: float = 0.0
     connected: float = 0.0
@@ -156,11 +165,15 @@ class Executor:
         self.observers: list[CallObserver] = []
 
     async def execute(self, request: ExecuteRequest) -> Outcome:
-        trace = _Trace()
+        """The call's outcome, recorded. Raises `StaleConfiguration` (and records nothing)
+        when the request's assumed configuration turned out not to be current."""
+        trace = _Trace(unconfirmed=request.assumed_version)
         started = time.perf_counter()
         try:
             outcome = await self._execute(request, trace, started)
         except Refusal as refusal:
+            # Refused before admission confirmed the configuration: by the current one?
+            await self._confirm(trace)
             outcome = Refused(refusal.code, refusal.message, refusal.extra, trace.rate)
         except ApprovalRequired as waiting:
             assert self._approvals is not None
@@ -240,18 +253,29 @@ class Executor:
             # Neither the record nor an approval's preview may quote the connection's secrets,
             # whichever field of the input carried them.
             trace.recorded_input = scrub(trace.recorded_input, secret_values(connection.values))
+        if config.policies:
+            # A policy may pause or block the call: only as the current configuration says.
+            await self._confirm(trace)
         approved = await self._gate(request, configured, config.policies, merged, trace)
         if approved is None and self._admission is not None:
-            # Nothing to consume between the two: the hit and the quota unit in one step.
+            # Nothing to consume between the two: the hit and the quota unit in one step,
+            # counted only if the assumed configuration (if any) is still current.
             admitted = await self._admission.admit(
-                org.id, org.rate_limit, org.rate_window_seconds, org.id, org.monthly_quota
+                org.id,
+                org.rate_limit,
+                org.rate_window_seconds,
+                org.id,
+                org.monthly_quota,
+                expected_version=trace.unconfirmed,
             )
+            trace.unconfirmed = None
             trace.rate = admitted.rate
             if not admitted.rate_allowed:
                 raise _rate_limited(admitted.rate)
             if not admitted.quota_counted:
                 raise _quota_exceeded(org, admitted.quota_used)
         else:
+            await self._confirm(trace)
             await self._admit(org, approved, trace)
         trace.admitted = time.perf_counter()
         context = ActionContext(
@@ -266,6 +290,15 @@ class Executor:
             client=request.client,
         )
         return await self._run(action, context, merged, trace.rate, started)
+
+    async def _confirm(self, trace: _Trace) -> None:
+        """Raises StaleConfiguration if the assumed configuration version moved."""
+        if trace.unconfirmed is None:
+            return
+        version = await self._store.config.version()
+        if version != trace.unconfirmed:
+            raise StaleConfiguration(version)
+        trace.unconfirmed = None
 
     async def _admit(self, org: Org, approved: Approval | None, trace: _Trace) -> None:
         """The rate-limit hit, then the approval (if any) consumed, then the quota unit."""

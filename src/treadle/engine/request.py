@@ -52,3 +52,8 @@ class ExecuteRequest:
     # MCP face builds the tool list from it): the pipeline uses it instead of reading it
     # again. None: the pipeline reads it. Never reuse one across requests: it is a snapshot.
     config: WorkspaceConfig | None = None
+    # The version `config` was taken at when the face assumed it (the newest this process
+    # knew) instead of reading it for this request: the pipeline confirms it before anything
+    # depends on it, in the admission statement where it can, and raises
+    # StaleConfiguration when it moved. None: `config` is current for this request.
+    assumed_version: int | None = None

@@ -41,7 +41,7 @@ from treadle.ids import hash_token
 from treadle.mcp.answer_relay import AnswerRelay, accepted, answered_id
 from treadle.mcp.binding import Binding
 from treadle.mcp.drain import StreamDrain, only_listens
-from treadle.mcp.modern_route import ModernRoute, routed
+from treadle.mcp.modern_route import ModernRoute, calls_tool, routed
 from treadle.mcp.runtime import McpRuntime
 from treadle.mcp.session_route import SessionRoute
 from treadle.mcp.sessions import (
@@ -167,7 +167,7 @@ class McpEndpoint:
         self._admissions: dict[tuple[str, str, str | None], tuple[int, _Admission]] = {}
         # OAuth access tokens (treadle.auth): who they stand for is asked there.
         self.auth = Authority(gateway)
-        self.face = runtime.face(self._resolve, self._schema, self._snapshot)
+        self.face = runtime.face(self._resolve, self._schema, self._snapshot, self._move_to)
         limits = gateway.settings.mcp_sessions
         self.sessions = SessionLedger(limits)
         self.manager = CountedSessionManager(
@@ -237,7 +237,39 @@ class McpEndpoint:
             return None
         return self._runtime.toolsets.cached_schema(binding.cache_key, name)
 
+    async def _move_to(self, ctx: ServerRequestContext[Any, Any], version: int) -> bool:
+        """Serve the rest of this request at configuration `version` (its assumed snapshot
+        was not current): the snapshot and the binding as they are there. False when its
+        credentials admit it no longer."""
+        request = ctx.request
+        if not isinstance(request, Request):
+            return False
+        scope = request.scope
+        snapshot = scope[_SNAPSHOT_KEY] = self._gateway.store.config.snapshot_at(version)
+        try:
+            found = await self._admitted(scope, snapshot)
+        except (oauth_tokens.InsufficientScope, Refusal):
+            return False
+        if found is None:
+            return False
+        scope[_SCOPE_KEY] = found.binding
+        return True
+
     async def _authenticate(self, scope: Scope) -> _Admission | None:
+        snapshot = scope[_SNAPSHOT_KEY] = await self._snapshot_of(scope)
+        try:
+            found = await self._admitted(scope, snapshot)
+        except (oauth_tokens.InsufficientScope, Refusal):
+            if snapshot.confirmed:
+                raise
+            found = None
+        if found is None and not snapshot.confirmed:
+            # Refused at an assumed version: refused only if the current one says so too.
+            snapshot = scope[_SNAPSHOT_KEY] = await snapshot.confirm()
+            found = await self._admitted(scope, snapshot)
+        return found
+
+    async def _admitted(self, scope: Scope, snapshot: ConfigSnapshot) -> _Admission | None:
         server_id = scope.get("path_params", {}).get("server_id", "")
         request = Request(scope)
         token = bearer_token(request)
@@ -248,7 +280,6 @@ class McpEndpoint:
         # Every request of a session presents the same credentials: answer those from memory
         # while the configuration version holds (tokens rotate and servers change only with
         # a bump). Only admissions are remembered; refusals are always checked afresh.
-        snapshot = scope[_SNAPSHOT_KEY] = await self._snapshot_of(scope)
         version = snapshot.version
         key = (server_id, hash_token(token), end_user_header)
         remembered = self._admissions.get(key)
@@ -265,14 +296,18 @@ class McpEndpoint:
     async def _snapshot_of(self, scope: Scope) -> ConfigSnapshot:
         """The request's one configuration snapshot. A request of a handshake-era session
         reads its session's mark in the same statement where that saves a round trip
-        (PostgreSQL); `_continue` hands that mark to `resume`."""
+        (PostgreSQL); `_continue` hands that mark to `resume`. A 2026-07-28 tools/call takes
+        an assumed snapshot: the pipeline confirms it (`ConfigCache.assumed_snapshot`)."""
+        config = self._gateway.store.config
         session_id = session_id_of(scope)
         if session_id is not None:
             found = await self.shared.version_and_mark(session_id)
             if found is not None:
                 version, scope[_MARK_KEY] = found
-                return self._gateway.store.config.snapshot_at(version)
-        return await self._gateway.store.config.snapshot()
+                return config.snapshot_at(version)
+        elif calls_tool(scope):
+            return await config.assumed_snapshot()
+        return await config.snapshot()
 
     async def _admit(
         self,

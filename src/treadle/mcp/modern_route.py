@@ -117,20 +117,31 @@ class _UnannotatedSchemas:
 def routed(scope: Scope) -> bool:
     """Whether this route would serve the request: a POST of a 2026-07-28 version naming one
     of the routed methods in its `Mcp-Method` header (the body must agree; checked later)."""
+    return _modern_method(scope) in ROUTED_METHODS
+
+
+def calls_tool(scope: Scope) -> bool:
+    """A 2026-07-28 POST whose `Mcp-Method` header says tools/call: the SDK and this route
+    serve it only if the body's method agrees."""
+    return _modern_method(scope) == "tools/call"
+
+
+def _modern_method(scope: Scope) -> str | None:
+    """The `Mcp-Method` header of a POST of a 2026-07-28 version, else None."""
     if scope.get("method") != "POST":
-        return False
-    version = method = None
+        return None
+    version: bytes | None = None
+    method: bytes | None = None
     for name, value in scope["headers"]:
         if name == _VERSION_HEADER:
             version = value
         elif name == _METHOD_HEADER:
             method = value
-    return (
-        version is not None
-        and method is not None
-        and version.decode("latin-1") in MODERN_PROTOCOL_VERSIONS
-        and method.decode("latin-1") in ROUTED_METHODS
-    )
+    if version is None or method is None:
+        return None
+    if version.decode("latin-1") not in MODERN_PROTOCOL_VERSIONS:
+        return None
+    return method.decode("latin-1")
 
 
 def _sse(message: dict[str, Any]) -> bytes:

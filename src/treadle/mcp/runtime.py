@@ -17,6 +17,7 @@ from treadle.mcp.server import (
     BindingResolver,
     McpFace,
     SchemaLookup,
+    SnapshotMover,
     SnapshotSource,
 )
 from treadle.mcp.toolset import ToolsetCache
@@ -48,6 +49,7 @@ class McpRuntime:
         resolve: BindingResolver,
         schema_lookup: SchemaLookup,
         snapshot: SnapshotSource | None = None,
+        move_to: SnapshotMover | None = None,
     ) -> McpFace:
         """A server over this runtime's tool sets and hub, its bindings found by `resolve`
         (and each request's configuration snapshot by `snapshot`; None: read per request)."""
@@ -64,6 +66,7 @@ class McpRuntime:
             snapshot=snapshot,
             search=self.search,
             content=self.content,
+            move_to=move_to,
         )
 
     def bound_face(self, binding: Binding) -> McpFace:

@@ -26,6 +26,7 @@ from mcp.shared.exceptions import MCPDeprecationWarning, MCPError, NoBackChannel
 from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
 from mcp.types import (
     INVALID_PARAMS,
+    INVALID_REQUEST,
     MISSING_REQUIRED_CLIENT_CAPABILITY,
     CallToolRequestParams,
     CallToolResult,
@@ -58,6 +59,7 @@ from treadle.catalog.model import (
 from treadle.catalog.upstream.content import UpstreamContent
 from treadle.engine import ApprovalPending, ExecuteRequest, Executor, Refused, Source
 from treadle.engine.approvals import ApprovalDesk, canonical
+from treadle.errors import StaleConfiguration
 from treadle.mcp import discovery
 from treadle.mcp.approval_pause import ApprovalPause
 from treadle.mcp.binding import Binding
@@ -94,6 +96,9 @@ BindingResolver = Callable[[ServerRequestContext[Any, Any]], Awaitable[Binding]]
 # it when it authenticates the request; elsewhere each request reads one).
 SnapshotSource = Callable[[ServerRequestContext[Any, Any]], Awaitable[ConfigSnapshot]]
 SchemaLookup = Callable[[str], dict[str, Any] | None]
+# Serves the rest of a request at a newer configuration version than its assumed snapshot's
+# (the snapshot and binding as they are there); False when its credentials no longer hold.
+SnapshotMover = Callable[[ServerRequestContext[Any, Any], int], Awaitable[bool]]
 
 INSTRUCTIONS = (
     "Tools are the actions of this workspace's integrations, named {alias}__{action}. "
@@ -284,8 +289,10 @@ class McpFace:
         snapshot: SnapshotSource | None = None,
         search: SearchIndexes | None = None,
         content: UpstreamContent | None = None,
+        move_to: SnapshotMover | None = None,
     ) -> None:
         self._executor = executor
+        self._move_to = move_to
         self._search = search or SearchIndexes()
         self._snapshot = snapshot or _fresh_snapshot(toolsets)
         self._pause = ApprovalPause(approvals, progress_seconds) if approvals else None
@@ -436,9 +443,32 @@ class McpFace:
     async def call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: CallToolRequestParams
     ) -> CallToolResult | InputRequiredResult:
+        while True:
+            try:
+                return await self._call_tool(ctx, params)
+            except StaleConfiguration as moved:
+                # The request's assumed configuration was not current, and nothing was done
+                # at it: serve it again at the version found (see ConfigCache).
+                if self._move_to is None:
+                    raise
+                if not await self._move_to(ctx, moved.version):
+                    raise MCPError(
+                        INVALID_REQUEST, "The credentials of this request are no longer valid"
+                    ) from None
+
+    async def _call_tool(
+        self, ctx: ServerRequestContext[Any, Any], params: CallToolRequestParams
+    ) -> CallToolResult | InputRequiredResult:
         binding = await self._resolve(ctx)
-        current = await self._toolsets.current(binding, await self._snapshot(ctx))
+        snapshot = await self._snapshot(ctx)
+        current = await self._toolsets.current(binding, snapshot)
         target = current.toolset.targets.get(params.name)
+        if target is None and not snapshot.confirmed:
+            # Not the pipeline's answer (a meta-tool's, or an unknown name's): only as the
+            # current configuration has it.
+            confirmed = await snapshot.confirm()
+            if confirmed.version != snapshot.version:
+                raise StaleConfiguration(confirmed.version)
         if target is None:
             full = current.toolset.full
             if full is not None and params.name in META_NAMES:
@@ -446,7 +476,7 @@ class McpFace:
                 async def run(
                     inner: ToolTarget, arguments: dict[str, Any]
                 ) -> CallToolResult | InputRequiredResult:
-                    return await self._call(ctx, params, binding, current, inner, arguments)
+                    return await self._call(ctx, params, binding, current, inner, arguments, None)
 
                 return await discovery.answer(
                     self._search,
@@ -457,7 +487,10 @@ class McpFace:
                     run,
                 )
             raise MCPError(INVALID_PARAMS, f"Unknown tool: {params.name[:100]}")
-        return await self._call(ctx, params, binding, current, target, dict(params.arguments or {}))
+        arguments = dict(params.arguments or {})
+        return await self._call(
+            ctx, params, binding, current, target, arguments, snapshot.assumed_version
+        )
 
     async def _call(
         self,
@@ -467,8 +500,10 @@ class McpFace:
         current: Current,
         target: ToolTarget,
         arguments: dict[str, Any],
+        assumed_version: int | None,
     ) -> CallToolResult | InputRequiredResult:
-        """One tool's call, listed directly or reached through `call_tool`."""
+        """One tool's call, listed directly or reached through `call_tool`; at a snapshot the
+        pipeline is to confirm when `assumed_version` is given."""
         # Every refusal past this point is the pipeline's (so it is in the activity log, under
         # the same rule as REST): the face only says what the server's override is.
         request = ExecuteRequest(
@@ -493,6 +528,7 @@ class McpFace:
             client=(channel := ClientChannel(ctx, self._log_floor(ctx))),
             # The configuration this tool was listed from: the pipeline does not read it again.
             config=current.config,
+            assumed_version=assumed_version,
         )
         if _asked_for_progress(ctx):
             async with anyio.create_task_group() as tg:
@@ -510,7 +546,7 @@ class McpFace:
             note_on(ctx.request.scope, error=outcome.code.value)
         if isinstance(outcome, ApprovalPending) and self._pause is not None:
             # A person decides later: the run after the decision reads the configuration then.
-            rerun = replace(request, config=None)
+            rerun = replace(request, config=None, assumed_version=None)
             return await self._pause.pause(
                 ctx, params, outcome, binding.actor, lambda: self._executor.execute(rerun)
             )

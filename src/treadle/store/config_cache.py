@@ -11,6 +11,14 @@ version moves, entries of workspaces the change did not touch stay (`versioned_m
 A request reads the version once (`snapshot`) and makes every lookup at it: the credential,
 the server record, the workspace's configuration for the tool list and for the pipeline.
 
+A tool call can do without even that read where the pipeline confirms the version in a
+statement it makes anyway (`confirms_at_admission`: PostgreSQL's rate-and-quota statement,
+conditioned on the version it was given). Its face takes an `assumed_snapshot`, at the newest
+version this process has seen, and serves the request again at the newer one should the
+pipeline find it moved (`StaleConfiguration`); the pipeline reads the version on its own
+before any answer or write that comes earlier (a refusal, an approval). So the call sees the
+configuration exactly as a read would have, with one round trip less.
+
 API keys are the one exception to "every write bumps": creating a key does not, so only keys
 that exist are cached; revoking one bumps its scope (`ApiKeys.revoke`). A key past its expiry
 stays cached but is answered as no key: expiry moves no version.
@@ -92,18 +100,37 @@ class ConfigCache:
         self._server_tokens: VersionedMemo[str, McpServer] = VersionedMemo(
             scope_of=_workspace_of_server, scope_version=scoped
         )
+        # Set where the pipeline's admission statement confirms the version (`app.py`).
+        self.confirms_at_admission = False
+        self._newest: int | None = None  # the newest version any read here has answered
+
+    def saw(self, version: int) -> None:
+        """A version read just now (with something else, or by the admission statement)."""
+        if self._newest is None or version > self._newest:
+            self._newest = version
 
     async def version(self) -> int:
-        return await self._db.config_version()
+        version = await self._db.config_version()
+        self.saw(version)
+        return version
 
     async def snapshot(self) -> ConfigSnapshot:
         """Lookups at the version as it is now: one read, however many lookups follow."""
-        return ConfigSnapshot(self, await self._db.config_version())
+        return ConfigSnapshot(self, await self.version())
 
     def snapshot_at(self, version: int) -> ConfigSnapshot:
         """Lookups at a version the caller read just now (with something else, in one
         statement: `Database.config_version_beside`)."""
+        self.saw(version)
         return ConfigSnapshot(self, version)
+
+    async def assumed_snapshot(self) -> ConfigSnapshot:
+        """For a tool call only: lookups at the newest version seen here, not read for this
+        request, where the pipeline confirms it (see the module's docstring); elsewhere, and
+        before any read here, `snapshot()`."""
+        if self.confirms_at_admission and self._newest is not None:
+            return ConfigSnapshot(self, self._newest, confirmed=False)
+        return await self.snapshot()
 
     async def workspace(self, org_id: str, workspace_id: str) -> WorkspaceConfig | None:
         """The workspace's configuration, or None if the org has no such workspace."""
@@ -160,6 +187,18 @@ class ConfigSnapshot:
 
     cache: ConfigCache
     version: int
+    # False: `version` was assumed, not read for this request (`assumed_snapshot`).
+    confirmed: bool = True
+
+    @property
+    def assumed_version(self) -> int | None:
+        """`ExecuteRequest.assumed_version` for a request served at this snapshot."""
+        return None if self.confirmed else self.version
+
+    async def confirm(self) -> ConfigSnapshot:
+        """This snapshot if it was read for the request, else one at the version now (the
+        same version, confirmed, or a newer one)."""
+        return self if self.confirmed else await self.cache.snapshot()
 
     async def workspace(self, org_id: str, workspace_id: str) -> WorkspaceConfig | None:
         return await self.cache.workspace_at(self.version, org_id, workspace_id)

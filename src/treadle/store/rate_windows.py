@@ -27,15 +27,19 @@ from sqlalchemy.sql.dml import Insert
 
 from treadle.engine.limits import Admitted, WindowHit, fits, overlap, rolled, window_of
 from treadle.engine.outcome import RateStatus
+from treadle.errors import StaleConfiguration
 from treadle.store import schema
-from treadle.store.database import Database
+from treadle.store.database import GLOBAL_SCOPE, Database
 
 _TABLE = schema.rate_windows
 _USAGE = schema.usage_counters
 
 
-def _hit_statement(build: Callable[[sa.Table], Any]) -> Insert:
-    """The upsert, with parameters key, start, window, weight (the overlap) and limit."""
+def _hit_statement(
+    build: Callable[[sa.Table], Any], only_if: sa.ColumnElement[bool] | None = None
+) -> Insert:
+    """The upsert, with parameters key, start, window, weight (the overlap) and limit;
+    with `only_if`, a hit only where that holds (else the statement touches no row)."""
     table = _TABLE
     start = sa.bindparam("start", type_=sa.BigInteger)
     window = sa.bindparam("window", type_=sa.BigInteger)
@@ -50,12 +54,16 @@ def _hit_statement(build: Callable[[sa.Table], Any]) -> Insert:
         else_=0,
     )
     current = sa.case((same, table.c.current_count), else_=0)
-    statement = build(table).values(
-        key=sa.bindparam("key", type_=sa.Text),
-        window_start=start,
-        current_count=1,
-        previous_count=0,
-    )
+    key = sa.bindparam("key", type_=sa.Text)
+    if only_if is None:
+        statement = build(table).values(
+            key=key, window_start=start, current_count=1, previous_count=0
+        )
+    else:
+        first = sa.select(key, start, sa.literal(1, sa.BigInteger), sa.literal(0, sa.BigInteger))
+        statement = build(table).from_select(
+            ["key", "window_start", "current_count", "previous_count"], first.where(only_if)
+        )
     counted: Insert = statement.on_conflict_do_update(
         index_elements=[table.c.key],
         set_={
@@ -158,24 +166,55 @@ class RateAndQuota:
     conditional count (`UsageCounters.reserve`'s) as one statement of two data-modifying
     CTEs, the quota's running only on the row the hit returned. Each row is locked and its
     condition re-checked as when they run apart, so both stay exact across replicas, and a
-    refused hit counts nothing, as before: one round trip where there were two."""
+    refused hit counts nothing, as before: one round trip where there were two.
+
+    The same statement reads the configuration version and, given the version the call was
+    served at (`expected_version`), counts only if it still holds: a call whose face did not
+    read the version (`ConfigCache.assumed_snapshot`) learns here, at no extra round trip,
+    whether its configuration was current. The statement's snapshot is taken when it starts,
+    so a change committed before then is seen, as a read of its own would see it."""
 
     def __init__(self, limiter: DatabaseRateLimiter, period: Callable[[], str]) -> None:
         self._limiter = limiter
         self._period = period
 
+    async def _versions(self) -> int:
+        return await self._limiter._db.version(GLOBAL_SCOPE)
+
     async def admit(
-        self, key: str, limit: int, window_seconds: int, org_id: str, quota: int
+        self,
+        key: str,
+        limit: int,
+        window_seconds: int,
+        org_id: str,
+        quota: int,
+        *,
+        expected_version: int | None = None,
     ) -> Admitted:
         limiter = self._limiter
         hit = _Hit.at(limiter._clock(), key, limit, window_seconds)
         if limit < 1:
+            # Refused whatever is stored, so no statement: the version is read on its own.
+            if expected_version is not None:
+                version = await self._versions()
+                if version != expected_version:
+                    raise StaleConfiguration(version)
             _allowed, status = await limiter._answer(hit, None)
             return Admitted(False, status, False, 0)
-        params = {**hit.params(), "org_id": org_id, "period": self._period(), "quota": quota}
-        ((previous, current, counted, before, _no_flush),) = await limiter._db.write_one(
+        params = {
+            **hit.params(),
+            "org_id": org_id,
+            "period": self._period(),
+            "quota": quota,
+            "scope": GLOBAL_SCOPE,
+            "expected": expected_version,
+        }
+        ((previous, current, counted, before, version, _no_flush),) = await limiter._db.write_one(
             _admission_statement(), params
         )
+        if expected_version is not None and version != expected_version:
+            # Nothing was counted: the hit (and so the quota's count) ran on no row.
+            raise StaleConfiguration(int(version))
         if previous is None:
             _allowed, status = await limiter._answer(hit, None)
             return Admitted(False, status, False, 0)
@@ -186,10 +225,23 @@ class RateAndQuota:
 
 
 @functools.cache  # built once: run on every call
-def _admission_statement() -> sa.Select[tuple[int, int, int, int, str]]:
-    """(previous, current after the hit) or NULLs when refused; the quota count after this
-    call or NULL when refused (or not asked); the quota count before the statement."""
-    hit = _hit_statement(postgresql.insert).cte("hit")
+def _admission_statement() -> sa.Select[tuple[int, int, int, int, int, str]]:
+    """(previous, current after the hit) or NULLs when refused (or the version moved); the
+    quota count after this call or NULL when refused (or not asked); the quota count before
+    the statement; the configuration version. Parameter `expected`: the version the call
+    was served at, or NULL to count whatever it is."""
+    versions = schema.config_versions
+    # 0 with no row yet, as `Database.version` answers.
+    version = sa.func.coalesce(
+        sa.select(versions.c.version)
+        .where(versions.c.scope == sa.bindparam("scope", type_=sa.Text))
+        .scalar_subquery(),
+        0,
+    )
+    expected = sa.bindparam("expected", type_=sa.BigInteger)
+    hit = _hit_statement(postgresql.insert, sa.or_(expected.is_(None), version == expected)).cte(
+        "hit"
+    )
     usage = _USAGE
     org_id = sa.bindparam("org_id", type_=sa.Text)
     period = sa.bindparam("period", type_=sa.Text)
@@ -223,5 +275,6 @@ def _admission_statement() -> sa.Select[tuple[int, int, int, int, str]]:
         sa.select(hit.c.current_count).scalar_subquery(),
         sa.select(counted.c.count).scalar_subquery(),
         before.scalar_subquery(),
+        version,
         no_flush,
     )
