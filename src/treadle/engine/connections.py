@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from treadle.catalog.model import AuthKind, ConnectionCredentials, Integration
 from treadle.engine.request import ExecuteRequest
 from treadle.errors import ErrorCode, Refusal
@@ -21,7 +23,10 @@ class ConnectionResolver:
         request: ExecuteRequest,
         integration: Integration,
         configured: WorkspaceIntegration,
+        before_refresh: Callable[[], Awaitable[None]] | None = None,
     ) -> ConnectionCredentials | None:
+        """The credentials the call runs with. `before_refresh` is awaited before an OAuth
+        token is refreshed (a request to the provider, and a write), where it may raise."""
         chosen = await self._choose(request, integration, configured)
         if chosen is None:
             return None
@@ -37,7 +42,10 @@ class ConnectionResolver:
         credentials = await self._connections.credentials(chosen)
         if self._oauth is not None:
             # An access token about to expire is refreshed before the action runs.
-            credentials = await self._oauth.refresher.before_run(chosen, credentials)
+            refresher = self._oauth.refresher
+            if before_refresh is not None and refresher.refreshes_before_run(credentials):
+                await before_refresh()
+            credentials = await refresher.before_run(chosen, credentials)
         return credentials
 
     async def _connect_url(self, request: ExecuteRequest, per_user: bool) -> str | None:

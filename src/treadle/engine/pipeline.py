@@ -19,6 +19,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import anyio
@@ -247,7 +248,9 @@ class Executor:
         check_end_user_id(request.end_user_id)  # every face, and ids stored before the rule
         state = self._state_for(integration, configured, request)
         trace.prepared = time.perf_counter()
-        connection = await self._connections.resolve(request, integration, configured)
+        # An OAuth refresh is a write at the provider: only at the current configuration.
+        confirm = None if trace.unconfirmed is None else partial(self._confirm, trace)
+        connection = await self._connections.resolve(request, integration, configured, confirm)
         trace.connected = time.perf_counter()
         if connection is not None:
             # Neither the record nor an approval's preview may quote the connection's secrets,

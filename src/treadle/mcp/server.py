@@ -57,7 +57,7 @@ from treadle.catalog.model import (
     LogLevel,
 )
 from treadle.catalog.upstream.content import UpstreamContent
-from treadle.engine import ApprovalPending, ExecuteRequest, Executor, Refused, Source
+from treadle.engine import ApprovalPending, ExecuteRequest, Executor, Outcome, Refused, Source
 from treadle.engine.approvals import ApprovalDesk, canonical
 from treadle.errors import StaleConfiguration
 from treadle.mcp import discovery
@@ -531,10 +531,7 @@ class McpFace:
             assumed_version=assumed_version,
         )
         if _asked_for_progress(ctx):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._report_progress, ctx)
-                outcome = await self._executor.execute(request)
-                tg.cancel_scope.cancel()
+            outcome = await self._with_progress(ctx, request)
         else:
             # No token, no reports: a task group and a sleeping task per call (~60-100 µs)
             # for nothing.
@@ -551,6 +548,26 @@ class McpFace:
                 ctx, params, outcome, binding.actor, lambda: self._executor.execute(rerun)
             )
         return to_result(outcome, declares_output=target.action.output_schema is not None)
+
+    async def _with_progress(
+        self, ctx: ServerRequestContext[Any, Any], request: ExecuteRequest
+    ) -> Outcome:
+        """The call, with progress reports beside it while it runs. What the call raises
+        comes out as itself, not inside the task group's exception group (`call_tool`
+        catches StaleConfiguration)."""
+        raised: Exception | None = None
+        outcome: Outcome | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._report_progress, ctx)
+            try:
+                outcome = await self._executor.execute(request)
+            except Exception as failure:
+                raised = failure
+            tg.cancel_scope.cancel()
+        if raised is not None:
+            raise raised
+        assert outcome is not None
+        return outcome
 
     async def _report_progress(self, ctx: ServerRequestContext[Any, Any]) -> None:
         # A no-op unless the client sent a progress token; long calls show they are alive.

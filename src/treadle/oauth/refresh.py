@@ -84,11 +84,15 @@ class TokenRefresher:
             and bool(credentials.values.get("refreshToken"))
         )
 
+    def refreshes_before_run(self, credentials: ConnectionCredentials) -> bool:
+        """Whether `before_run` would refresh these credentials (their token expires soon)."""
+        return self.can_refresh(credentials) and expires_soon(dict(credentials.values))
+
     async def before_run(
         self, connection: Connection, credentials: ConnectionCredentials
     ) -> ConnectionCredentials:
         """The credentials to run with: refreshed first when the access token is about to expire."""
-        if not self.can_refresh(credentials) or not expires_soon(dict(credentials.values)):
+        if not self.refreshes_before_run(credentials):
             return credentials
         return await self._refresh(connection, credentials, rejected=False)
 
