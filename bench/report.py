@@ -159,6 +159,56 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 _CPU_KINDS = ("treadle", "postgresql", "client")
 
 
+def _floor(found: dict[str, Any], era: str) -> float | None:
+    """The PostgreSQL / SQLite c=1 ratio if treadle's own work cost the same on both: SQLite's
+    p50 with its store path swapped for PostgreSQL's two statements alone."""
+    store = found.get("store")
+    row = found.get("latency", {}).get(era)
+    if not store or not row:
+        return None
+    sqlite = row["sides"]["sqlite"]["p50"]
+    floor: float = (sqlite - store["sqlite"]["p50"] + store["postgresqlRaw"]["p50"]) / sqlite
+    return floor
+
+
+def _cpu_ceiling(throughput: dict[str, Any]) -> str:
+    """The best 2-replica / 1-replica ratio these CPU costs allow on this machine: one
+    replica is one event loop, at most one core (1,000 ms of CPU a second) of its own CPU per
+    call; two replicas, their database and the load share every core."""
+    sides = list(throughput["sides"].values())
+    costs = [side.get("cpuMsPerCall", {}) for side in sides]
+    cores = throughput.get("cores")
+    if len(costs) != 2 or not all(costs) or not cores:
+        return ""
+    one = 1000 / costs[0]["treadle"]
+    two = cores * 1000 / sum(costs[1].get(kind, 0.0) for kind in _CPU_KINDS)
+    return (
+        f"\n\nCPU ceiling of the 2-replica ratio on {cores} cores: {cores * 1000:.0f} / "
+        f"({' + '.join(f'{costs[1].get(k, 0.0):.2f}' for k in _CPU_KINDS)}) calls/s against "
+        f"1000 / {costs[0]['treadle']:.2f} for one replica = {_x(min(two, 2 * one) / one)}."
+    )
+
+
+def _store_floor(found: dict[str, Any]) -> str:
+    store = found.get("store")
+    if not store:
+        return ""
+    floors = ", ".join(
+        f"{era} {_x(floor)}"
+        for era in found.get("latency", {})
+        if (floor := _floor(found, era)) is not None
+    )
+    return (
+        "\n\nThe store alone per call (c=1, in the bench process, alternating blocks; "
+        "bench/store_floor.py): SQLite's reservation and record "
+        f"{store['sqlite']['p50'] * 1e3:.0f} µs; PostgreSQL's admission statement and "
+        f"record {store['postgresql']['p50'] * 1e3:.0f} µs, of which the two statements "
+        f"straight through asyncpg take {store['postgresqlRaw']['p50'] * 1e3:.0f} µs. "
+        f"Floor of the PostgreSQL / SQLite c=1 ratio (SQLite's p50 with its store path "
+        f"swapped for PostgreSQL's raw statements): {floors}."
+    )
+
+
 def _replicas(found: dict[str, Any]) -> str:
     rows = []
     throughput = found["throughput"]
@@ -194,12 +244,14 @@ def _replicas(found: dict[str, Any]) -> str:
     cpu = (
         "\n\nCPU per call at c=32 (ms; 2 cores = 2000 ms of CPU per second):\n\n"
         + _table(["deployment", *_CPU_KINDS], cpu_rows)
+        + _cpu_ceiling(throughput)
         if cpu_rows
         else ""
     )
     return (
         f"### 7. Replicas on PostgreSQL ({client})\n\n"
         + _table(["deployment, load", "p50 / p99 ms", "calls/s", "errors"], rows)
+        + _store_floor(found)
         + cpu
         + f"\n\nResync across replicas (change through A, {across['clients']} clients on B, "
         f"{across['rounds']} rounds): from commit p50 / p99 {_ms(commit.get('p50'))} / "

@@ -30,7 +30,7 @@ import httpx2
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from bench import wrk_load
+from bench import store_floor, wrk_load
 from bench.cases.resync import Receipts, _connect_all, _listen_all, _parse_iso, _rounds
 from bench.config import ARGS, ONE_TOOL, Sizes, configure, create_server, create_workspace
 from bench.load import Request, Side, WorkerFactory, interleaved
@@ -190,6 +190,7 @@ async def _throughput(
         "niceness": niceness,
         "sides": measured,
         "throughputRatio": ratio,
+        "cores": os.cpu_count() or 1,
     }
 
 
@@ -331,6 +332,8 @@ async def _run(sizes: Sizes) -> dict[str, Any]:
             for pid in await _backends(url):
                 _prioritise(pid)
             out["latency"] = await _latency(sizes, first, pg_server, sqlite, lite_server)
+            # What the store alone takes per call on each (the floor of the c=1 ratio).
+            out["store"] = await store_floor.measure(url, calls=sizes.calls_c1, blocks=sizes.blocks)
             out["errorsInLogs"] = first.errors_in_log()
         finally:
             for treadle in (second, sqlite, first):
