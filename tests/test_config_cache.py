@@ -412,17 +412,23 @@ class Endpoint:
 
     http: httpx2.AsyncClient
 
-    async def initialize(self, server_id: str, token: str) -> int:
-        response = await self.http.post(
+    async def post(
+        self, server_id: str, token: str, message: dict[str, Any], **headers: str
+    ) -> httpx2.Response:
+        """One JSON-RPC message to the server's endpoint, as an MCP client sends it."""
+        return await self.http.post(
             f"/mcp/{server_id}",
-            content=json.dumps(INITIALIZE).encode(),
+            content=json.dumps(message).encode(),
             headers={
                 "Authorization": f"Bearer {token}",
                 "Accept": "application/json, text/event-stream",
                 "Content-Type": "application/json",
+                **headers,
             },
         )
-        return response.status_code
+
+    async def initialize(self, server_id: str, token: str) -> int:
+        return (await self.post(server_id, token, INITIALIZE)).status_code
 
 
 @pytest.fixture
@@ -485,18 +491,8 @@ async def modern_call(
             },
         },
     }
-    return await endpoint.http.post(
-        f"/mcp/{server_id}",
-        content=json.dumps(body).encode(),
-        headers={
-            "Authorization": f"Bearer {token}",
-            "Accept": "application/json, text/event-stream",
-            "Content-Type": "application/json",
-            "MCP-Protocol-Version": MODERN,
-            "Mcp-Method": "tools/call",
-            "Mcp-Name": TOOL,
-        },
-    )
+    routing = {"MCP-Protocol-Version": MODERN, "Mcp-Method": "tools/call", "Mcp-Name": TOOL}
+    return await endpoint.post(server_id, token, body, **routing)
 
 
 def tool_result(response: httpx2.Response) -> dict[str, Any]:
