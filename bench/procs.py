@@ -296,3 +296,35 @@ class Bare:
 
     def stop(self) -> None:
         _stop(self.process)
+
+
+@dataclass
+class StoreServer:
+    """`bench/store_server.py`: a call's store work alone, served over HTTP."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    database: str
+
+    @classmethod
+    def start(cls, database: str, url: str | None = None) -> StoreServer:
+        port = free_port()
+        command = [sys.executable, "-m", "bench.store_server", "--database", database]
+        command += ["--port", str(port), *(["--url", url] if url else [])]
+        process = subprocess.Popen(
+            command, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        server = cls(process, port, database)
+        try:
+            _wait_http(server.url, process, 60)
+        except BaseException:
+            _stop(process)
+            raise
+        return server
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def stop(self) -> None:
+        _stop(self.process)

@@ -189,6 +189,41 @@ def _cpu_ceiling(throughput: dict[str, Any]) -> str:
     )
 
 
+def _served_floor(found: dict[str, Any], era: str) -> float | None:
+    """The same ratio with PostgreSQL's extra cost as a bare server pays it over HTTP: the
+    p50 of `bench.store_server` on PostgreSQL minus its p50 on SQLite, added to SQLite's."""
+    served = found.get("storeServed")
+    row = found.get("latency", {}).get(era)
+    if not served or not row:
+        return None
+    sqlite = row["sides"]["sqlite"]["p50"]
+    floor: float = (sqlite + served["postgresqlMinusSqliteMs"]) / sqlite
+    return floor
+
+
+def _store_served(found: dict[str, Any]) -> str:
+    served = found.get("storeServed")
+    if not served:
+        return ""
+    treadle = ", ".join(
+        f"{era} {row['sides']['postgresql']['p50'] - row['sides']['sqlite']['p50']:.2f} ms"
+        for era, row in found.get("latency", {}).items()
+    )
+    floors = ", ".join(
+        f"{era} {_x(floor)}"
+        for era in found.get("latency", {})
+        if (floor := _served_floor(found, era)) is not None
+    )
+    return (
+        " Served by a bare uvicorn app that does only that store work per request "
+        "(bench/store_server.py, c=1 over HTTP like the calls above): p50 SQLite "
+        f"{served['sqlite']['p50']:.2f} ms, PostgreSQL {served['postgresql']['p50']:.2f} ms, "
+        f"so PostgreSQL costs a bare server {served['postgresqlMinusSqliteMs']:.2f} ms a "
+        f"request; treadle's own PostgreSQL - SQLite p50: {treadle}. Floor of the ratio with "
+        f"the bare server's difference: {floors}."
+    )
+
+
 def _store_floor(found: dict[str, Any]) -> str:
     store = found.get("store")
     if not store:
@@ -205,7 +240,7 @@ def _store_floor(found: dict[str, Any]) -> str:
         f"record {store['postgresql']['p50'] * 1e3:.0f} µs, of which the two statements "
         f"straight through asyncpg take {store['postgresqlRaw']['p50'] * 1e3:.0f} µs. "
         f"Floor of the PostgreSQL / SQLite c=1 ratio (SQLite's p50 with its store path "
-        f"swapped for PostgreSQL's raw statements): {floors}."
+        f"swapped for PostgreSQL's raw statements): {floors}." + _store_served(found)
     )
 
 

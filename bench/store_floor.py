@@ -18,6 +18,12 @@ each is timed alone, in this process, at c=1, in alternating blocks:
 The floor of the ratio is then (SQLite's p50 - its store path + PostgreSQL's raw
 statements) / SQLite's p50: the ratio if everything treadle does outside the database cost
 nothing more on PostgreSQL than on SQLite.
+
+Timed in this process, a statement's round trip is waited for by a busy loop. In a server at
+c=1 the loop sleeps while it waits and is woken by the answer. `measure_served` therefore
+also serves the same store work from `bench.store_server`, one bare uvicorn app per database,
+and measures it over HTTP at c=1, the way the calls are measured. The difference of the two
+p50s is what PostgreSQL costs a server that does nothing else.
 """
 
 from __future__ import annotations
@@ -25,18 +31,23 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.lowlevel
+import httpx2
 
+from bench.load import Request, Side, WorkerFactory, interleaved
+from bench.procs import StoreServer
 from treadle.clock import now_iso
 from treadle.ids import new_time_ordered_uuid
 from treadle.store import Database
 from treadle.store.database import GLOBAL_SCOPE, activity_params, numbered_activity_insert
-from treadle.store.ledger import ExecutionLedger
+from treadle.store.ledger import ExecutionLedger, _DirectGroup
 from treadle.store.migrations import migrate
 from treadle.store.rate_windows import DatabaseRateLimiter, RateAndQuota, _admission_statement
 from treadle.store.state import UsageCounters
@@ -65,7 +76,7 @@ def _record() -> dict[str, Any]:
     }
 
 
-async def _open(url: str) -> Database:
+async def open_database(url: str) -> Database:
     db = await Database.open(url)
     await migrate(db.engine)
     return db
@@ -93,7 +104,7 @@ async def _postgresql_path(db: Database, ledger: ExecutionLedger) -> Callable[[]
     return call
 
 
-async def _raw_path(db: Database) -> tuple[Callable[[], Awaitable[None]], Callable[[], None]]:
+async def raw_postgresql(db: Database) -> tuple[Callable[[], Awaitable[None]], Callable[[], None]]:
     """The same two statements straight through asyncpg (treadle's SQL and parameters)."""
     statements = db._single
     assert statements is not None
@@ -139,6 +150,20 @@ async def _raw_path(db: Database) -> tuple[Callable[[], Awaitable[None]], Callab
     return call, release
 
 
+def raw_sqlite(db: Database) -> Callable[[], Awaitable[None]]:
+    """The one transaction the ledger commits for a lone call on SQLite (its record and its
+    quota count, `_DirectGroup.write`), through `Database.write_direct` as the ledger runs it:
+    for `bench.store_server`, with no reservation or group around it."""
+    group = _DirectGroup(db.engine.dialect)
+    counted = Counter({(ORG, PERIOD): 1})
+
+    async def call() -> None:
+        record = {"id": new_time_ordered_uuid(), "created_at": now_iso(), **_record()}
+        await db.write_direct(partial(group.write, [record], counted))
+
+    return call
+
+
 async def _timed(call: Callable[[], Awaitable[None]], count: int) -> list[float]:
     taken = []
     for _ in range(count):
@@ -161,8 +186,8 @@ def _summary(samples: list[float]) -> dict[str, float]:
 async def measure(postgresql_url: str, *, calls: int = 600, blocks: int = 6) -> dict[str, Any]:
     """p50 and p90 ms per call of each store path, in alternating blocks of `calls / blocks`."""
     with tempfile.TemporaryDirectory(prefix="treadle-floor-") as tmp:
-        lite = await _open(f"sqlite+aiosqlite:///{Path(tmp) / 'treadle.db'}")
-        pg = await _open(postgresql_url)
+        lite = await open_database(f"sqlite+aiosqlite:///{Path(tmp) / 'treadle.db'}")
+        pg = await open_database(postgresql_url)
         ledgers = [ExecutionLedger(db, UsageCounters(db)) for db in (lite, pg)]
         try:
             async with anyio.create_task_group() as tg:
@@ -174,7 +199,7 @@ async def measure(postgresql_url: str, *, calls: int = 600, blocks: int = 6) -> 
                     "sqlite": await _sqlite_path(lite, ledgers[0]),
                     "postgresql": await _postgresql_path(pg, ledgers[1]),
                 }
-                raw, release = await _raw_path(pg)
+                raw, release = await raw_postgresql(pg)
                 paths["postgresqlRaw"] = raw
                 try:
                     samples: dict[str, list[float]] = {name: [] for name in paths}
@@ -190,3 +215,37 @@ async def measure(postgresql_url: str, *, calls: int = 600, blocks: int = 6) -> 
             await lite.close()
             await pg.close()
     return {name: _summary(taken) for name, taken in samples.items()}
+
+
+async def measure_served(
+    postgresql_url: str, *, calls: int = 600, blocks: int = 6
+) -> dict[str, Any]:
+    """The same store work served over HTTP by `bench.store_server` (one per database), c=1
+    from this process in alternating blocks: p50 and p99 ms of each, and their difference."""
+    servers = [StoreServer.start("sqlite"), StoreServer.start("postgresql", postgresql_url)]
+    try:
+        sides = [Side(server.database, _post(server.url), server.process.pid) for server in servers]
+        found = await interleaved(sides, total=calls, concurrency=1, blocks=blocks)
+    finally:
+        for server in servers:
+            server.stop()
+    out: dict[str, Any] = {
+        name: {"p50": side["p50"], "p99": side["p99"], "errors": side["errors"]}
+        for name, side in found.items()
+    }
+    out["postgresqlMinusSqliteMs"] = out["postgresql"]["p50"] - out["sqlite"]["p50"]
+    return out
+
+
+def _post(url: str) -> WorkerFactory:
+    async def make(http: httpx2.AsyncClient) -> tuple[Request, Callable[[], Awaitable[None]]]:
+        async def request() -> None:
+            answer = await http.post(url, content=b"{}")
+            answer.raise_for_status()
+
+        async def close() -> None:
+            return None
+
+        return request, close
+
+    return make

@@ -8,6 +8,8 @@ Three measurements, each against its baseline in the same run:
 - resync across replicas: a change through replica A's REST API -> `list_changed` received
   by clients connected to replica B (handshake-era HTTP and 2026-07-28 listen streams),
   from the commit (the change's activity record) to receipt.
+Beside the c=1 ratio, the floor under it: the store's own work per call, timed alone in this
+process and served by a bare HTTP server (bench/store_floor.py, bench/store_server.py).
 
 The database is a fresh one on `TREADLE_BENCH_POSTGRES_URL` (default: the local server, user
 postgres), dropped at the end. Both replicas and the load generator share this machine's
@@ -334,6 +336,10 @@ async def _run(sizes: Sizes) -> dict[str, Any]:
             out["latency"] = await _latency(sizes, first, pg_server, sqlite, lite_server)
             # What the store alone takes per call on each (the floor of the c=1 ratio).
             out["store"] = await store_floor.measure(url, calls=sizes.calls_c1, blocks=sizes.blocks)
+            # And served over HTTP by a bare server: what the round trips cost any server.
+            out["storeServed"] = await store_floor.measure_served(
+                url, calls=sizes.calls_c1, blocks=sizes.blocks
+            )
             out["errorsInLogs"] = first.errors_in_log()
         finally:
             for treadle in (second, sqlite, first):
