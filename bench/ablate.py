@@ -3,7 +3,7 @@ switched off at a time, against treadle as it is and the bare SDK baseline.
 
     python -m bench.ablate [--scenario call|rest] [--era legacy|2026-07-28] [--concurrency 1]
                            [--rounds 6] [--block-seconds 2] [--variants no-progress,no-ledger+...]
-                           [--against DIR]
+                           [--against DIR] [--database sqlite|postgresql]
 
 Every variant is its own `treadle serve` (`bench/patched.py` applies the patches; `+` joins
 several in one variant, `all` is every patch but `no-pipeline`), all running at once. Rounds
@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
 
+from bench.cases.replicas import fresh_database
 from bench.patched import PATCHES
 from bench.profile import Run, Subject, _bare_subject, _load, _measured, _treadle_subject
 from bench.rawmcp import MODERN_VERSION
@@ -74,26 +76,35 @@ async def run(
     block: float,
     labels: list[str],
     against: Path | None = None,
+    database: str = "sqlite",
 ) -> str:
     variants: list[Variant] = []
-    try:
-        variants.append(Variant("treadle", await _treadle_subject(scenario, 400)))
-        if against is not None:
-            variants.append(Variant("against", await _treadle_subject(scenario, 400, (), against)))
-        for label in labels:
-            variants.append(Variant(label, await _treadle_subject(scenario, 400, _patches(label))))
-        variants.append(Variant("bare", _bare_subject(scenario, 400)))
-        for variant in variants:
-            await _load(variant.subject, scenario, era, 1.0, concurrency)  # warm-up
-        for number in range(rounds):
-            shift = number % len(variants)
-            for variant in variants[shift:] + variants[:shift]:
-                variant.runs.append(
-                    await _measured(variant.subject, scenario, era, block, concurrency)
-                )
-    finally:
-        for variant in variants:
-            variant.subject.stop()
+    async with AsyncExitStack() as databases:
+
+        async def treadle(patches: tuple[str, ...] = (), source: Path | None = None) -> Subject:
+            url = None
+            if database == "postgresql":  # each server on a fresh database of its own
+                url = await databases.enter_async_context(fresh_database())
+            return await _treadle_subject(scenario, 400, patches, source, url)
+
+        try:
+            variants.append(Variant("treadle", await treadle()))
+            if against is not None:
+                variants.append(Variant("against", await treadle((), against)))
+            for label in labels:
+                variants.append(Variant(label, await treadle(_patches(label))))
+            variants.append(Variant("bare", _bare_subject(scenario, 400)))
+            for variant in variants:
+                await _load(variant.subject, scenario, era, 1.0, concurrency)  # warm-up
+            for number in range(rounds):
+                shift = number % len(variants)
+                for variant in variants[shift:] + variants[:shift]:
+                    variant.runs.append(
+                        await _measured(variant.subject, scenario, era, block, concurrency)
+                    )
+        finally:
+            for variant in variants:
+                variant.subject.stop()
     return report(variants, scenario, era, concurrency, rounds, block)
 
 
@@ -153,6 +164,12 @@ def main() -> None:
         help="comma separated; patches joined with + make one variant; 'all'",
     )
     parser.add_argument("--against", type=Path, help="another source tree to compare with")
+    parser.add_argument(
+        "--database",
+        choices=["sqlite", "postgresql"],
+        default="sqlite",
+        help="treadle's servers on SQLite, or each on a fresh PostgreSQL database",
+    )
     args = parser.parse_args()
     if args.against is not None and not (args.against / "src" / "treadle").is_dir():
         parser.error(f"{args.against} has no src/treadle")
@@ -170,6 +187,7 @@ def main() -> None:
         args.block_seconds,
         labels,
         args.against,
+        args.database,
     )
     print(text)
 
