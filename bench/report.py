@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 ERAS = ("legacy", "2026-07-28")
@@ -201,6 +202,15 @@ def _served_floor(found: dict[str, Any], era: str) -> float | None:
     return floor
 
 
+def _floors(found: dict[str, Any], floor: Callable[[dict[str, Any], str], float | None]) -> str:
+    """`floor` of each era the run measured, as "era 1.23x, ..."."""
+    return ", ".join(
+        f"{era} {_x(value)}"
+        for era in found.get("latency", {})
+        if (value := floor(found, era)) is not None
+    )
+
+
 def _store_served(found: dict[str, Any]) -> str:
     served = found.get("storeServed")
     if not served:
@@ -209,11 +219,7 @@ def _store_served(found: dict[str, Any]) -> str:
         f"{era} {row['sides']['postgresql']['p50'] - row['sides']['sqlite']['p50']:.2f} ms"
         for era, row in found.get("latency", {}).items()
     )
-    floors = ", ".join(
-        f"{era} {_x(floor)}"
-        for era in found.get("latency", {})
-        if (floor := _served_floor(found, era)) is not None
-    )
+    floors = _floors(found, _served_floor)
     return (
         " Served by a bare uvicorn app that does only that store work per request "
         "(bench/store_server.py, c=1 over HTTP like the calls above): p50 SQLite "
@@ -228,11 +234,7 @@ def _store_floor(found: dict[str, Any]) -> str:
     store = found.get("store")
     if not store:
         return ""
-    floors = ", ".join(
-        f"{era} {_x(floor)}"
-        for era in found.get("latency", {})
-        if (floor := _floor(found, era)) is not None
-    )
+    floors = _floors(found, _floor)
     return (
         "\n\nThe store alone per call (c=1, in the bench process, alternating blocks; "
         "bench/store_floor.py): SQLite's reservation and record "
