@@ -667,6 +667,54 @@ async def test_the_hub_keeps_watching_after_a_failed_database_read(
         assert await tool_names(client) == {"kit__crash"}
 
 
+async def test_a_pass_while_a_listen_stream_registers_leaves_it_nothing_to_be_told(
+    mcp_env: McpEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the hub recording a listen stream's list and the stream subscribing, there are
+    awaits (the version read is a round trip on PostgreSQL). A pass that runs then must
+    neither forget the stream's entry nor leave it without its list: the next pass, with
+    nothing changed, would tell the client its list changed (seen in CI on PostgreSQL)."""
+    await mcp_env.configure("testkit", integrationAlias="kit", allowedActions=["echo"])
+    await mcp_env.create_server()
+    hub = mcp_env.runtime.hub
+    read_version = hub._version
+    inside, go_on = anyio.Event(), anyio.Event()
+
+    async def version_held_in_remember() -> int:
+        # The registration's first version read waits here, whatever the database.
+        if sys._getframe(1).f_code.co_name == "remember" and not inside.is_set():
+            inside.set()
+            await go_on.wait()
+        return await read_version()
+
+    watch = Watch(MODERN)
+    server = (mcp_env.server_id, mcp_env.server_token)
+    async with open_client(mcp_env, "memory", MODERN, *server, watch) as client:
+        await client.list_tools()
+        monkeypatch.setattr(hub, "_version", version_held_in_remember)
+        subscribed = anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def listen() -> None:
+                async with client.listen(tools_list_changed=True) as sub:
+                    subscribed.set()  # the server sent the ack: its listener is in place
+                    await watch.drain(sub)
+
+            tg.start_soon(listen)
+            with anyio.fail_after(WAIT_SECONDS):
+                await inside.wait()
+            await hub.resync()  # the pass that lands while the stream registers
+            go_on.set()
+            with anyio.fail_after(WAIT_SECONDS):
+                await subscribed.wait()
+            before = hub.notifications_sent
+            assert await hub.resync() == 0  # nothing changed since the client listed
+            assert hub.notifications_sent == before
+            tg.cancel_scope.cancel()
+    assert watch.seen == []
+    assert watch.faults == []
+
+
 @pytest.mark.parametrize("era", [LEGACY, MODERN])
 async def test_a_client_that_leaves_is_forgotten(mcp_env: McpEnv, era: str) -> None:
     kit = await mcp_env.configure("testkit", integrationAlias="kit", allowedActions=["echo"])

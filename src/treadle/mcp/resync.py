@@ -30,7 +30,8 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -68,10 +69,12 @@ class _Server:
     held: set[str] = field(default_factory=set)
     # Clients inside `remember` now: while held is still empty, they compare for themselves.
     registering: int = 0
+    # Listen streams between `remember` and their subscription, or subscribed (`listening_for`).
+    pinned: int = 0
 
     @property
     def idle(self) -> bool:
-        return not self.sessions and not self.listeners
+        return not self.sessions and not self.listeners and not self.pinned
 
 
 class RoutingBus:
@@ -165,8 +168,8 @@ class ResyncHub:
     async def remember(self, binding: Binding) -> None:
         """Record the list a newly connected client holds, to compare later changes with.
 
-        Called right after `add_session`, or right before the listen stream subscribes (no
-        await in between, so the entry created here is not idle when a pass looks at it)."""
+        Called right after `add_session` (the session keeps the entry from looking idle to
+        a pass), or by `listening_for` for a listen stream (which pins it)."""
         entry = self._entry(binding)
         entry.registering += 1
         passes = self.passes
@@ -192,6 +195,23 @@ class ResyncHub:
                 await self._compare(entry)
         finally:
             entry.registering -= 1
+
+    @asynccontextmanager
+    async def listening_for(self, binding: Binding) -> AsyncIterator[None]:
+        """Around a listen stream's handler: its client's list recorded (`remember`), and
+        its entry kept until the handler ends. Between `remember` and the stream's
+        subscription there are awaits (the version read on PostgreSQL, resource relays);
+        a pass meanwhile would otherwise drop the entry as idle, and the subscription would
+        start a new one with no baseline, so the next pass, with nothing changed, would
+        tell the client its list changed."""
+        entry = self._entry(binding)
+        entry.pinned += 1
+        try:
+            await self.remember(binding)
+            yield
+        finally:
+            entry.pinned -= 1
+            self._drop_if_idle(binding.cache_key)
 
     # -- when to tell them -----------------------------------------------------------------
 

@@ -581,11 +581,11 @@ class McpFace:
         self, ctx: ServerRequestContext[Any, Any], params: SubscriptionsListenRequestParams
     ) -> SubscriptionsListenResult:
         binding = await self._resolve(ctx)
-        await self._hub.remember(binding)
-        token = listening.set(binding)
-        try:
-            if self._content is not None:
-                return await self._content.listen(ctx, params, binding, self._listen)
-            return await self._listen(ctx, params)
-        finally:
-            listening.reset(token)
+        async with self._hub.listening_for(binding):
+            token = listening.set(binding)
+            try:
+                if self._content is not None:
+                    return await self._content.listen(ctx, params, binding, self._listen)
+                return await self._listen(ctx, params)
+            finally:
+                listening.reset(token)
