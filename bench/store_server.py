@@ -42,12 +42,12 @@ def app(database: str, url: str | None) -> Starlette:
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         with tempfile.TemporaryDirectory(prefix="treadle-store-server-") as folder:
+            release: Callable[[], None] | None = None  # gives back PostgreSQL's connection
             if database == "sqlite":
                 db = await store_floor.open_database(
                     f"sqlite+aiosqlite:///{Path(folder) / 'treadle.db'}"
                 )
                 call.append(store_floor.raw_sqlite(db))
-                release: Callable[[], None] = lambda: None  # noqa: E731
             else:
                 assert url is not None, "--url is needed for postgresql"
                 db = await store_floor.open_database(url)
@@ -56,7 +56,8 @@ def app(database: str, url: str | None) -> Starlette:
             try:
                 yield
             finally:
-                release()
+                if release is not None:
+                    release()
                 await db.close()
 
     async def serve(request: Request) -> Response:
@@ -71,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--database", choices=["sqlite", "postgresql"], required=True)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--url", help="PostgreSQL URL (postgresql+asyncpg://...)")
+    parser.add_argument("--url", help="PostgreSQL URL (postgresql://...)")
     args = parser.parse_args()
     config = uvicorn.Config(
         app(args.database, args.url),
